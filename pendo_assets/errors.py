@@ -1,0 +1,113 @@
+"""Errors raised by pendo-planhat.
+
+The tree::
+
+    PendoAssetsError
+    ├── ApiError                      (service, method, url: always redacted)
+    │   ├── ApiStatusError            (status_code, body: truncated)
+    │   │   └── RateLimitedError      (retry_after)
+    │   ├── ApiTransportError         (the request could not be completed)
+    │   │   └── DeliveryUnknownError  (sent, but no answer: the outcome is unknown)
+    │   └── PayloadShapeError         (the answer is not the documented shape)
+    ├── ConfigError                   (also a ValueError)
+    └── WarehouseError
+        └── WarehouseLockedError      (another process holds the DuckDB file)
+
+No message or attribute ever holds a secret: URLs are redacted before an error is built and
+bodies are truncated to ``MAX_ERROR_BODY`` characters.
+"""
+
+from __future__ import annotations
+
+from .types import HttpMethod, Service
+
+__all__ = [
+    "MAX_ERROR_BODY",
+    "ApiError",
+    "ApiStatusError",
+    "ApiTransportError",
+    "ConfigError",
+    "DeliveryUnknownError",
+    "PayloadShapeError",
+    "PendoAssetsError",
+    "RateLimitedError",
+    "WarehouseError",
+    "WarehouseLockedError",
+]
+
+MAX_ERROR_BODY = 300
+
+
+class PendoAssetsError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ApiError(PendoAssetsError):
+    """A call to Pendo or Planhat failed."""
+
+    def __init__(self, message: str, *, service: Service, method: HttpMethod | str, url: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.method = method
+        self.url = url
+
+
+class ApiStatusError(ApiError):
+    """The service answered with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: Service,
+        method: HttpMethod | str,
+        url: str,
+        status_code: int,
+        body: str = "",
+    ) -> None:
+        super().__init__(message, service=service, method=method, url=url)
+        self.status_code = status_code
+        self.body = body[:MAX_ERROR_BODY]
+
+
+class RateLimitedError(ApiStatusError):
+    """The service answered 429 Too Many Requests, and retries ran out."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: Service,
+        method: HttpMethod | str,
+        url: str,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, service=service, method=method, url=url, status_code=429, body=body
+        )
+        self.retry_after = retry_after
+
+
+class ApiTransportError(ApiError):
+    """The request could not be completed (connection refused, reset, timeout)."""
+
+
+class DeliveryUnknownError(ApiTransportError):
+    """A write was sent but no answer came back, so whether the service applied it is unknown."""
+
+
+class PayloadShapeError(ApiError):
+    """The service answered, but not with the documented shape (bad JSON, missing keys)."""
+
+
+class ConfigError(PendoAssetsError, ValueError):
+    """The configuration file or environment is invalid."""
+
+
+class WarehouseError(PendoAssetsError):
+    """The DuckDB warehouse could not be opened or written."""
+
+
+class WarehouseLockedError(WarehouseError):
+    """Another process holds the DuckDB warehouse file open."""
