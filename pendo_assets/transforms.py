@@ -1,0 +1,355 @@
+"""Pure Polars transforms: matching Pendo usage to Planhat objects and computing publish deltas.
+
+No I/O, no clock, no Dagster: every function takes frames and returns frames, so each rule can
+be tested with small literal frames.
+
+Matching is exact and case-sensitive on ``externalId`` (DESIGN.md section 4). An id shared by
+two Planhat objects of the same model is ambiguous and never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import polars as pl
+
+__all__ = [
+    "ACTIVITY_KEY",
+    "ANONYMOUS_PREFIX",
+    "METRIC_KEY",
+    "MetricFieldSpec",
+    "activity_deltas",
+    "daily_usage",
+    "extract_metric_values",
+    "match_activities",
+    "match_metrics",
+    "metric_deltas",
+    "object_index",
+]
+
+ANONYMOUS_PREFIX = "_PENDO_T_"
+# Pendo's placeholder when a snippet sends no visitor id; treated as anonymous defensively.
+_ANONYMOUS_LITERALS = ("VISITOR-UNIQUE-ID",)
+
+ACTIVITY_KEY = ["day", "external_id", "action"]
+METRIC_KEY = ["day", "model", "external_id", "dimension_id"]
+
+# Relative tolerance under which a `sum` metric delta counts as zero (float noise of sums).
+_SUM_EPSILON = 1e-9
+
+
+def daily_usage(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Sum Pendo's row splits (IP, user agent, server) to one row per visitor, account, feature, day.
+
+    Args:
+        events: Raw rows with ``day, visitor_id, account_id, feature_id, num_events``.
+
+    Returns:
+        ``day, visitor_id, account_id, feature_id, num_events`` with one row per key.
+    """
+    return events.group_by(["day", "visitor_id", "account_id", "feature_id"]).agg(
+        pl.col("num_events").sum().cast(pl.Int64)
+    )
+
+
+def object_index(objects: pl.LazyFrame) -> pl.LazyFrame:
+    """Index Planhat objects by (model, externalId) with how many objects carry each id.
+
+    Objects without an externalId (missing, null or empty) can never match and are left out.
+
+    Args:
+        objects: ``model, object_id, external_id, company_external_id``.
+
+    Returns:
+        ``model, external_id, n_objects, company_external_id`` (the company of the object when
+        exactly one object carries the id).
+    """
+    return (
+        objects.filter(pl.col("external_id").is_not_null() & (pl.col("external_id") != ""))
+        .group_by(["model", "external_id"])
+        .agg(
+            pl.len().alias("n_objects"),
+            pl.col("company_external_id").first().alias("company_external_id"),
+        )
+    )
+
+
+def _is_anonymous(col: pl.Expr) -> pl.Expr:
+    return col.str.starts_with(ANONYMOUS_PREFIX) | col.is_in(list(_ANONYMOUS_LITERALS))
+
+
+def match_activities(
+    usage: pl.LazyFrame,
+    objects: pl.LazyFrame,
+    feature_actions: pl.LazyFrame,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Match daily usage to End Users and fold features into Planhat actions.
+
+    Args:
+        usage: Output of `daily_usage`.
+        objects: The Planhat snapshot (all models); only ``EndUser`` rows are used.
+        feature_actions: ``feature_id, action, weight`` for the configured features.
+
+    Returns:
+        ``(matched, unmatched)``. ``matched`` has one row per (day, external_id, action) with
+        ``count, weight, company_external_id, feature_ids``. ``unmatched`` has one row per
+        (day, visitor_id, account_id) with ``reason`` (``anonymous``, ``no_enduser`` or
+        ``ambiguous``) and ``num_events``.
+    """
+    endusers = object_index(objects.filter(pl.col("model") == "EndUser")).select(
+        pl.col("external_id").alias("visitor_id"), "n_objects", "company_external_id"
+    )
+    labelled = (
+        usage.join(feature_actions.select("feature_id"), on="feature_id", how="semi")
+        .join(endusers, on="visitor_id", how="left")
+        .with_columns(
+            pl.when(_is_anonymous(pl.col("visitor_id")))
+            .then(pl.lit("anonymous"))
+            .when(pl.col("n_objects").is_null())
+            .then(pl.lit("no_enduser"))
+            .when(pl.col("n_objects") > 1)
+            .then(pl.lit("ambiguous"))
+            .otherwise(pl.lit(None, dtype=pl.String))
+            .alias("reason")
+        )
+    )
+    matched = (
+        labelled.filter(pl.col("reason").is_null())
+        .join(feature_actions, on="feature_id", how="inner")
+        .group_by(["day", "visitor_id", "action"])
+        .agg(
+            pl.col("num_events").sum().cast(pl.Int64).alias("count"),
+            pl.col("weight").first(),
+            pl.col("company_external_id").first(),
+            pl.col("feature_id").unique().sort().str.join(",").alias("feature_ids"),
+        )
+        .rename({"visitor_id": "external_id"})
+        .select(
+            "day",
+            "external_id",
+            "action",
+            "count",
+            "weight",
+            "company_external_id",
+            "feature_ids",
+        )
+    )
+    unmatched = (
+        labelled.filter(pl.col("reason").is_not_null())
+        .group_by(["day", "visitor_id", "account_id", "reason"])
+        .agg(pl.col("num_events").sum().cast(pl.Int64))
+        .select("day", "visitor_id", "account_id", "reason", "num_events")
+    )
+    return matched, unmatched
+
+
+@dataclass(frozen=True)
+class MetricFieldSpec:
+    """How one pipeline's result rows become metric values."""
+
+    pipeline: str
+    model: str
+    id_field: str
+    metrics: Mapping[str, str]  # result field -> dimensionId
+    aggregation: str
+
+
+def _lookup(row: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    node: Any = row
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def extract_metric_values(
+    rows: Sequence[Mapping[str, Any]], *, day: date, spec: MetricFieldSpec
+) -> tuple[pl.DataFrame, list[tuple[str, Mapping[str, Any]]]]:
+    """Read the id and metric fields of a pipeline's result rows for one day.
+
+    A value is kept only when JSON can carry it to Planhat as a number: booleans, strings,
+    nulls, NaN and infinities are rejected with a reason, never sent and never dropped silently.
+
+    Args:
+        rows: Result rows as Pendo returned them.
+        day: The partition day.
+        spec: The pipeline's id field, metric fields and target model.
+
+    Returns:
+        ``(values, rejects)``: values with ``day, pipeline, model, id, dimension_id, value,
+        aggregation``; rejects as ``(reason, row)`` pairs.
+    """
+    out: dict[str, list[Any]] = {k: [] for k in ("id", "dimension_id", "value")}
+    rejects: list[tuple[str, Mapping[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for row in rows:
+        found, raw_id = _lookup(row, spec.id_field)
+        if found and isinstance(raw_id, str | int) and not isinstance(raw_id, bool):
+            seen[str(raw_id)] = seen.get(str(raw_id), 0) + 1
+    for row in rows:
+        found, raw_id = _lookup(row, spec.id_field)
+        if not found or raw_id is None or raw_id == "":
+            rejects.append((f"{spec.id_field} is missing or empty", row))
+            continue
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+            rejects.append((f"{spec.id_field} is not a string: {raw_id!r}"[:200], row))
+            continue
+        ident = str(raw_id)
+        if seen[ident] > 1:
+            # Two result rows for one object and day: which one Planhat should hold is unknowable.
+            rejects.append((f"{spec.id_field} {ident[:80]!r} appears {seen[ident]} times", row))
+            continue
+        for field, dimension in spec.metrics.items():
+            found, value = _lookup(row, field)
+            reason = _bad_number(field, found, value)
+            if reason:
+                rejects.append((reason, row))
+                continue
+            out["id"].append(ident)
+            out["dimension_id"].append(dimension)
+            out["value"].append(float(value))
+    frame = pl.DataFrame(
+        {
+            "day": [day] * len(out["id"]),
+            "pipeline": [spec.pipeline] * len(out["id"]),
+            "model": [spec.model] * len(out["id"]),
+            "id": out["id"],
+            "dimension_id": out["dimension_id"],
+            "value": out["value"],
+            "aggregation": [spec.aggregation] * len(out["id"]),
+        },
+        schema={
+            "day": pl.Date,
+            "pipeline": pl.String,
+            "model": pl.String,
+            "id": pl.String,
+            "dimension_id": pl.String,
+            "value": pl.Float64,
+            "aggregation": pl.String,
+        },
+    )
+    return frame, rejects
+
+
+def _bad_number(field: str, found: bool, value: Any) -> str | None:
+    if not found:
+        return f"{field} is missing"
+    if value is None:
+        return f"{field} is null"
+    if isinstance(value, bool):
+        return f"{field} is a boolean"
+    if isinstance(value, str):
+        return f"{field} is a string: {value[:40]!r}"
+    if not isinstance(value, int | float):
+        return f"{field} is not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{field} is not finite: {value}"
+    if isinstance(value, int) and abs(value) > 2**53:
+        return f"{field} is too large to send exactly: {value}"
+    return None
+
+
+def match_metrics(values: pl.LazyFrame, objects: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Match metric values to Planhat objects of the pipeline's model by externalId.
+
+    Args:
+        values: ``day, pipeline, model, id, dimension_id, value, aggregation``.
+        objects: The Planhat snapshot (all models).
+
+    Returns:
+        ``(matched, unmatched)``: matched values keyed by ``day, pipeline, model, external_id,
+        dimension_id`` with ``value, aggregation``; unmatched rows ``day, pipeline, model, id,
+        reason`` (``no_object`` or ``ambiguous``), one per (day, pipeline, id).
+    """
+    index = object_index(objects).select(
+        "model", pl.col("external_id").alias("id"), "n_objects"
+    )
+    labelled = values.join(index, on=["model", "id"], how="left").with_columns(
+        pl.when(pl.col("n_objects").is_null())
+        .then(pl.lit("no_object"))
+        .when(pl.col("n_objects") > 1)
+        .then(pl.lit("ambiguous"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("reason")
+    )
+    matched = labelled.filter(pl.col("reason").is_null()).select(
+        "day",
+        "pipeline",
+        "model",
+        pl.col("id").alias("external_id"),
+        "dimension_id",
+        "value",
+        "aggregation",
+    )
+    unmatched = (
+        labelled.filter(pl.col("reason").is_not_null())
+        .select("day", "pipeline", "model", "id", "reason")
+        .unique()
+    )
+    return matched, unmatched
+
+
+def activity_deltas(
+    current: pl.LazyFrame, sent: pl.LazyFrame, held: pl.LazyFrame
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """What to send so Planhat's activity counts reach Pendo's, and where they cannot.
+
+    Args:
+        current: Matched activities (``day, external_id, action, count, weight,
+            company_external_id, feature_ids``).
+        sent: The ledger: ``day, external_id, action, sent``.
+        held: Keys in batches whose outcome is unknown: never touched until resolved.
+
+    Returns:
+        ``(to_send, drift)``: ``to_send`` has the columns of ``current`` with ``count`` the
+        positive difference; ``drift`` has ``day, external_id, action, sent, source`` for keys
+        whose Pendo count fell below what was already sent (it cannot be retracted).
+    """
+    joined = (
+        current.join(sent, on=ACTIVITY_KEY, how="left")
+        .join(held, on=ACTIVITY_KEY, how="anti")
+        .with_columns(pl.col("sent").fill_null(0))
+    )
+    to_send = joined.filter(pl.col("count") > pl.col("sent")).with_columns(
+        (pl.col("count") - pl.col("sent")).alias("count")
+    ).drop("sent")
+    drift = joined.filter(pl.col("count") < pl.col("sent")).select(
+        *ACTIVITY_KEY, "sent", pl.col("count").alias("source")
+    )
+    return to_send, drift
+
+
+def metric_deltas(current: pl.LazyFrame, sent: pl.LazyFrame, held: pl.LazyFrame) -> pl.LazyFrame:
+    """What to send so Planhat's metric values reach the current ones.
+
+    ``last`` metrics send the full value when it differs from the last value sent; ``sum``
+    metrics send ``value - sum(sent)`` when that is not zero. A key Planhat never received is
+    sent in full (a value of 0 included).
+
+    Args:
+        current: ``day, model, external_id, dimension_id, value, aggregation``.
+        sent: The ledger: ``day, model, external_id, dimension_id, last_value, sum_value``.
+        held: Keys in batches whose outcome is unknown.
+
+    Returns:
+        The items to send: the columns of ``current`` with ``value`` the amount to send.
+    """
+    joined = current.join(sent, on=METRIC_KEY, how="left").join(held, on=METRIC_KEY, how="anti")
+    is_sum = pl.col("aggregation") == "sum"
+    never = pl.col("last_value").is_null()
+    sum_delta = pl.col("value") - pl.col("sum_value").fill_null(0.0)
+    tolerance = pl.max_horizontal(pl.col("value").abs(), pl.lit(1.0)) * _SUM_EPSILON
+    send_value = pl.when(is_sum & ~never).then(sum_delta).otherwise(pl.col("value"))
+    keep = never | pl.when(is_sum).then(sum_delta.abs() > tolerance).otherwise(
+        pl.col("value") != pl.col("last_value")
+    )
+    return (
+        joined.filter(keep)
+        .with_columns(send_value.alias("value"))
+        .select(*METRIC_KEY, "value", "aggregation")
+    )
