@@ -1,0 +1,533 @@
+"""Exactly-once delivery to Planhat: deltas against a ledger, through a crash-safe outbox.
+
+Planhat has no idempotency key and no delete: an activity sent twice is counted twice, and a
+metric day sent twice is summed when the metric aggregates with SUM (DESIGN.md section 6). So:
+
+1. The ledger is what Planhat holds: the items of every batch Planhat accepted
+   (``ledger_activities`` / ``ledger_metrics`` views over the outbox).
+2. A run sends only the difference between the current numbers and the ledger.
+3. Each batch is written to the outbox as ``prepared`` and flipped to ``sending`` (two commits)
+   before its one HTTP request; it becomes ``delivered`` once Planhat answers 200.
+4. At the next start a ``prepared`` batch was certainly never sent (discarded); a ``sending``
+   batch may or may not have reached Planhat. It is resent only where that is harmless
+   (``last`` metrics); otherwise it is ``in_doubt``: its keys are held back, it shows in
+   ``batches_in_doubt``, and a user decides with ``pendo-planhat batches resolve``.
+
+Batch statuses: prepared, sending, delivered, failed (Planhat did not accept it), discarded (never
+sent, or a ``last`` batch to be resent), in_doubt, resolved_delivered, resolved_resend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Literal, Protocol
+
+import duckdb
+import polars as pl
+
+from .errors import ApiError, ApiStatusError, DeliveryUnknownError, PendoAssetsError
+from .transforms import ACTIVITY_KEY, METRIC_KEY, activity_deltas, metric_deltas
+from .warehouse import insert_frame, replace_days
+
+__all__ = [
+    "DeliveryError",
+    "DimensionDataOutcome",
+    "Plan",
+    "PublishReport",
+    "PublishSettings",
+    "Publisher",
+    "RecoveryReport",
+    "Sender",
+    "encode_activity_items",
+    "encode_metric_items",
+    "pack_batches",
+    "resolve_batch",
+]
+
+log = logging.getLogger(__name__)
+
+BatchKind = Literal["activities", "metrics"]
+SETTLED_DELIVERED = ("delivered", "resolved_delivered")
+
+
+class DeliveryError(PendoAssetsError):
+    """Publishing stopped because Planhat did not accept a batch after retries."""
+
+
+class DimensionDataOutcome(Protocol):
+    """What `Sender.post_dimension_data` returns: Planhat's per-item errors."""
+
+    @property
+    def errors(self) -> Sequence[dict[str, object]]: ...
+
+
+class Sender(Protocol):
+    """The two Planhat analytics calls; `PlanhatClient` implements it."""
+
+    def post_activities(self, body: bytes, *, items: int) -> None: ...
+
+    def post_dimension_data(self, body: bytes, *, items: int) -> DimensionDataOutcome: ...
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """Batch limits: Planhat takes at most 32 MB per body (about 150k items); keep a margin."""
+
+    max_items: int = 100_000
+    max_bytes: int = 28_000_000
+    last_resend_attempts: int = 3
+
+
+@dataclass
+class RecoveryReport:
+    """What was found in the outbox at the start of a run."""
+
+    discarded_prepared: int = 0
+    resent_last: int = 0
+    new_in_doubt: int = 0
+
+
+@dataclass
+class Plan:
+    """What a publish would send now."""
+
+    activities: pl.DataFrame
+    metrics: pl.DataFrame
+    drift: pl.DataFrame
+    held_activity_keys: int
+    held_metric_keys: int
+
+
+@dataclass
+class PublishReport:
+    """Counts of one publish, for logs and run metadata."""
+
+    dry_run: bool = False
+    activity_items_planned: int = 0
+    metric_items_planned: int = 0
+    activity_items_sent: int = 0
+    metric_items_sent: int = 0
+    activity_units_sent: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+    batches_delivered: int = 0
+    batches_split: int = 0
+    batches_in_doubt_new: int = 0
+    batches_in_doubt_total: int = 0
+    metric_items_rejected: int = 0
+    drift_keys: int = 0
+    held_activity_keys: int = 0
+    held_metric_keys: int = 0
+    recovery: RecoveryReport = field(default_factory=RecoveryReport)
+
+    def as_metadata(self) -> dict[str, int | bool]:
+        """Flat numeric fields, ready for Dagster metadata."""
+        out: dict[str, int | bool] = {
+            k: v for k, v in vars(self).items() if isinstance(v, int | bool)
+        }
+        out.update({f"recovery_{k}": v for k, v in vars(self.recovery).items()})
+        return out
+
+
+def pack_batches(lengths: Sequence[int], *, max_items: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Greedy ``[start, stop)`` ranges of consecutive items under both limits.
+
+    Args:
+        lengths: Encoded size of each item in bytes.
+        max_items: Most items in one batch.
+        max_bytes: Most bytes in one JSON array body (brackets and commas included).
+
+    Returns:
+        Ranges covering every item once, in order; never an empty range.
+
+    Raises:
+        DeliveryError: One item alone is larger than ``max_bytes``.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, size = 0, 2
+    for i, n in enumerate(lengths):
+        if n + 2 > max_bytes:
+            raise DeliveryError(f"one item is {n} bytes, over the {max_bytes}-byte body limit")
+        if i > start and (i - start >= max_items or size + n + 1 > max_bytes):
+            ranges.append((start, i))
+            start, size = i, 2
+        size += n + (1 if i > start else 0)
+    if start < len(lengths):
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
+def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
+    """One JSON object per activity item, as Planhat's bulk endpoint takes it.
+
+    ``companyExternalId`` is left out when the End User's company has none.
+    """
+    common = {
+        "externalId": pl.col("external_id"),
+        "action": pl.col("action"),
+        "date": pl.col("day").cast(pl.String),
+        "count": pl.col("count"),
+        "weight": pl.col("weight"),
+        "info": pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source")),
+    }
+    plain = pl.struct(**common).struct.json_encode()
+    with_company = pl.struct(
+        **common, companyExternalId=pl.col("company_external_id")
+    ).struct.json_encode()
+    return frame.select(
+        pl.when(pl.col("company_external_id").is_null() | (pl.col("company_external_id") == ""))
+        .then(plain)
+        .otherwise(with_company)
+        .alias("json")
+    ).to_series()
+
+
+def encode_metric_items(frame: pl.DataFrame) -> pl.Series:
+    """One JSON object per dimension-data item."""
+    return frame.select(
+        pl.struct(
+            dimensionId=pl.col("dimension_id"),
+            value=pl.col("value"),
+            externalId=pl.col("external_id"),
+            model=pl.col("model"),
+            date=pl.col("day").cast(pl.String),
+        )
+        .struct.json_encode()
+        .alias("json")
+    ).to_series()
+
+
+def resolve_batch(
+    conn: duckdb.DuckDBPyConnection, *, batch_id: int, outcome: Literal["delivered", "resend"]
+) -> str:
+    """Settle a batch in doubt after a user checked Planhat.
+
+    Args:
+        conn: An open read-write warehouse connection.
+        batch_id: The batch, as listed in ``batches_in_doubt``.
+        outcome: ``delivered``: Planhat holds it, count it in the ledger. ``resend``: it did not
+            arrive; its keys are sent again by the next run.
+
+    Returns:
+        The new status.
+
+    Raises:
+        PendoAssetsError: The batch does not exist or is not in doubt.
+    """
+    row = conn.execute(
+        "SELECT status FROM outbox_batches WHERE batch_id = ?", [batch_id]
+    ).fetchone()
+    if row is None:
+        raise PendoAssetsError(f"batch {batch_id} does not exist")
+    if row[0] != "in_doubt":
+        raise PendoAssetsError(f"batch {batch_id} is {row[0]}, not in doubt; nothing to resolve")
+    status = "resolved_delivered" if outcome == "delivered" else "resolved_resend"
+    conn.execute(
+        "UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, "
+        "note = coalesce(note || '; ', '') || ? WHERE batch_id = ?",
+        [status, f"resolved by user as {outcome}", batch_id],
+    )
+    return status
+
+
+class Publisher:
+    """Plans and sends deltas for a set of days; one instance per publish step.
+
+    Args:
+        conn: An open read-write warehouse connection, held for the whole publish so no other
+            process can change the outbox under it.
+        sender: The Planhat analytics client; not needed for a dry run.
+        run_id: Recorded on each batch so it can be traced to its Dagster run.
+        settings: Batch limits.
+        clock: Monotonic clock for timings (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        conn: duckdb.DuckDBPyConnection,
+        sender: Sender | None,
+        run_id: str | None = None,
+        settings: PublishSettings | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.conn = conn
+        self.sender = sender
+        self.run_id = run_id
+        self.settings = settings or PublishSettings()
+        self.clock = clock
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Settle what an interrupted run left in the outbox (see the module docstring)."""
+        report = RecoveryReport()
+        c = self.conn
+        c.execute("BEGIN TRANSACTION")
+        try:
+            report.discarded_prepared = self._set_status(
+                "status = 'prepared'", "discarded", "never sent: the run stopped before sending"
+            )
+            report.resent_last = self._set_status(
+                "status = 'sending' AND kind = 'metrics' AND aggregation = 'last'",
+                "discarded",
+                "outcome unknown after an interruption; resent (harmless for a last metric)",
+            )
+            report.new_in_doubt = self._set_status(
+                "status = 'sending'",
+                "in_doubt",
+                "outcome unknown: the run stopped after sending, before Planhat's answer was recorded",
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        if report.new_in_doubt:
+            log.warning("%d batch(es) have an unknown outcome and are held back", report.new_in_doubt)
+        return report
+
+    def _set_status(self, where: str, status: str, note: str) -> int:
+        rows = self.conn.execute(
+            f"UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, note = ? "
+            f"WHERE {where} RETURNING batch_id",
+            [status, note],
+        ).fetchall()
+        return len(rows)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan(self, days: Sequence[date]) -> Plan:
+        """Compute the deltas for ``days`` against the ledger, holding back keys in doubt."""
+        c = self.conn
+        day_list = list(days)
+        where = "WHERE day IN (SELECT UNNEST(?::DATE[]))"
+        current_a = c.execute(
+            "SELECT day, external_id, action, count, weight, company_external_id, feature_ids "
+            f"FROM matched_activities {where}",
+            [day_list],
+        ).pl()
+        sent_a = c.execute(f"SELECT * FROM ledger_activities {where}", [day_list]).pl()
+        held_a = c.execute(f"SELECT * FROM held_activity_keys {where}", [day_list]).pl()
+        to_send_a, drift = activity_deltas(current_a.lazy(), sent_a.lazy(), held_a.lazy())
+
+        current_m = c.execute(
+            "SELECT day, model, external_id, dimension_id, value, aggregation "
+            f"FROM matched_metrics {where}",
+            [day_list],
+        ).pl()
+        sent_m = c.execute(
+            f"SELECT day, model, external_id, dimension_id, last_value, sum_value FROM ledger_metrics {where}",
+            [day_list],
+        ).pl()
+        held_m = c.execute(f"SELECT * FROM held_metric_keys {where}", [day_list]).pl()
+        to_send_m = metric_deltas(current_m.lazy(), sent_m.lazy(), held_m.lazy())
+        return Plan(
+            activities=to_send_a.sort(ACTIVITY_KEY).collect(),
+            metrics=to_send_m.sort(["aggregation", *METRIC_KEY]).collect(),
+            drift=drift.collect(),
+            held_activity_keys=held_a.height,
+            held_metric_keys=held_m.height,
+        )
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, days: Sequence[date], *, dry_run: bool = False) -> PublishReport:
+        """Send what Planhat lacks for ``days`` (or, for a dry run, store it as a plan).
+
+        Raises:
+            DeliveryError: Planhat refused a batch after retries; batches sent before it stay
+                recorded, and the rest is sent by the next run.
+        """
+        report = PublishReport(dry_run=dry_run)
+        if not dry_run:
+            report.recovery = self.recover()
+        plan = self.plan(days)
+        report.activity_items_planned = plan.activities.height
+        report.metric_items_planned = plan.metrics.height
+        report.drift_keys = plan.drift.height
+        report.held_activity_keys = plan.held_activity_keys
+        report.held_metric_keys = plan.held_metric_keys
+        if dry_run:
+            self._store_plan(days, plan)
+        else:
+            if self.sender is None:
+                raise DeliveryError("no Planhat client: cannot publish")
+            self._send_all("activities", plan.activities, report)
+            for aggregation in ("last", "sum"):
+                part = plan.metrics.filter(pl.col("aggregation") == aggregation)
+                self._send_all("metrics", part, report)
+        row = self.conn.execute("SELECT COUNT(*) FROM batches_in_doubt").fetchone()
+        report.batches_in_doubt_total = int(row[0]) if row else 0
+        return report
+
+    def _store_plan(self, days: Sequence[date], plan: Plan) -> None:
+        now = pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us"))
+        replace_days(
+            self.conn,
+            table="planned_activities",
+            days=days,
+            frames=[plan.activities.with_columns(now.alias("planned_at"))],
+        )
+        replace_days(
+            self.conn,
+            table="planned_metrics",
+            days=days,
+            frames=[plan.metrics.with_columns(now.alias("planned_at"))],
+        )
+
+    def _send_all(self, kind: BatchKind, items: pl.DataFrame, report: PublishReport) -> None:
+        if items.height == 0:
+            return
+        encoded = (
+            encode_activity_items(items) if kind == "activities" else encode_metric_items(items)
+        )
+        lengths = encoded.str.len_bytes().to_list()
+        for start, stop in pack_batches(
+            lengths, max_items=self.settings.max_items, max_bytes=self.settings.max_bytes
+        ):
+            self._send_batch(kind, items[start:stop], encoded[start:stop], report)
+
+    def _send_batch(
+        self,
+        kind: BatchKind,
+        items: pl.DataFrame,
+        encoded: pl.Series,
+        report: PublishReport,
+        *,
+        attempt: int = 1,
+    ) -> None:
+        assert self.sender is not None
+        aggregation = items["aggregation"][0] if kind == "metrics" else None
+        body = ("[" + ",".join(encoded.to_list()) + "]").encode()
+        batch_id = self._prepare(kind, aggregation, items, len(body))
+        self._mark(batch_id, "sending", sent=True)
+        report.requests += 1
+        report.bytes_sent += len(body)
+        try:
+            if kind == "activities":
+                self.sender.post_activities(body, items=items.height)
+                errors: Sequence[dict[str, object]] = ()
+            else:
+                errors = self.sender.post_dimension_data(body, items=items.height).errors
+        except DeliveryUnknownError as exc:
+            if kind == "metrics" and aggregation == "last" and attempt < self.settings.last_resend_attempts:
+                self._mark(batch_id, "discarded", note=f"no answer ({exc}); resent: harmless for a last metric")
+                self._send_batch(kind, items, encoded, report, attempt=attempt + 1)
+                return
+            self._mark(batch_id, "in_doubt", note=f"no answer from Planhat: {exc}")
+            report.batches_in_doubt_new += 1
+            log.error("batch %d (%s, %d items) has an unknown outcome and is held back", batch_id, kind, items.height)
+            return
+        except ApiStatusError as exc:
+            if exc.status_code == 413 and items.height > 1:
+                self._mark(batch_id, "failed", note="413 body too large: split in two and resent")
+                report.batches_split += 1
+                half = items.height // 2
+                self._send_batch(kind, items[:half], encoded[:half], report)
+                self._send_batch(kind, items[half:], encoded[half:], report)
+                return
+            self._mark(batch_id, "failed", note=str(exc))
+            raise DeliveryError(f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}") from exc
+        except ApiError as exc:
+            self._mark(batch_id, "failed", note=str(exc))
+            raise DeliveryError(f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}") from exc
+        self._settle_delivered(batch_id, kind, items, errors, report)
+
+    def _prepare(self, kind: BatchKind, aggregation: str | None, items: pl.DataFrame, body_bytes: int) -> int:
+        c = self.conn
+        c.execute("BEGIN TRANSACTION")
+        try:
+            row = c.execute("SELECT nextval('outbox_batch_ids')").fetchone()
+            assert row is not None
+            batch_id = int(row[0])
+            c.execute(
+                "INSERT INTO outbox_batches (batch_id, kind, aggregation, status, items, body_bytes, "
+                "created_at, run_id) VALUES (?, ?, ?, 'prepared', ?, ?, current_timestamp, ?)",
+                [batch_id, kind, aggregation, items.height, body_bytes, self.run_id],
+            )
+            table = "outbox_activity_items" if kind == "activities" else "outbox_metric_items"
+            insert_frame(c, table, items.with_columns(pl.lit(batch_id, dtype=pl.Int64).alias("batch_id")))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return batch_id
+
+    def _mark(self, batch_id: int, status: str, *, note: str | None = None, sent: bool = False) -> None:
+        stamp = "sent_at" if sent else "settled_at"
+        self.conn.execute(
+            f"UPDATE outbox_batches SET status = ?, {stamp} = current_timestamp, "
+            "note = coalesce(?, note) WHERE batch_id = ?",
+            [status, note, batch_id],
+        )
+
+    def _settle_delivered(
+        self,
+        batch_id: int,
+        kind: BatchKind,
+        items: pl.DataFrame,
+        errors: Sequence[dict[str, object]],
+        report: PublishReport,
+    ) -> None:
+        rejected = _map_item_errors(items, errors) if errors else {}
+        if errors and rejected is None:
+            self._mark(batch_id, "in_doubt", note=f"Planhat reported {len(errors)} errors that name no item of the batch")
+            report.batches_in_doubt_new += 1
+            return
+        c = self.conn
+        c.execute("BEGIN TRANSACTION")
+        try:
+            if rejected:
+                frame = pl.DataFrame(
+                    {"k": list(rejected), "error": list(rejected.values())},
+                    schema={"k": pl.String, "error": pl.String},
+                )
+                c.register("_rejected", frame)
+                c.execute(
+                    "UPDATE outbox_metric_items AS i SET error = r.error FROM _rejected AS r "
+                    "WHERE i.batch_id = ? AND r.k = i.dimension_id || chr(31) || i.external_id "
+                    "|| chr(31) || i.model || chr(31) || CAST(i.day AS VARCHAR)",
+                    [batch_id],
+                )
+                c.unregister("_rejected")
+            note = f"Planhat rejected {len(rejected)} item(s); they are sent again next run" if rejected else None
+            self._mark(batch_id, "delivered", note=note)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        report.batches_delivered += 1
+        report.metric_items_rejected += len(rejected or {})
+        if kind == "activities":
+            report.activity_items_sent += items.height
+            report.activity_units_sent += int(items["count"].sum())
+        else:
+            report.metric_items_sent += items.height - len(rejected or {})
+
+
+def _map_item_errors(items: pl.DataFrame, errors: Sequence[dict[str, object]]) -> dict[str, str] | None:
+    """Map Planhat's ``{"item", "error"}`` entries to batch items; None if any names no item."""
+    keys = set(
+        items.select(
+            pl.concat_str(
+                ["dimension_id", "external_id", "model", pl.col("day").cast(pl.String)],
+                separator="\x1f",
+            )
+        ).to_series()
+    )
+    out: dict[str, str] = {}
+    for entry in errors:
+        item = entry.get("item")
+        if not isinstance(item, dict):
+            return None
+        key = "\x1f".join(
+            str(item.get(k, "")) for k in ("dimensionId", "externalId", "model", "date")
+        )
+        if key not in keys:
+            return None
+        out[key] = str(entry.get("error", "rejected"))[:300]
+    return out
