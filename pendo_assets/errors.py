@@ -5,10 +5,13 @@ The tree::
     PendoAssetsError
     ├── ApiError                      (service, method, url: always redacted)
     │   ├── ApiStatusError            (status_code, body: truncated)
-    │   │   └── RateLimitedError      (retry_after)
+    │   │   ├── RateLimitedError      (retry_after)
+    │   │   └── PayloadTooLargeError  (413: split the batch, then send again)
     │   ├── ApiTransportError         (the request could not be completed)
     │   │   └── DeliveryUnknownError  (sent, but no answer: the outcome is unknown)
-    │   └── PayloadShapeError         (the answer is not the documented shape)
+    │   ├── PayloadShapeError         (the answer is not the documented shape)
+    │   └── PagingLimitError          (max_pages reached before the last page)
+    ├── BatchError                    (also a ValueError: refused before sending)
     ├── ConfigError                   (also a ValueError)
     └── WarehouseError
         └── WarehouseLockedError      (another process holds the DuckDB file)
@@ -26,9 +29,12 @@ __all__ = [
     "ApiError",
     "ApiStatusError",
     "ApiTransportError",
+    "BatchError",
     "ConfigError",
     "DeliveryUnknownError",
+    "PagingLimitError",
     "PayloadShapeError",
+    "PayloadTooLargeError",
     "PendoAssetsError",
     "RateLimitedError",
     "WarehouseError",
@@ -45,7 +51,9 @@ class PendoAssetsError(Exception):
 class ApiError(PendoAssetsError):
     """A call to Pendo or Planhat failed."""
 
-    def __init__(self, message: str, *, service: Service, method: HttpMethod | str, url: str) -> None:
+    def __init__(
+        self, message: str, *, service: Service, method: HttpMethod | str, url: str
+    ) -> None:
         super().__init__(message)
         self.service = service
         self.method = method
@@ -89,6 +97,10 @@ class RateLimitedError(ApiStatusError):
         self.retry_after = retry_after
 
 
+class PayloadTooLargeError(ApiStatusError):
+    """The service answered 413 Payload Too Large: nothing was accepted, split before resending."""
+
+
 class ApiTransportError(ApiError):
     """The request could not be completed (connection refused, reset, timeout)."""
 
@@ -99,6 +111,14 @@ class DeliveryUnknownError(ApiTransportError):
 
 class PayloadShapeError(ApiError):
     """The service answered, but not with the documented shape (bad JSON, missing keys)."""
+
+
+class PagingLimitError(ApiError):
+    """Paging reached its ``max_pages`` cap before a short page, so the listing is incomplete."""
+
+
+class BatchError(PendoAssetsError, ValueError):
+    """A write was refused before sending: empty, over a size limit, or not as declared."""
 
 
 class ConfigError(PendoAssetsError, ValueError):

@@ -1,0 +1,16 @@
+"""HTTP clients for Pendo and Planhat, free of Dagster and usable from a REPL or script."""
+
+from __future__ import annotations
+
+from ._http import RetryPolicy, build_http_client
+from .pendo import PendoClient, day_window
+from .planhat import PlanhatClient, encode_batches
+
+__all__ = [
+    "PendoClient",
+    "PlanhatClient",
+    "RetryPolicy",
+    "build_http_client",
+    "day_window",
+    "encode_batches",
+]

@@ -1,0 +1,499 @@
+"""One HTTP and retry policy for both clients: timeouts, retries, redaction, error mapping.
+
+Retries are built on tenacity (``wait=`` reads ``Retry-After`` from the last answer, ``sleep=`` is
+injectable so tests run instantly). What is retried depends on whether sending a request twice is
+harmless, which is the core of the product's exactly-once guarantee (DESIGN.md section 6):
+
+* *idempotent* requests (GETs, Pendo's read-only aggregation POST, keyed upserts) are retried on
+  429, any 5xx and every ``httpx.TransportError``;
+* *non-idempotent* writes (Planhat's analytics POSTs) are retried on 429 and 5xx (the service
+  answered, so it did not accept the batch) and on transport errors raised before anything was
+  sent (``ConnectError``, ``ConnectTimeout``, ``PoolTimeout``). Any other transport error may
+  come after the body reached Planhat, so it raises `DeliveryUnknownError` at once, never retried.
+
+413 is never retried: the caller splits the batch. No secret reaches a log line, an exception
+message, an exception attribute or a ``repr``: known secret values are replaced by ``***``
+wherever they appear (the Planhat tenant token sits in analytics URL *paths*), key-like query
+parameters are masked, and error bodies are truncated to ``MAX_ERROR_BODY`` characters.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+from urllib.parse import quote, quote_plus
+
+import httpx
+import tenacity
+
+from .. import __version__
+from ..errors import (
+    MAX_ERROR_BODY,
+    ApiError,
+    ApiStatusError,
+    ApiTransportError,
+    ConfigError,
+    DeliveryUnknownError,
+    PayloadTooLargeError,
+    RateLimitedError,
+)
+from ..types import Service
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "NOT_SENT_ERRORS",
+    "USER_AGENT",
+    "Redactor",
+    "RetryPolicy",
+    "Sleep",
+    "build_http_client",
+    "parse_retry_after",
+    "send_with_retries",
+]
+
+logger = logging.getLogger("pendo_assets.clients")
+
+Sleep = Callable[[float], None]
+
+DEFAULT_TIMEOUT: Final = httpx.Timeout(10.0, read=60.0)
+USER_AGENT: Final = f"pendo-assets/{__version__}"
+
+#: Transport errors raised before any byte of the request left this process: always safe to retry.
+NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: Transport errors that no retry can fix (bad scheme): never retried, never sent.
+_NEVER_SENT_FATAL: Final = (httpx.UnsupportedProtocol,)
+
+_SERVICE_NAMES: Final[Mapping[Service, str]] = {"pendo": "Pendo", "planhat": "Planhat"}
+_MASK: Final = "***"
+_KEYLIKE_PARAM = re.compile(r"key|token|secret|passw|auth|signature|credential", re.IGNORECASE)
+_KEYLIKE_IN_TEXT = re.compile(
+    r"([?&][^=&\s\"'#]*(?:key|token|secret|passw|auth|signature|credential)[^=&\s\"'#]*=)"
+    r"[^&\s\"'#]*",
+    re.IGNORECASE,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Retry policy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a request that may succeed on a later attempt.
+
+    Attributes:
+        attempts: Total attempts including the first (1 disables retries).
+        backoff_factor: First exponential wait in seconds; it doubles per attempt.
+        max_delay: Cap on any single wait, including a server's ``Retry-After``.
+        jitter: Add up to ``backoff_factor`` random seconds to exponential waits.
+    """
+
+    attempts: int = 5
+    backoff_factor: float = 1.0
+    max_delay: float = 300.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"RetryPolicy.attempts must be 1 or more, got {self.attempts}")
+        if not (self.backoff_factor >= 0 and math.isfinite(self.backoff_factor)):
+            raise ConfigError(
+                f"RetryPolicy.backoff_factor must be a finite number >= 0, got {self.backoff_factor}"
+            )
+        if not (self.max_delay >= 0 and math.isfinite(self.max_delay)):
+            raise ConfigError(
+                f"RetryPolicy.max_delay must be a finite number >= 0, got {self.max_delay}"
+            )
+
+    def delay(self, *, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        Args:
+            attempt: The attempt that just failed.
+            retry_after: The server's ``Retry-After`` in seconds, if it sent one.
+
+        Returns:
+            ``retry_after`` when given, else ``backoff_factor * 2 ** (attempt - 1)`` plus jitter;
+            never more than ``max_delay``.
+        """
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        delay = self.backoff_factor * 2.0 ** min(max(attempt - 1, 0), 64)
+        if self.jitter:
+            delay += random.uniform(0.0, self.backoff_factor)
+        return min(delay, self.max_delay)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Parse a ``Retry-After`` header: delay seconds or an HTTP date.
+
+    Args:
+        value: The header value, or None when absent.
+        now: The current time (for HTTP dates); defaults to the system clock.
+
+    Returns:
+        Seconds to wait (never negative), or None when absent or unparseable.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max((when - current).total_seconds(), 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Redaction
+# --------------------------------------------------------------------------------------------
+
+_registry_lock = threading.Lock()
+_registered_secrets: tuple[str, ...] = ()
+
+
+def _register_secrets(values: Iterable[str]) -> None:
+    global _registered_secrets
+    with _registry_lock:
+        merged = set(_registered_secrets).union(values)
+        _registered_secrets = tuple(sorted(merged, key=len, reverse=True))
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    return _KEYLIKE_IN_TEXT.sub(rf"\1{_MASK}", text)
+
+
+class Redactor:
+    """Removes known secret values (and key-like query parameters) from text and URLs.
+
+    Each secret is matched as given and in its percent-encoded forms. Creating a Redactor also
+    registers its secrets with the filter on httpx's and httpcore's own loggers.
+    """
+
+    __slots__ = ("_longest", "_secrets")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        variants: set[str] = set()
+        for secret in secrets:
+            if secret:
+                variants.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)})
+        self._secrets = tuple(sorted(variants, key=len, reverse=True))
+        self._longest = len(self._secrets[0]) if self._secrets else 0
+        _register_secrets(self._secrets)
+
+    def __repr__(self) -> str:
+        return f"Redactor(<{len(self._secrets)} secret forms>)"
+
+    def text(self, value: str) -> str:
+        """Return ``value`` with every known secret and key-like query value replaced by ``***``."""
+        return _scrub(value, self._secrets)
+
+    def url(self, url: httpx.URL | str) -> str:
+        """Return the URL as text with secrets in the path and key-like query values masked."""
+        parsed = httpx.URL(str(url))
+        if parsed.query:
+            params = [
+                (name, _MASK if _KEYLIKE_PARAM.search(name) else value)
+                for name, value in parsed.params.multi_items()
+            ]
+            parsed = parsed.copy_with(params=params)
+        return self.text(str(parsed))
+
+    def path(self, url: httpx.URL | str) -> str:
+        """Return only the (redacted) path of the URL, for messages like ``GET /api/v1/feature``."""
+        return self.text(httpx.URL(str(url)).path)
+
+    def body(self, content: bytes | str) -> str:
+        """Return the start of a body, decoded, with secrets masked, at most ``MAX_ERROR_BODY`` long."""
+        # Redact a window wide enough to hold any secret that starts inside the kept part.
+        window = MAX_ERROR_BODY + self._longest
+        raw = content[:window] if isinstance(content, str) else content[: window * 4]
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
+        return self.text(text[:window])[:MAX_ERROR_BODY]
+
+
+class _ScrubLogFilter(logging.Filter):
+    """Masks registered secrets in records of loggers we do not own (httpx, httpcore)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = _registered_secrets
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: logging reports it itself
+            return True
+        cleaned = _scrub(message, secrets)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+# httpx logs every request's full URL at INFO and httpcore traces connections at DEBUG. Planhat's
+# tenant token is part of the analytics URL path, so an application that turns on INFO logging
+# globally would write the token to its logs. These loggers are raised to WARNING here, and a
+# scrubbing filter masks registered secrets should someone lower them again on purpose.
+_LIBRARY_LOGGERS: Final = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+def _quiet_library_loggers() -> None:
+    for name in _LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        if name in ("httpx", "httpcore"):
+            library_logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _ScrubLogFilter) for f in library_logger.filters):
+            library_logger.addFilter(_ScrubLogFilter())
+
+
+_quiet_library_loggers()
+
+
+# --------------------------------------------------------------------------------------------
+# Client and sending
+# --------------------------------------------------------------------------------------------
+
+
+def build_http_client(
+    *,
+    timeout: httpx.Timeout | float | None = None,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """Build the ``httpx.Client`` both API clients use.
+
+    Connections are pooled and kept alive between calls. Idle connections expire after 5 s, well
+    before common server idle timeouts (60 s and more), so a write is never sent on a connection
+    the server is closing: that would turn a harmless retry into an unknown outcome.
+
+    Args:
+        timeout: Defaults to ``httpx.Timeout(10.0, read=60.0)``; a number sets every timeout.
+        headers: Extra default headers. Keep secrets out of them (send them per request), so no
+            ``repr`` of the client's headers can show them.
+        transport: An ``httpx.MockTransport`` in tests.
+
+    Returns:
+        A client with the ``pendo-assets/<version>`` User-Agent and no redirect following.
+    """
+    return httpx.Client(
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+        limits=httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=5.0),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+@dataclass
+class _Attempts:
+    count: int = 0
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def send_with_retries(
+    request: httpx.Request,
+    *,
+    client: httpx.Client,
+    service: Service,
+    redactor: Redactor,
+    policy: RetryPolicy,
+    idempotent: bool,
+    sleep: Sleep = time.sleep,
+    hint: str | None = None,
+) -> httpx.Response:
+    """Send ``request`` under ``policy`` and return a 2xx response, or raise a mapped error.
+
+    Args:
+        request: A fully built request; its body must be bytes so it can be sent again.
+        client: The pooled client that sends it.
+        service: Names the service in errors and logs.
+        redactor: Knows the secrets to keep out of messages and logs.
+        policy: Attempts and waits.
+        idempotent: True when sending the request twice is harmless (see the module docstring).
+        sleep: Called with each wait in seconds; tests pass a recorder.
+        hint: Appended to the message of a 400 or 403 (e.g. "check the region").
+
+    Returns:
+        The response, body read, status 2xx.
+
+    Raises:
+        RateLimitedError: 429 after the last attempt.
+        PayloadTooLargeError: 413 (never retried).
+        ApiStatusError: Any other non-2xx status (4xx at once, 5xx after the last attempt).
+        DeliveryUnknownError: A non-idempotent request may have been sent but got no answer.
+        ApiTransportError: The request could not be completed after the last attempt.
+    """
+    name = _SERVICE_NAMES[service]
+    method = request.method
+    safe_url = redactor.url(request.url)
+    endpoint = redactor.path(request.url)
+    state = _Attempts()
+
+    def attempt() -> httpx.Response:
+        state.count += 1
+        state.retryable = False
+        state.retry_after = None
+        after = f" after {state.count} attempts" if state.count > 1 else ""
+        started = time.monotonic()
+        error: ApiError | None = None
+        cause: BaseException | None = None
+        try:
+            response = client.send(request)
+        except httpx.RequestError as exc:  # transport errors, and a body that fails to decode
+            # Chain a scrubbed copy: the original holds the request and its URL with secrets.
+            cause = type(exc)(redactor.text(str(exc)))
+            error, state.retryable = _transport_error(
+                exc, name, service, method, safe_url, endpoint, after, idempotent, redactor
+            )
+        if error is not None:
+            logger.info("%s %s %s -> %s", name, method, safe_url, type(cause).__name__)
+            raise error from cause
+        logger.info(
+            "%s %s %s -> %s (%.2f s)",
+            name,
+            method,
+            safe_url,
+            response.status_code,
+            time.monotonic() - started,
+        )
+        if response.is_success:
+            return response
+        status = response.status_code
+        state.retryable = status == 429 or status >= 500
+        state.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise _status_error(
+            response, name, service, method, safe_url, endpoint, after, redactor, hint
+        )
+
+    def wait(retry_state: tenacity.RetryCallState) -> float:
+        return policy.delay(attempt=retry_state.attempt_number, retry_after=state.retry_after)
+
+    def should_retry(exc: BaseException) -> bool:
+        return isinstance(exc, ApiError) and state.retryable
+
+    def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+        outcome = retry_state.outcome
+        reason = outcome.exception() if outcome is not None else None
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        logger.warning(
+            "%s %s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+            name,
+            method,
+            endpoint,
+            _short_reason(reason),
+            delay,
+            retry_state.attempt_number,
+            policy.attempts,
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception(should_retry),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(attempt)
+
+
+def _short_reason(exc: BaseException | None) -> str:
+    if isinstance(exc, ApiStatusError):
+        return f"status {exc.status_code}"
+    if isinstance(exc, ApiError) and exc.__cause__ is not None:
+        return type(exc.__cause__).__name__
+    return type(exc).__name__
+
+
+def _transport_error(
+    exc: httpx.RequestError,
+    name: str,
+    service: Service,
+    method: str,
+    safe_url: str,
+    endpoint: str,
+    after: str,
+    idempotent: bool,
+    redactor: Redactor,
+) -> tuple[ApiError, bool]:
+    """Map a transport error; return the error and whether another attempt may be made.
+
+    ``httpx.DecodingError`` (the answer's body could not be decoded) lands in the "may have been
+    applied" branch for writes: the service answered, but with a status that cannot be trusted.
+    """
+    detail = f"{type(exc).__name__}: {redactor.text(str(exc)) or 'no detail'}"
+    if isinstance(exc, _NEVER_SENT_FATAL):
+        message = f"{name} {method} {endpoint} could not be sent ({detail})"
+        return ApiTransportError(message, service=service, method=method, url=safe_url), False
+    if idempotent or isinstance(exc, NOT_SENT_ERRORS):
+        message = f"{name} {method} {endpoint} failed{after} ({detail})"
+        return ApiTransportError(message, service=service, method=method, url=safe_url), True
+    message = (
+        f"{name} {method} {endpoint}: the request may have been sent but no answer came "
+        f"({detail}); whether {name} applied it is unknown, so it is not retried"
+    )
+    return DeliveryUnknownError(message, service=service, method=method, url=safe_url), False
+
+
+def _status_error(
+    response: httpx.Response,
+    name: str,
+    service: Service,
+    method: str,
+    safe_url: str,
+    endpoint: str,
+    after: str,
+    redactor: Redactor,
+    hint: str | None,
+) -> ApiStatusError:
+    status = response.status_code
+    body = redactor.body(response.content)
+    message = f"{name} {method} {endpoint} answered {status}{after}"
+    excerpt = " ".join(body.split())[:200]
+    if excerpt:
+        message += f": {excerpt}"
+    if hint and status in (400, 403):
+        message += f" ({hint})"
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return RateLimitedError(
+            message,
+            service=service,
+            method=method,
+            url=safe_url,
+            body=body,
+            retry_after=retry_after,
+        )
+    cls = PayloadTooLargeError if status == 413 else ApiStatusError
+    return cls(message, service=service, method=method, url=safe_url, status_code=status, body=body)

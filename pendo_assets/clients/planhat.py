@@ -1,0 +1,675 @@
+"""Planhat client: the object snapshot, End User upserts, and the two analytics writes.
+
+Analytics writes are the exactly-once critical path: `PlanhatClient.post_activities` and
+`PlanhatClient.post_dimension_data` send exactly one HTTP request per call (the caller records
+each batch in an outbox before sending it), retry only when Planhat certainly did not accept the
+batch, and raise `DeliveryUnknownError` when the outcome is unknown. Planhat answers 200 to
+whatever it receives, and any 2xx is taken as accepted: nothing after it raises.
+
+Reference: /work/shared/reference/planhat_api.md (sections 1-5).
+"""
+
+from __future__ import annotations
+
+import decimal
+import itertools
+import logging
+import math
+import numbers
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import polars as pl
+
+from ..errors import BatchError, ConfigError, PagingLimitError, PayloadShapeError
+from ..models import (
+    SNAPSHOT_SCHEMAS,
+    DimensionDataResult,
+    EncodedBatch,
+    PlanhatSnapshot,
+    UpsertReport,
+)
+from ..types import JSONDict, Model
+from ._http import Redactor, RetryPolicy, Sleep, build_http_client, send_with_retries
+
+__all__ = [
+    "MAX_ANALYTICS_BODY_BYTES",
+    "MAX_UPSERT_ITEMS",
+    "MODEL_PAGE_LIMITS",
+    "PlanhatClient",
+    "encode_batches",
+]
+
+logger = logging.getLogger("pendo_assets.clients")
+
+#: Path and documented maximum ``limit`` per model: 5,000 companies, 2,000 for the others
+#: (planhat_api.md section 2.2; the projects maximum is unconfirmed and assumed 2,000).
+MODEL_PAGE_LIMITS: Final[Mapping[Model, tuple[str, int]]] = {
+    "EndUser": ("endusers", 2_000),
+    "Company": ("companies", 5_000),
+    "Asset": ("assets", 2_000),
+    "Project": ("projects", 2_000),
+}
+#: Planhat's bulk upsert takes at most 5,000 items per request (planhat_api.md section 5.1).
+MAX_UPSERT_ITEMS: Final = 5_000
+#: Planhat's hard cap on an analytics body (planhat_api.md section 3.4).
+MAX_ANALYTICS_BODY_BYTES: Final = 32_000_000
+DEFAULT_MAX_PAGES: Final = 10_000
+_DIMENSIONDATA_PAGE: Final = 2_000
+
+# decimal_format="number": Planhat wants numbers, and msgspec writes Decimal as a string otherwise.
+_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
+_RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_ENCODE_CHUNK: Final = 10_000
+
+
+def encode_batches(
+    items: Iterable[Mapping[str, Any]], *, max_bytes: int, max_items: int
+) -> Iterator[EncodedBatch]:
+    """Encode items once each and pack consecutive ones into JSON arrays under both limits.
+
+    Batches are never empty, never over ``max_bytes`` bytes or ``max_items`` items, and cover
+    the input in order: batch ``k`` holds items ``[start, stop)`` and the next starts at ``stop``.
+
+    Args:
+        items: JSON-encodable mappings (activities or metric values).
+        max_bytes: Largest body, brackets and commas included.
+        max_items: Most items per body.
+
+    Yields:
+        Encoded batches.
+
+    Raises:
+        ConfigError: A limit is too small to hold anything.
+        BatchError: An item holds NaN/Infinity, cannot be encoded, or alone exceeds ``max_bytes``.
+    """
+    if max_bytes < 3:
+        raise ConfigError(f"max_bytes must be at least 3 (room for one item), got {max_bytes}")
+    if max_items < 1:
+        raise ConfigError(f"max_items must be 1 or more, got {max_items}")
+    return _encode_batches(iter(items), max_bytes, max_items)
+
+
+def _encode_batches(
+    iterator: Iterator[Mapping[str, Any]], max_bytes: int, max_items: int
+) -> Iterator[EncodedBatch]:
+    parts: list[bytes] = []
+    size = 2  # the brackets
+    start = 0
+    offset = 0
+    while chunk := list(itertools.islice(iterator, _ENCODE_CHUNK)):
+        encoded = _encode_chunk(chunk, offset)
+        for position, data in enumerate(encoded):
+            length = len(data)
+            if length + 2 > max_bytes:
+                raise BatchError(
+                    f"item {offset + position} encodes to {length} bytes, more than "
+                    f"max_bytes={max_bytes} allows for a whole batch"
+                )
+            if parts and (size + 1 + length > max_bytes or len(parts) >= max_items):
+                stop = start + len(parts)
+                yield EncodedBatch(b"[" + b",".join(parts) + b"]", start, stop)
+                parts, size, start = [], 2, stop
+            size += length + (1 if parts else 0)
+            parts.append(data)
+        offset += len(chunk)
+    if parts:
+        yield EncodedBatch(b"[" + b",".join(parts) + b"]", start, start + len(parts))
+
+
+def _encode_chunk(chunk: list[Mapping[str, Any]], offset: int) -> list[bytes]:
+    try:
+        lines = _ENCODER.encode_lines(chunk)
+    except (TypeError, ValueError, OverflowError):
+        for position, item in enumerate(chunk):  # find the culprit for the message
+            try:
+                _ENCODER.encode(item)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise BatchError(f"item {offset + position} cannot be encoded: {exc}") from None
+        raise
+    # JSON strings escape newlines, so a raw b"\n" only ever separates two items.
+    encoded = lines.split(b"\n")
+    encoded.pop()  # encode_lines ends every item with a newline
+    # msgspec writes NaN and Infinity as null; Planhat would take that as a value, so refuse.
+    if b"null" in lines:
+        for position, item in enumerate(chunk):
+            if b"null" in encoded[position]:
+                where = _non_finite_path(item)
+                if where:
+                    raise BatchError(
+                        f"item {offset + position} holds a non-finite number at {where}; "
+                        "NaN and Infinity cannot be sent as JSON"
+                    )
+    return encoded
+
+
+def _non_finite_path(value: Any, path: str = "$") -> str | None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            found = _non_finite_path(inner, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            found = _non_finite_path(inner, f"{path}[{index}]")
+            if found:
+                return found
+    elif isinstance(value, decimal.Decimal):
+        return None if value.is_finite() else path
+    elif isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return None if math.isfinite(float(value)) else path
+    return None
+
+
+class PlanhatClient:
+    """Planhat API client: main API (snapshot, upserts, read-back) and analytics writes.
+
+    Usable on its own and as a context manager. One pooled ``httpx.Client`` serves both hosts.
+
+    Args:
+        api_token: Service-account token, sent as ``Authorization: Bearer``; never logged.
+        tenant_token: Tenant token, part of analytics URL paths; never logged.
+        api_url: Main API host (regional hosts are ``https://api-<region>.planhat.com``).
+        analytics_url: Analytics host.
+        timeout: Defaults to 10 s connect and 60 s read.
+        retry: Defaults to `RetryPolicy()`.
+        transport: An ``httpx.MockTransport`` in tests (used for both hosts).
+        sleep: Called with each retry wait in seconds.
+        max_body_bytes: Largest analytics body this client sends (Planhat's cap is 32 MB).
+        max_items: Most items in one analytics body.
+
+    Raises:
+        ConfigError: Empty tokens, non-HTTP URLs or limits out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_token: str,
+        tenant_token: str,
+        api_url: str = "https://api.planhat.com",
+        analytics_url: str = "https://analytics.planhat.com",
+        timeout: httpx.Timeout | float | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Sleep = time.sleep,
+        max_body_bytes: int = 30_000_000,
+        max_items: int = 100_000,
+    ) -> None:
+        for name, value in (("api_token", api_token), ("tenant_token", tenant_token)):
+            if not isinstance(value, str) or not value.strip():
+                env = "PLANHAT_API_TOKEN" if name == "api_token" else "PLANHAT_TENANT_TOKEN"
+                raise ConfigError(f"the Planhat {name} is empty (set {env})")
+        for name, url in (("api_url", api_url), ("analytics_url", analytics_url)):
+            if not url.startswith(("https://", "http://")):
+                raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+        if not 3 <= max_body_bytes <= MAX_ANALYTICS_BODY_BYTES:
+            raise ConfigError(
+                f"max_body_bytes must be between 3 and {MAX_ANALYTICS_BODY_BYTES} "
+                f"(Planhat's cap), got {max_body_bytes}"
+            )
+        if max_items < 1:
+            raise ConfigError(f"max_items must be 1 or more, got {max_items}")
+        self.api_url = api_url.rstrip("/")
+        self.analytics_url = analytics_url.rstrip("/")
+        self.max_body_bytes = max_body_bytes
+        self.max_items = max_items
+        self._bearer = {"Authorization": f"Bearer {api_token}"}
+        tenant = quote(tenant_token, safe="")
+        self._activities_url = f"{self.analytics_url}/analytics/bulk/{tenant}"
+        self._dimensiondata_url = f"{self.analytics_url}/dimensiondata/{tenant}"
+        self._redactor = Redactor([api_token, tenant_token])
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._http = build_http_client(timeout=timeout, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
+
+    def __enter__(self) -> PlanhatClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.close()
+
+    # -- snapshot ------------------------------------------------------------------------------
+
+    def iter_pages(
+        self,
+        model: Model,
+        *,
+        select: Sequence[str],
+        page_size: int | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> Iterator[list[JSONDict]]:
+        """Yield pages of one model's objects (``GET /{model path}?limit=&offset=&select=&sort=_id``).
+
+        Stops after a page shorter than ``page_size`` (an empty one included): Planhat returns
+        no total or cursor. Sorting by ``_id`` keeps offsets stable while objects are added.
+
+        Args:
+            model: ``EndUser``, ``Company``, ``Asset`` or ``Project``.
+            select: Planhat field names to return.
+            page_size: ``limit``; defaults to and may not exceed the model's documented maximum.
+            max_pages: Hard cap; reaching it with a full page raises rather than stop short.
+
+        Yields:
+            Each page's objects.
+
+        Raises:
+            ConfigError: Unknown model, or a page size / ``max_pages`` without a stop rule.
+            PagingLimitError: ``max_pages`` full pages and still more.
+            ApiError: From the requests or a malformed answer.
+        """
+        if model not in MODEL_PAGE_LIMITS:
+            raise ConfigError(
+                f"unknown Planhat model {model!r}; valid models: {', '.join(MODEL_PAGE_LIMITS)}"
+            )
+        path, maximum = MODEL_PAGE_LIMITS[model]
+        params = {"select": ",".join(select), "sort": "_id"}
+        return self._offset_pages(
+            f"/{path}", params, page_size=page_size, maximum=maximum, max_pages=max_pages
+        )
+
+    def snapshot(self, *, max_pages: int = DEFAULT_MAX_PAGES) -> PlanhatSnapshot:
+        """Read End Users, Companies, Assets and Projects whole, de-duplicated by ``_id``.
+
+        A missing or null ``externalId`` is kept as null and ``""`` as ``""``: matching decides.
+
+        Args:
+            max_pages: Hard cap per model.
+
+        Returns:
+            Frames with the schemas of `SNAPSHOT_SCHEMAS`.
+
+        Raises:
+            PayloadShapeError: An object without a string ``_id``.
+            ApiError: From the requests.
+        """
+        frames: dict[Model, pl.DataFrame] = {}
+        for model, schema in SNAPSHOT_SCHEMAS.items():
+            columns: dict[str, list[Any]] = {name: [] for name in schema}
+            for page in self.iter_pages(model, select=list(schema), max_pages=max_pages):
+                for item in page:
+                    self._collect(model, item, columns)
+            frame = pl.DataFrame(columns, schema=schema)
+            unique = frame.unique(subset="_id", keep="first", maintain_order=True)
+            if unique.height != frame.height:
+                # Offset paging over a changing collection can repeat an object across pages.
+                logger.info(
+                    "Planhat %s snapshot: dropped %d repeated _id rows",
+                    model,
+                    frame.height - unique.height,
+                )
+            frames[model] = unique
+        return PlanhatSnapshot(
+            endusers=frames["EndUser"],
+            companies=frames["Company"],
+            assets=frames["Asset"],
+            projects=frames["Project"],
+        )
+
+    def _collect(self, model: Model, item: JSONDict, columns: dict[str, list[Any]]) -> None:
+        object_id = item.get("_id")
+        if not isinstance(object_id, str) or not object_id:
+            raise PayloadShapeError(
+                f"Planhat GET /{MODEL_PAGE_LIMITS[model][0]}: an object has no string _id "
+                f"(got {type(object_id).__name__})",
+                service="planhat",
+                method="GET",
+                url=self._redactor.url(f"{self.api_url}/{MODEL_PAGE_LIMITS[model][0]}"),
+            )
+        for field, column in columns.items():
+            value = item.get(field)
+            if field == "archived":
+                column.append(value if isinstance(value, bool) else None)
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # defensive: an id stored as a number matches its text
+            elif value is not None and not isinstance(value, str):
+                logger.warning(
+                    "Planhat %s %s: %s is a %s, kept as null",
+                    model,
+                    object_id,
+                    field,
+                    type(value).__name__,
+                )
+                value = None
+            column.append(value)
+
+    # -- End Users -----------------------------------------------------------------------------
+
+    def upsert_endusers(self, items: Sequence[Mapping[str, Any]]) -> UpsertReport:
+        """Bulk upsert End Users (``PUT /endusers``), sequentially in chunks of 5,000.
+
+        Each item should carry a keyable (``_id``, ``externalId`` or ``sourceId``); Planhat
+        inserts an item without one (planhat_api.md section 5.1). Keyed upserts are idempotent,
+        so they are retried like reads.
+
+        Args:
+            items: End User objects.
+
+        Returns:
+            Summed counts and every ``createdErrors`` / ``updatedErrors`` / ``permissionErrors``
+            entry; ``partial`` is True when any chunk answered 206.
+
+        Raises:
+            ApiError: A chunk failed after retries; earlier chunks stay applied.
+        """
+        created = updated = nonupdates = requests = 0
+        created_errors: list[Any] = []
+        updated_errors: list[Any] = []
+        permission_errors: list[Any] = []
+        partial = False
+        for start in range(0, len(items), MAX_UPSERT_ITEMS):
+            chunk = list(items[start : start + MAX_UPSERT_ITEMS])
+            response = self._send(
+                "PUT",
+                f"{self.api_url}/endusers",
+                content=_ENCODER.encode(chunk),
+                bearer=True,
+                idempotent=True,
+            )
+            requests += 1
+            partial = partial or response.status_code == 206
+            data = self._json(response, "PUT", "/endusers")
+            if not isinstance(data, dict):
+                raise self._shape("PUT", "/endusers", "expected a JSON object")
+            created += _int(data.get("created"))
+            updated += _int(data.get("updated"))
+            nonupdates += _int(data.get("nonupdates"))
+            created_errors += _list(data.get("createdErrors"))
+            updated_errors += _list(data.get("updatedErrors"))
+            permission_errors += _list(data.get("permissionErrors"))
+        report = UpsertReport(
+            created=created,
+            updated=updated,
+            nonupdates=nonupdates,
+            created_errors=created_errors,
+            updated_errors=updated_errors,
+            permission_errors=permission_errors,
+            requests=requests,
+            partial=partial,
+        )
+        if not report.ok:
+            logger.warning(
+                "Planhat PUT /endusers: %d created errors, %d updated errors, %d permission errors",
+                len(created_errors),
+                len(updated_errors),
+                len(permission_errors),
+            )
+        return report
+
+    # -- analytics writes ----------------------------------------------------------------------
+
+    def encode_batches(
+        self, items: Iterable[Mapping[str, Any]], *, max_bytes: int | None = None
+    ) -> Iterator[EncodedBatch]:
+        """`encode_batches` under this client's limits (``max_body_bytes``, ``max_items``).
+
+        Args:
+            items: Activities or metric values.
+            max_bytes: A smaller byte limit, e.g. after a 413.
+
+        Yields:
+            Encoded batches, each fit for one `post_activities` / `post_dimension_data` call.
+        """
+        limit = self.max_body_bytes if max_bytes is None else min(max_bytes, self.max_body_bytes)
+        return encode_batches(items, max_bytes=limit, max_items=self.max_items)
+
+    def post_activities(self, body: bytes, *, items: int) -> None:
+        """Send one batch of User Activities: exactly one ``POST /analytics/bulk/{tenant}``.
+
+        Args:
+            body: A JSON array of ``items`` activities (see `encode_batches`).
+            items: How many items ``body`` holds; checked before sending.
+
+        Raises:
+            BatchError: Empty, over ``max_body_bytes`` / ``max_items``, or not ``items`` long;
+                nothing was sent.
+            DeliveryUnknownError: The batch may have reached Planhat; do not resend blindly.
+            PayloadTooLargeError: 413; nothing was accepted, split and send again.
+            ApiStatusError: Planhat answered an error (after retries); nothing was accepted.
+            ApiTransportError: Planhat could not be reached; nothing was sent.
+        """
+        self._check_batch(body, items)
+        self._send("POST", self._activities_url, content=body, bearer=False, idempotent=False)
+        logger.info("Planhat accepted a batch of %d activities (%d bytes)", items, len(body))
+
+    def post_dimension_data(self, body: bytes, *, items: int) -> DimensionDataResult:
+        """Send one batch of Custom Metric values: exactly one ``POST /dimensiondata/{tenant}``.
+
+        The Bearer token is sent too (Airbyte's Planhat destination requires it for metrics).
+        Once Planhat answered 2xx the batch counts as accepted: an unreadable answer is logged
+        and reported as ``processed=None``, never raised, so the caller cannot resend it.
+
+        Args:
+            body: A JSON array of ``items`` metric values.
+            items: How many items ``body`` holds; checked before sending.
+
+        Returns:
+            ``processed`` and Planhat's per-item ``errors`` (``{"item", "error"}``).
+
+        Raises:
+            BatchError: Empty, over a limit, or not ``items`` long; nothing was sent.
+            DeliveryUnknownError: The batch may have reached Planhat; do not resend blindly.
+            PayloadTooLargeError: 413; nothing was accepted, split and send again.
+            ApiStatusError: Planhat answered an error (after retries); nothing was accepted.
+            ApiTransportError: Planhat could not be reached; nothing was sent.
+        """
+        self._check_batch(body, items)
+        response = self._send(
+            "POST", self._dimensiondata_url, content=body, bearer=True, idempotent=False
+        )
+        result = _dimension_data_result(response.content)
+        logger.info(
+            "Planhat accepted a batch of %d metric values (processed=%s, errors=%d)",
+            items,
+            result.processed,
+            len(result.errors),
+        )
+        return result
+
+    def _check_batch(self, body: bytes, items: int) -> None:
+        if not isinstance(body, bytes):
+            raise BatchError(f"body must be bytes, got {type(body).__name__}")
+        if len(body) > self.max_body_bytes:
+            raise BatchError(
+                f"refusing to send {len(body)} bytes: over max_body_bytes={self.max_body_bytes}; "
+                "split the batch"
+            )
+        if isinstance(items, bool) or not isinstance(items, int) or items < 1:
+            raise BatchError(f"refusing to send an empty batch (items={items!r})")
+        if items > self.max_items:
+            raise BatchError(
+                f"refusing to send {items} items: over max_items={self.max_items}; split the batch"
+            )
+        try:
+            count = len(_RAW_LIST.decode(body))
+        except msgspec.DecodeError:
+            raise BatchError("refusing to send: the body is not a JSON array") from None
+        if count == 0:
+            raise BatchError("refusing to send an empty JSON array")
+        if count != items:
+            raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
+
+    # -- read-back -----------------------------------------------------------------------------
+
+    def get_dimension_data(
+        self,
+        *,
+        dimension_id: str,
+        start: date,
+        end: date,
+        company_id: str | None = None,
+        page_size: int = _DIMENSIONDATA_PAGE,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> list[JSONDict]:
+        """Read metric values back (``GET /dimensiondata``) for reconciliation.
+
+        Args:
+            dimension_id: The metric's ``dimensionId`` (``dimid``).
+            start: First day (``from``, sent as days since 1970-01-01).
+            end: Last day (``to``; whether Planhat includes it is unconfirmed).
+            company_id: Planhat Company ``_id`` (``cId``) to narrow to one company.
+            page_size: ``limit`` per request.
+            max_pages: Hard cap.
+
+        Returns:
+            Items as Planhat sends them (``_id, dimensionId, time, value, model, parentId, ...``).
+
+        Raises:
+            ConfigError: ``start`` after ``end`` or bad paging arguments.
+            ApiError: From the requests.
+        """
+        if start > end:
+            raise ConfigError(f"start {start} is after end {end}")
+        epoch = date(1970, 1, 1)
+        params = {
+            "dimid": dimension_id,
+            "from": str((start - epoch).days),
+            "to": str((end - epoch).days),
+        }
+        if company_id is not None:
+            params["cId"] = company_id
+        rows: list[JSONDict] = []
+        for page in self._offset_pages(
+            "/dimensiondata", params, page_size=page_size, maximum=None, max_pages=max_pages
+        ):
+            rows.extend(page)
+        return rows
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _offset_pages(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        page_size: int | None,
+        maximum: int | None,
+        max_pages: int,
+    ) -> Iterator[list[JSONDict]]:
+        limit = maximum if page_size is None else page_size
+        if limit is None or limit < 1 or (maximum is not None and limit > maximum):
+            raise ConfigError(
+                f"page_size for {path} must be between 1 and {maximum or 'any'} "
+                f"(a page shorter than it is the stop rule), got {page_size}"
+            )
+        if max_pages < 1:
+            raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
+        # Arguments are checked above, when called; requests start on the first next().
+        return self._offset_pages_from(path, params, limit, max_pages)
+
+    def _offset_pages_from(
+        self, path: str, params: Mapping[str, str], limit: int, max_pages: int
+    ) -> Iterator[list[JSONDict]]:
+        for page_index in range(max_pages):
+            query = {**params, "limit": str(limit), "offset": str(page_index * limit)}
+            response = self._send(
+                "GET", self.api_url + path, params=query, bearer=True, idempotent=True
+            )
+            data = self._json(response, "GET", path)
+            if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+                raise self._shape("GET", path, "expected a JSON array of objects")
+            yield data
+            if len(data) < limit:
+                return
+        raise PagingLimitError(
+            f"Planhat GET {path}: {max_pages} full pages of {limit} and still more; "
+            "raise max_pages (stopping here would give an incomplete listing)",
+            service="planhat",
+            method="GET",
+            url=self._redactor.url(self.api_url + path),
+        )
+
+    def _send(
+        self,
+        method: Literal["GET", "PUT", "POST"],
+        url: str,
+        *,
+        bearer: bool,
+        idempotent: bool,
+        params: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json"}
+        if bearer:
+            headers.update(self._bearer)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._http.build_request(
+            method, url, params=params, content=content, headers=headers
+        )
+        return send_with_retries(
+            request,
+            client=self._http,
+            service="planhat",
+            redactor=self._redactor,
+            policy=self._retry,
+            idempotent=idempotent,
+            sleep=self._sleep,
+        )
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise self._shape(method, path, f"not JSON ({exc})") from None
+
+    def _shape(self, method: str, path: str, problem: str) -> PayloadShapeError:
+        return PayloadShapeError(
+            f"Planhat {method} {path}: {problem}",
+            service="planhat",
+            method=method,
+            url=self._redactor.url(self.api_url + path),
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _dimension_data_result(content: bytes) -> DimensionDataResult:
+    if not content.strip():
+        return DimensionDataResult(processed=None)
+    try:
+        data = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        logger.warning("Planhat accepted a metrics batch but its answer is not JSON; ignored")
+        return DimensionDataResult(processed=None)
+    if not isinstance(data, dict):
+        logger.warning("Planhat accepted a metrics batch with an unexpected answer; ignored")
+        return DimensionDataResult(processed=None)
+    processed = data.get("processed")
+    errors: list[JSONDict] = []
+    for entry in _list(data.get("errors")):
+        if isinstance(entry, dict):
+            item = entry.get("item")
+            errors.append(
+                {
+                    "item": item if isinstance(item, dict) else {},
+                    "error": str(entry.get("error", "")),
+                }
+            )
+        else:
+            errors.append({"item": {}, "error": str(entry)})
+    return DimensionDataResult(
+        processed=processed
+        if isinstance(processed, int) and not isinstance(processed, bool)
+        else None,
+        errors=errors,
+    )

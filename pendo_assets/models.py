@@ -1,0 +1,227 @@
+"""Typed records at the API boundary, and the Arrow / Polars schemas declared once.
+
+Pendo side: `Feature`, a `FeatureEventPage` of decoded feature events (`FEATURE_EVENT_SCHEMA`)
+with the `RejectedRow` list of rows that could not be used. Planhat side: the snapshot frames
+(`ENDUSER_SCHEMA`, `COMPANY_SCHEMA`, `ASSET_SCHEMA`, `PROJECT_SCHEMA`), `UpsertReport`,
+`DimensionDataResult`, `EncodedBatch`, and `TypedDict` shapes of the items sent to Planhat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, NotRequired, TypedDict
+
+import polars as pl
+import pyarrow as pa
+
+from .types import JSONDict, Model
+
+__all__ = [
+    "ASSET_SCHEMA",
+    "COMPANY_SCHEMA",
+    "ENDUSER_SCHEMA",
+    "FEATURE_EVENT_SCHEMA",
+    "PROJECT_SCHEMA",
+    "SNAPSHOT_SCHEMAS",
+    "ActivityItem",
+    "DimensionDataResult",
+    "EncodedBatch",
+    "Feature",
+    "FeatureEventPage",
+    "MetricItem",
+    "PlanhatSnapshot",
+    "RejectedRow",
+    "UpsertReport",
+]
+
+# --------------------------------------------------------------------------------------------
+# Pendo
+# --------------------------------------------------------------------------------------------
+
+#: One row per Pendo featureEvents row: visitor x account x feature x app x day x IP x UA x server.
+FEATURE_EVENT_SCHEMA: Final = pa.schema(
+    [
+        pa.field("visitor_id", pa.string(), nullable=False),
+        pa.field("account_id", pa.string()),
+        pa.field("feature_id", pa.string(), nullable=False),
+        pa.field("app_id", pa.int64()),
+        pa.field("day_ms", pa.int64(), nullable=False),
+        pa.field("num_events", pa.int64(), nullable=False),
+        pa.field("num_minutes", pa.int64(), nullable=False),
+        pa.field("remote_ip", pa.string()),
+        pa.field("user_agent", pa.string()),
+        pa.field("server", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """A Pendo Feature (a tagged UI element) from ``GET /api/v1/feature``."""
+
+    id: str
+    name: str | None
+    app_id: int | None
+    kind: str | None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Feature:
+        """Parse one item; ``id`` is required (KeyError / TypeError when absent or not a string)."""
+        feature_id = data["id"]
+        if not isinstance(feature_id, str) or not feature_id:
+            raise TypeError(f"feature id must be a non-empty string, got {feature_id!r}")
+        name = data.get("name")
+        app_id = data.get("appId")
+        kind = data.get("kind")
+        return cls(
+            id=feature_id,
+            name=name if isinstance(name, str) else None,
+            app_id=app_id if isinstance(app_id, int) and not isinstance(app_id, bool) else None,
+            kind=kind if isinstance(kind, str) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A row of a Pendo page that was not used, with why and its JSON text for the quarantine."""
+
+    index: int
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureEventPage:
+    """One decoded page of feature events: every row is in ``table`` or in ``rejects``.
+
+    Attributes:
+        table: Usable rows, schema `FEATURE_EVENT_SCHEMA`.
+        rejects: Unusable rows with a reason.
+        page_index: 0 for the first page of a day.
+        row_count: Rows in the response body (``table.num_rows + len(rejects)``).
+        body_bytes: Size of the response body.
+    """
+
+    table: pa.Table = field(repr=False)
+    rejects: list[RejectedRow]
+    page_index: int
+    row_count: int
+    body_bytes: int
+
+
+# --------------------------------------------------------------------------------------------
+# Planhat
+# --------------------------------------------------------------------------------------------
+
+# Snapshot frames keep Planhat's own field names, so a column is the ``select`` field it holds.
+
+#: One row per Planhat End User (``_id``); ``externalId`` null when Planhat has none.
+ENDUSER_SCHEMA: Final = pl.Schema(
+    {
+        "_id": pl.String,
+        "externalId": pl.String,
+        "email": pl.String,
+        "companyId": pl.String,
+        "name": pl.String,
+        "archived": pl.Boolean,
+    }
+)
+#: One row per Planhat Company.
+COMPANY_SCHEMA: Final = pl.Schema({"_id": pl.String, "externalId": pl.String, "name": pl.String})
+#: One row per Planhat Asset.
+ASSET_SCHEMA: Final = pl.Schema(
+    {"_id": pl.String, "externalId": pl.String, "companyId": pl.String, "name": pl.String}
+)
+#: One row per Planhat Project.
+PROJECT_SCHEMA: Final = pl.Schema(
+    {"_id": pl.String, "externalId": pl.String, "companyId": pl.String, "name": pl.String}
+)
+#: Per model, the snapshot frame's schema; its column names are the ``select`` list.
+SNAPSHOT_SCHEMAS: Final[Mapping[Model, pl.Schema]] = {
+    "EndUser": ENDUSER_SCHEMA,
+    "Company": COMPANY_SCHEMA,
+    "Asset": ASSET_SCHEMA,
+    "Project": PROJECT_SCHEMA,
+}
+
+
+@dataclass(frozen=True)
+class PlanhatSnapshot:
+    """End Users, Companies, Assets and Projects as read at one sync, de-duplicated by ``_id``.
+
+    ``externalId`` is null when Planhat sent none (missing or null) and ``""`` when it sent ``""``.
+    """
+
+    endusers: pl.DataFrame
+    companies: pl.DataFrame
+    assets: pl.DataFrame
+    projects: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class UpsertReport:
+    """Summed outcome of a chunked bulk upsert (``PUT /endusers``)."""
+
+    created: int = 0
+    updated: int = 0
+    nonupdates: int = 0
+    created_errors: list[Any] = field(default_factory=list)
+    updated_errors: list[Any] = field(default_factory=list)
+    permission_errors: list[Any] = field(default_factory=list)
+    requests: int = 0
+    partial: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when no item failed."""
+        return not (self.created_errors or self.updated_errors or self.permission_errors)
+
+
+@dataclass(frozen=True)
+class DimensionDataResult:
+    """Planhat's answer to a metrics post.
+
+    Attributes:
+        processed: Items Planhat says it processed; None when the answer did not say.
+        errors: One ``{"item": {...}, "error": "..."}`` per item Planhat refused.
+    """
+
+    processed: int | None
+    errors: list[JSONDict] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A JSON array of items ``[start, stop)`` of the input, ready to send as one request."""
+
+    body: bytes = field(repr=False)
+    start: int
+    stop: int
+
+    @property
+    def items(self) -> int:
+        """Number of items in the batch."""
+        return self.stop - self.start
+
+
+class ActivityItem(TypedDict):
+    """One User Activity for ``POST /analytics/bulk/{tenant}`` (DESIGN.md section 5)."""
+
+    externalId: str
+    action: str
+    date: str
+    count: int
+    weight: float
+    info: JSONDict
+    companyExternalId: NotRequired[str]
+
+
+class MetricItem(TypedDict):
+    """One Custom Metric value for ``POST /dimensiondata/{tenant}`` (DESIGN.md section 5)."""
+
+    dimensionId: str
+    value: float
+    externalId: str
+    model: Model
+    date: str

@@ -1,0 +1,550 @@
+"""PlanhatClient: snapshot paging, upserts, analytics writes (one call, one request), batching."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+
+from pendo_assets.clients import PlanhatClient, RetryPolicy, encode_batches
+from pendo_assets.errors import (
+    BatchError,
+    ConfigError,
+    DeliveryUnknownError,
+    PagingLimitError,
+    PayloadShapeError,
+    PayloadTooLargeError,
+)
+from pendo_assets.models import SNAPSHOT_SCHEMAS, DimensionDataResult
+
+from .test_http import Recorder, Sleeps
+
+TOKEN = "ph-api-token"
+TENANT = "ph-tenant-uuid"
+
+
+def planhat(recorder: Recorder, **kwargs: Any) -> PlanhatClient:
+    kwargs.setdefault("retry", RetryPolicy(jitter=False))
+    kwargs.setdefault("sleep", Sleeps())
+    return PlanhatClient(
+        api_token=TOKEN, tenant_token=TENANT, transport=recorder.transport, **kwargs
+    )
+
+
+def planhat_enduser(**overrides: Any) -> dict[str, Any]:
+    """One End User as ``GET /endusers`` returns it; a value of ``...`` drops the key."""
+    item: dict[str, Any] = {
+        "_id": "eu-1",
+        "externalId": "visitor-1",
+        "email": "ann@example.com",
+        "companyId": "co-1",
+        "name": "Ann",
+    }
+    item.update(overrides)
+    return {k: v for k, v in item.items() if v is not ...}
+
+
+def planhat_company(**overrides: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"_id": "co-1", "externalId": "acct-1", "name": "Acme"}
+    item.update(overrides)
+    return {k: v for k, v in item.items() if v is not ...}
+
+
+def activity(i: int, **overrides: Any) -> dict[str, Any]:
+    item = {
+        "externalId": f"visitor-{i}",
+        "action": "Used export",
+        "date": "2026-11-28",
+        "count": i % 9 + 1,
+        "weight": 1,
+        "info": {"featureId": "feat-a"},
+    }
+    item.update(overrides)
+    return item
+
+
+# ---------------------------------------------------------------------------------------------
+# Construction
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"api_token": ""},
+        {"tenant_token": " "},
+        {"api_url": "api.planhat.com"},
+        {"max_body_bytes": 40_000_000},
+        {"max_items": 0},
+    ],
+)
+def test_planhat_client_rejects_bad_settings(kwargs: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {"api_token": TOKEN, "tenant_token": TENANT, **kwargs}
+    with pytest.raises(ConfigError):
+        PlanhatClient(**settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Offset pager
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "limit"),
+    [
+        ("EndUser", "/endusers", 2000),
+        ("Company", "/companies", 5000),
+        ("Asset", "/assets", 2000),
+        ("Project", "/projects", 2000),
+    ],
+)
+def test_iter_pages_uses_the_documented_maximum_limit(model: Any, path: str, limit: int) -> None:
+    recorder = Recorder(httpx.Response(200, json=[{"_id": "x"}]))
+    pages = list(planhat(recorder).iter_pages(model, select=["_id", "externalId"]))
+    assert pages == [[{"_id": "x"}]]
+    request = recorder.requests[0]
+    assert request.url.host == "api.planhat.com"
+    assert request.url.path == path
+    assert dict(request.url.params) == {
+        "select": "_id,externalId",
+        "sort": "_id",
+        "limit": str(limit),
+        "offset": "0",
+    }
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs"),
+    [
+        ("Company", {"page_size": 5001}),
+        ("EndUser", {"page_size": 2001}),
+        ("Asset", {"page_size": 0}),
+        ("Project", {"max_pages": 0}),
+        ("License", {}),
+    ],
+)
+def test_iter_pages_rejects_a_config_without_a_stop_rule(model: Any, kwargs: Any) -> None:
+    recorder = Recorder()
+    with pytest.raises(ConfigError):
+        list(planhat(recorder).iter_pages(model, select=["_id"], **kwargs))
+    assert recorder.requests == []
+
+
+def test_iter_pages_checks_its_arguments_when_called() -> None:
+    with pytest.raises(ConfigError, match="between 1 and 5000"):
+        planhat(Recorder()).iter_pages("Company", select=["_id"], page_size=6000)
+    with pytest.raises(ConfigError, match="max_items"):
+        encode_batches([], max_bytes=100, max_items=0)
+
+
+def _ids(n: int, start: int = 0) -> list[dict[str, str]]:
+    return [{"_id": f"id-{i:05d}"} for i in range(start, start + n)]
+
+
+def test_iter_pages_stops_on_a_short_page() -> None:
+    recorder = Recorder(httpx.Response(200, json=_ids(3)), httpx.Response(200, json=_ids(2, 3)))
+    pages = list(planhat(recorder).iter_pages("Asset", select=["_id"], page_size=3))
+    assert [len(p) for p in pages] == [3, 2]
+    assert [r.url.params["offset"] for r in recorder.requests] == ["0", "3"]
+
+
+def test_iter_pages_stops_on_an_empty_page_after_an_exact_limit_page() -> None:
+    recorder = Recorder(httpx.Response(200, json=_ids(3)), httpx.Response(200, json=[]))
+    pages = list(planhat(recorder).iter_pages("Asset", select=["_id"], page_size=3))
+    assert [len(p) for p in pages] == [3, 0]
+    assert len(recorder.requests) == 2
+
+
+def test_iter_pages_raises_at_max_pages() -> None:
+    recorder = Recorder(httpx.Response(200, json=_ids(2)))
+    with pytest.raises(PagingLimitError, match="3 full pages"):
+        list(planhat(recorder).iter_pages("Asset", select=["_id"], page_size=2, max_pages=3))
+    assert len(recorder.requests) == 3
+
+
+def test_iter_pages_honours_retry_after_on_429() -> None:
+    sleeps = Sleeps()
+    recorder = Recorder(
+        httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(200, json=[])
+    )
+    list(planhat(recorder, sleep=sleeps).iter_pages("Company", select=["_id"]))
+    assert sleeps == [3.0]
+
+
+@pytest.mark.parametrize("payload", [{"data": []}, [1, 2], "text"])
+def test_iter_pages_rejects_answers_that_are_not_arrays_of_objects(payload: Any) -> None:
+    with pytest.raises(PayloadShapeError):
+        list(
+            planhat(Recorder(httpx.Response(200, json=payload))).iter_pages("Asset", select=["_id"])
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshot
+# ---------------------------------------------------------------------------------------------
+
+
+class SnapshotApi:
+    """Answers the four list endpoints from fixed item lists, honouring limit/offset."""
+
+    def __init__(self, **items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.path.strip("/")
+        limit = int(request.url.params["limit"])
+        offset = int(request.url.params["offset"])
+        return httpx.Response(200, json=self.items.get(name, [])[offset : offset + limit])
+
+
+def test_snapshot_reads_every_model_with_its_select() -> None:
+    recorder = Recorder(SnapshotApi(endusers=[planhat_enduser()], companies=[planhat_company()]))
+    snapshot = planhat(recorder).snapshot()
+    selects = {r.url.path: r.url.params["select"] for r in recorder.requests}
+    assert selects == {
+        "/endusers": "_id,externalId,email,companyId,name,archived",
+        "/companies": "_id,externalId,name",
+        "/assets": "_id,externalId,companyId,name",
+        "/projects": "_id,externalId,companyId,name",
+    }
+    assert snapshot.endusers.schema == SNAPSHOT_SCHEMAS["EndUser"]
+    assert snapshot.companies.schema == SNAPSHOT_SCHEMAS["Company"]
+    assert snapshot.assets.schema == SNAPSHOT_SCHEMAS["Asset"]
+    assert snapshot.projects.height == 0
+    assert snapshot.endusers.row(0, named=True) == {
+        "_id": "eu-1",
+        "externalId": "visitor-1",
+        "email": "ann@example.com",
+        "companyId": "co-1",
+        "name": "Ann",
+        "archived": None,
+    }
+
+
+def test_snapshot_keeps_missing_external_ids_null_and_empty_ones_empty() -> None:
+    endusers = [
+        planhat_enduser(_id="a", externalId=...),
+        planhat_enduser(_id="b", externalId=None),
+        planhat_enduser(_id="c", externalId=""),
+        planhat_enduser(_id="d", externalId=42, archived=True),
+        planhat_enduser(_id="e", externalId={"odd": 1}),
+    ]
+    snapshot = planhat(Recorder(SnapshotApi(endusers=endusers))).snapshot()
+    assert snapshot.endusers["externalId"].to_list() == [None, None, "", "42", None]
+    assert snapshot.endusers["archived"].to_list() == [None, None, None, True, None]
+
+
+def test_snapshot_deduplicates_by_id_across_pages() -> None:
+    # 2,000 companies would not fill a page (limit 5,000), so repeat across End User pages.
+    first = [planhat_enduser(_id=f"eu-{i:04d}") for i in range(2000)]
+    second = [planhat_enduser(_id="eu-1999", externalId="later"), planhat_enduser(_id="eu-new")]
+    snapshot = planhat(Recorder(SnapshotApi(endusers=first + second))).snapshot()
+    ids = snapshot.endusers["_id"].to_list()
+    assert len(ids) == 2001 == len(set(ids))
+    assert ids[-1] == "eu-new"
+    assert snapshot.endusers.filter(pl.col("_id") == "eu-1999")["externalId"].item() == "visitor-1"
+
+
+def test_snapshot_requires_an_id_on_every_object() -> None:
+    with pytest.raises(PayloadShapeError, match="_id"):
+        planhat(Recorder(SnapshotApi(companies=[planhat_company(_id=...)]))).snapshot()
+
+
+# ---------------------------------------------------------------------------------------------
+# Upsert
+# ---------------------------------------------------------------------------------------------
+
+
+def test_upsert_endusers_chunks_5001_items_into_5000_and_1() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        n = len(json.loads(request.content))
+        return httpx.Response(200, json={"created": n - 1, "updated": 1, "createdErrors": []})
+
+    recorder = Recorder(answer)
+    items = [{"externalId": f"v{i}", "email": f"v{i}@x.test"} for i in range(5001)]
+    report = planhat(recorder).upsert_endusers(items)
+    sizes = [len(json.loads(r.content)) for r in recorder.requests]
+    assert sizes == [5000, 1]
+    assert all(r.method == "PUT" and r.url.path == "/endusers" for r in recorder.requests)
+    assert recorder.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert json.loads(recorder.requests[1].content) == [items[-1]]
+    assert (report.created, report.updated, report.requests, report.ok) == (4999, 2, 2, True)
+
+
+def test_upsert_endusers_surfaces_partial_errors_of_a_206() -> None:
+    recorder = Recorder(
+        httpx.Response(
+            206,
+            json={
+                "created": 1,
+                "updated": 0,
+                "createdErrors": [{"item": {"externalId": "v2"}, "error": "email required"}],
+                "updatedErrors": [],
+                "permissionErrors": ["no access to companies"],
+            },
+        )
+    )
+    report = planhat(recorder).upsert_endusers([{"externalId": "v1"}, {"externalId": "v2"}])
+    assert report.partial and not report.ok
+    assert report.created_errors == [{"item": {"externalId": "v2"}, "error": "email required"}]
+    assert report.permission_errors == ["no access to companies"]
+
+
+def test_upsert_endusers_retries_a_read_timeout_because_it_is_keyed() -> None:
+    recorder = Recorder(httpx.ReadTimeout("timed out"), httpx.Response(200, json={"updated": 1}))
+    report = planhat(recorder).upsert_endusers([{"externalId": "v1"}])
+    assert report.updated == 1
+    assert len(recorder.requests) == 2
+
+
+def test_upsert_endusers_with_no_items_sends_nothing() -> None:
+    recorder = Recorder()
+    assert planhat(recorder).upsert_endusers([]).requests == 0
+    assert recorder.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytics writes
+# ---------------------------------------------------------------------------------------------
+
+BODY = b'[{"externalId":"v1","action":"Used export","date":"2026-11-28","count":2}]'
+
+
+def test_post_activities_sends_exactly_one_request_to_the_tenant_url() -> None:
+    recorder = Recorder(httpx.Response(200, text="OK"))
+    planhat(recorder).post_activities(BODY, items=1)
+    [request] = recorder.requests
+    assert (request.method, str(request.url)) == (
+        "POST",
+        f"https://analytics.planhat.com/analytics/bulk/{TENANT}",
+    )
+    assert request.content == BODY
+    assert request.headers["content-type"] == "application/json"
+    assert "authorization" not in request.headers
+
+
+def test_post_dimension_data_sends_bearer_and_parses_errors() -> None:
+    answer = {
+        "processed": 1,
+        "errors": [
+            {"item": {"value": 1, "externalId": "x", "model": "Company"}, "error": "bad"},
+            "odd entry",
+        ],
+    }
+    recorder = Recorder(httpx.Response(200, json=answer))
+    result = planhat(recorder).post_dimension_data(b"[{},{}]", items=2)
+    [request] = recorder.requests
+    assert str(request.url) == f"https://analytics.planhat.com/dimensiondata/{TENANT}"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert result == DimensionDataResult(
+        processed=1,
+        errors=[
+            {"item": {"value": 1, "externalId": "x", "model": "Company"}, "error": "bad"},
+            {"item": {}, "error": "odd entry"},
+        ],
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"{}", b"<html>ok</html>", b"[1]"])
+def test_post_dimension_data_never_raises_after_a_200(content: bytes) -> None:
+    result = planhat(Recorder(httpx.Response(200, content=content))).post_dimension_data(
+        b"[{}]", items=1
+    )
+    assert result == DimensionDataResult(processed=None, errors=[])
+
+
+@pytest.mark.parametrize(
+    ("body", "items", "message"),
+    [
+        (b"[]", 1, "empty JSON array"),
+        (b"[{}]", 0, "empty batch"),
+        (b"[{},{}]", 1, "holds 2 items"),
+        (b"{}", 1, "not a JSON array"),
+        (b"[" + b"{}," * 60 + b"{}]", 61, "over max_body_bytes"),
+        (b"[{},{},{}]", 3, "over max_items"),
+    ],
+)
+def test_analytics_writes_refuse_bad_batches_before_sending(
+    body: bytes, items: int, message: str
+) -> None:
+    recorder = Recorder()
+    client = planhat(recorder, max_body_bytes=100, max_items=2)
+    with pytest.raises(BatchError, match=message):
+        client.post_activities(body, items=items)
+    with pytest.raises(BatchError, match=message):
+        client.post_dimension_data(body, items=items)
+    assert recorder.requests == []
+
+
+def test_analytics_writes_retry_5xx_and_connect_errors() -> None:
+    recorder = Recorder(
+        httpx.Response(502), httpx.ConnectError("refused"), httpx.Response(200, json={})
+    )
+    planhat(recorder).post_activities(BODY, items=1)
+    assert len(recorder.requests) == 3
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout("timed out"), httpx.RemoteProtocolError("Server disconnected")]
+)
+def test_analytics_writes_raise_delivery_unknown_after_one_request(error: Exception) -> None:
+    recorder = Recorder(error)
+    client = planhat(recorder)
+    with pytest.raises(DeliveryUnknownError):
+        client.post_activities(BODY, items=1)
+    with pytest.raises(DeliveryUnknownError):
+        client.post_dimension_data(b"[{}]", items=1)
+    assert len(recorder.requests) == 2  # one per call, none retried
+
+
+def test_analytics_writes_do_not_retry_413() -> None:
+    recorder = Recorder(httpx.Response(413, text="Payload Too Large"), httpx.Response(200))
+    with pytest.raises(PayloadTooLargeError, match="answered 413"):
+        planhat(recorder).post_activities(BODY, items=1)
+    assert len(recorder.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# encode_batches
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_batches(items: list[dict[str, Any]], max_bytes: int, max_items: int) -> None:
+    batches = list(encode_batches(items, max_bytes=max_bytes, max_items=max_items))
+    decoded: list[Any] = []
+    position = 0
+    for batch in batches:
+        assert 0 < batch.items <= max_items
+        assert len(batch.body) <= max_bytes
+        assert batch.start == position
+        content = json.loads(batch.body)
+        assert len(content) == batch.items
+        decoded.extend(content)
+        position = batch.stop
+    assert decoded == items
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "max_items"), [(10_000_000, 1), (10_000_000, 7), (400, 1000), (150, 2), (250, 50)]
+)
+def test_encode_batches_respects_both_limits_and_keeps_order(
+    max_bytes: int, max_items: int
+) -> None:
+    _check_batches([activity(i) for i in range(101)], max_bytes, max_items)
+
+
+def test_encode_batches_with_random_item_sizes() -> None:
+    rng = random.Random(7)
+    items = [activity(i, action="x" * rng.randint(0, 300)) for i in range(3000)]
+    for _ in range(5):
+        _check_batches(items, rng.randint(500, 20_000), rng.randint(1, 200))
+
+
+def test_encode_batches_spans_internal_encoding_chunks() -> None:
+    items = [activity(i) for i in range(25_001)]
+    _check_batches(items, 1_000_000, 9_999)
+
+
+def test_encode_batches_on_no_items_yields_nothing() -> None:
+    assert list(encode_batches([], max_bytes=100, max_items=10)) == []
+
+
+def test_encode_batches_packs_an_item_that_exactly_fits() -> None:
+    item = {"a": "b"}  # {"a":"b"} is 9 bytes, 11 with brackets
+    [batch] = encode_batches([item], max_bytes=11, max_items=1)
+    assert batch.body == b'[{"a":"b"}]'
+    with pytest.raises(BatchError, match="item 0 encodes to 9 bytes"):
+        list(encode_batches([item], max_bytes=10, max_items=1))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (float("nan"), r"item 1 holds a non-finite number at \$.info.v\[1\]"),
+        (float("-inf"), r"item 1 holds a non-finite number at \$.info.v\[1\]"),
+        (Decimal("NaN"), "item 1 cannot be encoded"),
+    ],
+)
+def test_encode_batches_refuses_non_finite_numbers(bad: Any, message: str) -> None:
+    items = [activity(0), activity(1, info={"featureId": None, "v": [1, bad]})]
+    with pytest.raises(BatchError, match=message):
+        list(encode_batches(items, max_bytes=10_000, max_items=10))
+
+
+def test_encode_batches_keeps_nulls_and_writes_decimals_as_numbers() -> None:
+    items = [{"v": None, "d": Decimal("1.50")}]
+    [batch] = encode_batches(items, max_bytes=100, max_items=10)
+    assert batch.body == b'[{"v":null,"d":1.50}]'
+
+
+def test_encode_batches_names_an_item_that_cannot_be_encoded() -> None:
+    with pytest.raises(BatchError, match="item 1 cannot be encoded"):
+        list(encode_batches([{"a": 1}, {"a": object()}], max_bytes=100, max_items=10))
+
+
+def test_client_encode_batches_uses_its_limits_and_feeds_post() -> None:
+    recorder = Recorder(httpx.Response(200))
+    client = planhat(recorder, max_items=2)
+    batches = list(client.encode_batches([activity(i) for i in range(5)]))
+    assert [b.items for b in batches] == [2, 2, 1]
+    for batch in batches:
+        client.post_activities(batch.body, items=batch.items)
+    assert len(recorder.requests) == 3
+
+
+@pytest.mark.bench
+def test_bench_encode_one_million_items(request: pytest.FixtureRequest) -> None:
+    if "bench" not in (request.config.getoption("markexpr") or "").replace("not bench", ""):
+        pytest.skip("benchmark: select it with -m bench")
+    items = [activity(i) for i in range(1_000_000)]
+    started = time.perf_counter()
+    batches = list(encode_batches(items, max_bytes=30_000_000, max_items=100_000))
+    elapsed = time.perf_counter() - started
+    print(f"\nencode_batches 1M items -> {len(batches)} batches: {elapsed:.2f} s")
+    assert sum(b.items for b in batches) == 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-back
+# ---------------------------------------------------------------------------------------------
+
+
+def test_get_dimension_data_sends_days_since_epoch_and_pages() -> None:
+    recorder = Recorder(
+        httpx.Response(200, json=[{"_id": "1", "value": 3}, {"_id": "2", "value": 4}]),
+        httpx.Response(200, json=[{"_id": "3", "value": 5}]),
+    )
+    rows = planhat(recorder).get_dimension_data(
+        dimension_id="pendo_clicks",
+        start=date(2026, 11, 1),
+        end=date(2026, 11, 28),
+        company_id="co-1",
+        page_size=2,
+    )
+    assert [r["_id"] for r in rows] == ["1", "2", "3"]
+    first = recorder.requests[0]
+    assert (first.url.host, first.url.path) == ("api.planhat.com", "/dimensiondata")
+    assert dict(first.url.params) == {
+        "dimid": "pendo_clicks",
+        "from": str((date(2026, 11, 1) - date(1970, 1, 1)).days),
+        "to": "20785",
+        "cId": "co-1",
+        "limit": "2",
+        "offset": "0",
+    }
+    assert recorder.requests[1].url.params["offset"] == "2"
+
+
+def test_get_dimension_data_rejects_an_inverted_range() -> None:
+    with pytest.raises(ConfigError):
+        planhat(Recorder()).get_dimension_data(
+            dimension_id="d", start=date(2026, 2, 1), end=date(2026, 1, 1)
+        )
