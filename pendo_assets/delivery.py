@@ -174,9 +174,10 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
         "weight": pl.col("weight"),
         "info": pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source")),
     }
-    plain = pl.struct(**common).struct.json_encode()
+    fields = [expr.alias(name) for name, expr in common.items()]
+    plain = pl.struct(fields).struct.json_encode()
     with_company = pl.struct(
-        **common, companyExternalId=pl.col("company_external_id")
+        [*fields, pl.col("company_external_id").alias("companyExternalId")]
     ).struct.json_encode()
     return frame.select(
         pl.when(pl.col("company_external_id").is_null() | (pl.col("company_external_id") == ""))

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import duckdb
 import polars as pl
@@ -181,7 +181,7 @@ def apply_migrations(conn: duckdb.DuckDBPyConnection) -> list[int]:
     return applied
 
 
-Frame = pl.DataFrame | pa.Table
+Frame: TypeAlias = pl.DataFrame | pa.Table
 
 
 def insert_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: Frame) -> int:
@@ -195,7 +195,7 @@ def insert_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: Frame) -> i
     Returns:
         The number of rows inserted.
     """
-    rows = frame.height if isinstance(frame, pl.DataFrame) else frame.num_rows
+    rows = frame.height if isinstance(frame, pl.DataFrame) else int(frame.num_rows)
     if rows == 0:
         return 0
     conn.register("_insert_frame", frame)

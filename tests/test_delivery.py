@@ -7,13 +7,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 
+import duckdb
 import polars as pl
 import pytest
 
 from pendo_assets.delivery import (
     DeliveryError,
-    PublishSettings,
     Publisher,
+    PublishSettings,
     pack_batches,
     resolve_batch,
 )
@@ -284,7 +285,7 @@ def test_activity_items_omit_company_when_none(conn):
 def test_insert_frame_and_replace_days_roll_back_on_error(conn):
     _set_activities(conn, [(D1, "u1", "Export", 5)])
     bad = pl.DataFrame({"day": [D1], "external_id": [None]}, schema={"day": pl.Date, "external_id": pl.String})
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.ConstraintException):
         replace_days(conn, table="matched_activities", days=[D1], frames=[bad])
     assert conn.execute("SELECT count FROM matched_activities").fetchall() == [(5,)]
     assert insert_frame(conn, "matched_activities", bad.head(0)) == 0
