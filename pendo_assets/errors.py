@@ -10,7 +10,8 @@ The tree::
     │   ├── ApiTransportError         (the request could not be completed)
     │   │   └── DeliveryUnknownError  (sent, but no answer: the outcome is unknown)
     │   ├── PayloadShapeError         (the answer is not the documented shape)
-    │   └── PagingLimitError          (max_pages reached before the last page)
+    │   ├── PagingLimitError          (max_pages reached before the last page)
+    │   └── PageDriftError            (the rows changed between two page requests)
     ├── BatchError                    (also a ValueError: refused before sending)
     ├── ConfigError                   (also a ValueError)
     └── WarehouseError
@@ -32,6 +33,7 @@ __all__ = [
     "BatchError",
     "ConfigError",
     "DeliveryUnknownError",
+    "PageDriftError",
     "PagingLimitError",
     "PayloadShapeError",
     "PayloadTooLargeError",
@@ -115,6 +117,10 @@ class PayloadShapeError(ApiError):
 
 class PagingLimitError(ApiError):
     """Paging reached its ``max_pages`` cap before a short page, so the listing is incomplete."""
+
+
+class PageDriftError(ApiError):
+    """Pendo's rows shifted between two page requests (data changed mid-read): read again."""
 
 
 class BatchError(PendoAssetsError, ValueError):

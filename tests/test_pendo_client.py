@@ -14,7 +14,13 @@ import pytest
 
 from pendo_assets.clients import PendoClient, RetryPolicy, day_window
 from pendo_assets.clients.pendo import decode_feature_events, feature_filter
-from pendo_assets.errors import ApiStatusError, ConfigError, PagingLimitError, PayloadShapeError
+from pendo_assets.errors import (
+    ApiStatusError,
+    ConfigError,
+    PageDriftError,
+    PagingLimitError,
+    PayloadShapeError,
+)
 from pendo_assets.models import FEATURE_EVENT_SCHEMA, Feature
 
 from .test_http import Recorder, Sleeps
@@ -51,6 +57,18 @@ def envelope(rows: list[Any]) -> bytes:
 
 def results(rows: list[Any]) -> httpx.Response:
     return httpx.Response(200, content=envelope(rows))
+
+
+def served(rows: list[Any]) -> Any:
+    """An aggregation endpoint over ``rows`` that honours the request's skip and limit."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        stages = json.loads(request.content)["request"]["pipeline"]
+        skip = next(s["skip"] for s in stages if "skip" in s)
+        limit = next(s["limit"] for s in stages if "limit" in s)
+        return results(rows[skip : skip + limit])
+
+    return answer
 
 
 def client(recorder: Recorder, **kwargs: Any) -> PendoClient:
@@ -239,6 +257,8 @@ def test_feature_event_pages_sends_one_day_window_aggregation() -> None:
                 "remoteIp",
                 "userAgent",
                 "server",
+                "numEvents",
+                "numMinutes",
             ]
         },
         {"skip": 0},
@@ -286,22 +306,46 @@ def _rows(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [pendo_event(visitorId=f"v{i:05d}") for i in range(start, start + n)]
 
 
-def test_paging_stops_on_a_short_page() -> None:
-    recorder = Recorder(results(_rows(3)), results(_rows(1, 3)))
+def test_paging_stops_on_a_short_page_reading_one_overlap_row() -> None:
+    recorder = Recorder(served(_rows(7)))
     result = pages(client(recorder, page_size=3))
-    assert [p.row_count for p in result] == [3, 1]
-    assert [p.page_index for p in result] == [0, 1]
+    assert [p.row_count for p in result] == [3, 3, 1]
+    assert [p.page_index for p in result] == [0, 1, 2]
     assert [_pipeline(r)[-2:] for r in recorder.requests] == [
         [{"skip": 0}, {"limit": 3}],
-        [{"skip": 3}, {"limit": 3}],
+        [{"skip": 2}, {"limit": 4}],
+        [{"skip": 5}, {"limit": 4}],
     ]
+    visitors = [v for p in result for v in p.table["visitor_id"].to_pylist()]
+    assert visitors == [f"v{i:05d}" for i in range(7)]
 
 
 def test_paging_stops_on_an_empty_page_after_an_exact_limit_page() -> None:
-    recorder = Recorder(results(_rows(3)), results([]))
+    recorder = Recorder(served(_rows(3)))
     result = pages(client(recorder, page_size=3))
     assert [p.row_count for p in result] == [3, 0]
     assert len(recorder.requests) == 2
+
+
+def test_paging_detects_rows_shifting_between_requests() -> None:
+    rows = _rows(6)
+    answer = served(rows)
+
+    def shifting(request: httpx.Request) -> httpx.Response:
+        response = answer(request)
+        rows.insert(0, pendo_event(visitorId="v-late"))  # data arrives while the day is read
+        return response
+
+    with pytest.raises(PageDriftError, match="changed between page 1 and page 2"):
+        pages(client(Recorder(shifting), page_size=3))
+
+
+def test_paging_drops_the_overlap_row_even_when_it_was_rejected() -> None:
+    rows = [*_rows(2), pendo_event(visitorId=""), *_rows(2, 2)]
+    result = pages(client(Recorder(served(rows)), page_size=3))
+    assert [p.row_count for p in result] == [3, 2]
+    assert [len(p.rejects) for p in result] == [1, 0]
+    assert result[1].table["visitor_id"].to_pylist() == ["v00002", "v00003"]
 
 
 def test_paging_on_an_empty_day_makes_one_request() -> None:
@@ -313,7 +357,7 @@ def test_paging_on_an_empty_day_makes_one_request() -> None:
 
 
 def test_paging_raises_at_max_pages_instead_of_stopping_short() -> None:
-    recorder = Recorder(results(_rows(2)))
+    recorder = Recorder(served(_rows(100)))
     with pytest.raises(PagingLimitError, match="3 full pages"):
         pages(client(recorder, page_size=2), max_pages=3)
     assert len(recorder.requests) == 3
@@ -321,7 +365,7 @@ def test_paging_raises_at_max_pages_instead_of_stopping_short() -> None:
 
 def test_paging_counts_rejected_rows_toward_a_full_page() -> None:
     rows = [*_rows(1), pendo_event(visitorId=None)]
-    recorder = Recorder(results(rows), results([]))
+    recorder = Recorder(served(rows))
     result = pages(client(recorder, page_size=2))
     assert [p.row_count for p in result] == [2, 0]
 
@@ -522,8 +566,7 @@ PIPELINE: list[dict[str, Any]] = [
 
 def test_pipeline_pages_sets_the_day_window_and_pages() -> None:
     recorder = Recorder(
-        results([{"accountId": "a", "totalEvents": 1}, {"accountId": "b", "totalEvents": 0}]),
-        results([]),
+        served([{"accountId": "a", "totalEvents": 1}, {"accountId": "b", "totalEvents": 0}])
     )
     original = json.dumps(PIPELINE)
     result = list(
@@ -542,7 +585,7 @@ def test_pipeline_pages_sets_the_day_window_and_pages() -> None:
     }
     assert sent[1:3] == PIPELINE[1:]
     assert sent[3:] == [{"sort": ["accountId"]}, {"skip": 0}, {"limit": 2}]
-    assert _pipeline(recorder.requests[1])[-2:] == [{"skip": 2}, {"limit": 2}]
+    assert _pipeline(recorder.requests[1])[-2:] == [{"skip": 1}, {"limit": 3}]
     assert json.dumps(PIPELINE) == original  # the caller's stages are not modified
 
 

@@ -28,7 +28,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigError, PagingLimitError, PayloadShapeError
+from ..errors import ConfigError, PageDriftError, PagingLimitError, PayloadShapeError
 from ..models import FEATURE_EVENT_SCHEMA, Feature, FeatureEventPage, RejectedRow
 from ..types import JSONDict, Region
 from ._http import Redactor, RetryPolicy, Sleep, build_http_client, send_with_retries
@@ -53,6 +53,7 @@ REGION_HOSTS: Final[Mapping[Region, str]] = {
 }
 AGGREGATION_PATH: Final = "/api/v1/aggregation"
 #: A total order over featureEvents rows, so skip/limit pages neither overlap nor leave gaps.
+# Every field of a row, so the order is total: two rows equal on all of them are the same row.
 FEATURE_EVENT_SORT: Final = (
     "visitorId",
     "accountId",
@@ -61,6 +62,8 @@ FEATURE_EVENT_SORT: Final = (
     "remoteIp",
     "userAgent",
     "server",
+    "numEvents",
+    "numMinutes",
 )
 MAX_VISITOR_ID_LENGTH: Final = 1024
 DEFAULT_MAX_PAGES: Final = 1_000
@@ -247,6 +250,45 @@ def decode_feature_events(
         page_index=page_index,
         row_count=len(rows),
         body_bytes=len(body),
+    )
+
+
+def _edge_rows(body: bytes) -> tuple[bytes | None, bytes | None]:
+    """The first and last rows of a response, as sent (for the page-overlap check)."""
+    try:
+        raws: list[bytes] = [bytes(r) for r in _edges(_RAW_DECODER.decode(body).results)]
+    except msgspec.DecodeError:
+        try:
+            results = json.loads(body)["results"]
+        except (ValueError, KeyError, TypeError):
+            return None, None  # the page decoder reports the malformed body
+        if not isinstance(results, list):
+            return None, None
+        raws = [json.dumps(row, sort_keys=True).encode() for row in _edges(results)]
+    if not raws:
+        return None, None
+    return raws[0], raws[-1]
+
+
+def _edges(items: list[Any]) -> list[Any]:
+    return items[:1] + items[-1:] if items else []
+
+
+def _without_first_row(page: FeatureEventPage) -> FeatureEventPage:
+    """The page minus its first row (the overlap row already read with the previous page)."""
+    if page.row_count == 0:
+        return page
+    first_rejected = any(r.index == 0 for r in page.rejects)
+    table = page.table if first_rejected else page.table.slice(1)
+    rejects = [
+        RejectedRow(r.index - 1, r.reason, r.raw) for r in page.rejects if r.index != 0
+    ]
+    return FeatureEventPage(
+        table=table,
+        rejects=rejects,
+        page_index=page.page_index,
+        row_count=page.row_count - 1,
+        body_bytes=page.body_bytes,
     )
 
 
@@ -683,10 +725,12 @@ class PendoClient:
             {"sort": list(FEATURE_EVENT_SORT)},
         ]
 
-        def decode(body: bytes, page_index: int) -> tuple[FeatureEventPage, int]:
+        def decode(body: bytes, page_index: int, skip_first: bool) -> tuple[FeatureEventPage, int]:
             page = decode_feature_events(
                 body, day_ms=first_ms, feature_ids=ids, page_index=page_index
             )
+            if skip_first:
+                page = _without_first_row(page)
             return page, page.row_count
 
         # Arguments are checked above, when called; requests start on the first next().
@@ -730,8 +774,8 @@ class PendoClient:
             raise ConfigError(f"sort_field must name one or more fields, got {sort_field!r}")
         pipeline.append({"sort": sort})
 
-        def decode(body: bytes, page_index: int) -> tuple[list[JSONDict], int]:
-            rows = self._pipeline_rows(body)
+        def decode(body: bytes, page_index: int, skip_first: bool) -> tuple[list[JSONDict], int]:
+            rows = self._pipeline_rows(body)[1 if skip_first else 0 :]
             return rows, len(rows)
 
         return self._paged(pipeline, f"pipeline-{day.isoformat()}", max_pages, decode)
@@ -743,12 +787,36 @@ class PendoClient:
         head: list[JSONDict],
         label: str,
         max_pages: int,
-        decode: Callable[[bytes, int], tuple[_PageT, int]],
+        decode: Callable[[bytes, int, bool], tuple[_PageT, int]],
     ) -> Iterator[_PageT]:
-        """Append skip/limit to ``head`` page by page until a page has fewer rows than the limit."""
+        """Append skip/limit to ``head`` page by page until a page has fewer rows than the limit.
+
+        Pendo has no cursor, and a day's rows can change while it is read (late data,
+        re-tagging). So every page after the first starts one row early: that row must be the
+        previous page's last row, byte for byte, or rows shifted between the two requests and
+        the page could hold a row twice or miss one. Then `PageDriftError` is raised and the
+        caller reads the day again.
+        """
+        previous_last: bytes | None = None
         for page_index in range(max_pages):
-            pipeline = [*head, {"skip": page_index * self.page_size}, {"limit": self.page_size}]
-            page, rows = decode(self._aggregate(pipeline, f"{label}-{page_index}"), page_index)
+            overlap = 1 if page_index else 0
+            pipeline = [
+                *head,
+                {"skip": page_index * self.page_size - overlap},
+                {"limit": self.page_size + overlap},
+            ]
+            body = self._aggregate(pipeline, f"{label}-{page_index}")
+            first, last = _edge_rows(body)
+            if overlap and (first is None or first != previous_last):
+                raise PageDriftError(
+                    f"Pendo's rows for {label} changed between page {page_index} and page "
+                    f"{page_index + 1} (data arriving or reprocessed while it was read)",
+                    service="pendo",
+                    method="POST",
+                    url=AGGREGATION_PATH,
+                )
+            previous_last = last
+            page, rows = decode(body, page_index, bool(overlap))
             yield page
             if rows < self.page_size:
                 return
