@@ -1,0 +1,155 @@
+"""Matching Pendo usage to Planhat objects, per day, with every unmatched id kept and explained."""
+
+# Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
+from collections import Counter
+
+import dagster as dg
+import polars as pl
+
+from ..config import Config
+from ..resources import WarehouseResource
+from ..transforms import daily_usage, match_activities, match_metrics
+from ..warehouse import replace_days_in_transaction
+from ._common import WAREHOUSE_POOL, run_days, window
+
+
+def build_matching_assets(
+    config: Config,
+    partitions: dg.DailyPartitionsDefinition,
+    *,
+    feature_events: dg.AssetsDefinition,
+    pipeline_results: dg.AssetsDefinition,
+    snapshot: dg.AssetsDefinition,
+) -> list[dg.AssetsDefinition]:
+    feature_ids = [f.id for f in config.features]
+
+    @dg.asset(
+        name="matched_activities",
+        group_name="matching",
+        kinds={"polars", "duckdb"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+        deps=[feature_events, snapshot],
+        description=(
+            "One row per End User x Planhat action x day (Pendo row splits summed, features "
+            "folded into actions) in matched_activities; every visitor that cannot be matched "
+            "(anonymous, no_enduser, ambiguous) in unmatched_visitors, per day and account."
+        ),
+    )
+    def matched_activities(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        days = run_days(context)
+        events_by_reason: Counter[str] = Counter()
+        visitors_by_reason: Counter[str] = Counter()
+        matched_keys = matched_events = 0
+        with warehouse.get_warehouse().connect() as conn:
+            objects = conn.execute(
+                "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
+            ).pl()
+            actions = conn.execute(
+                "SELECT feature_id, action, weight FROM feature_actions "
+                "WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
+                [feature_ids],
+            ).pl()
+            for day in days:
+                events = conn.execute(
+                    "SELECT day, visitor_id, account_id, feature_id, num_events "
+                    "FROM raw_feature_events WHERE day = ?",
+                    [day],
+                ).pl()
+                matched, unmatched = match_activities(
+                    daily_usage(events.lazy()), objects.lazy(), actions.lazy()
+                )
+                m, u = pl.collect_all([matched, unmatched])
+                conn.execute("BEGIN TRANSACTION")
+                try:
+                    replace_days_in_transaction(conn, table="matched_activities", days=[day], frames=[m])
+                    replace_days_in_transaction(conn, table="unmatched_visitor_rows", days=[day], frames=[u])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                matched_keys += m.height
+                matched_events += int(m["count"].sum() or 0)
+                for reason, n_events, n_visitors in (
+                    u.group_by("reason")
+                    .agg(pl.col("num_events").sum(), pl.col("visitor_id").n_unique())
+                    .rows()
+                ):
+                    events_by_reason[reason] += int(n_events)
+                    visitors_by_reason[reason] += int(n_visitors)
+        identified = matched_events + events_by_reason["no_enduser"] + events_by_reason["ambiguous"]
+        match_rate = matched_events / identified if identified else 1.0
+        context.log.info(
+            f"{window(days)}: {matched_keys} activity keys matched ({matched_events} events), "
+            f"match rate {match_rate:.1%}; unmatched events "
+            + ", ".join(f"{r} {n}" for r, n in sorted(events_by_reason.items()))
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "partition_window": window(days),
+                "matched_keys": matched_keys,
+                "matched_events": matched_events,
+                "match_rate": round(match_rate, 4),
+                **{f"unmatched_events: {r}": events_by_reason[r] for r in ("anonymous", "no_enduser", "ambiguous")},
+                **{f"unmatched_visitors: {r}": visitors_by_reason[r] for r in ("anonymous", "no_enduser", "ambiguous")},
+            }
+        )
+
+    @dg.asset(
+        name="matched_metrics",
+        group_name="matching",
+        kinds={"polars", "duckdb"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+        deps=[pipeline_results, snapshot],
+        description=(
+            "One row per Planhat object x dimensionId x day in matched_metrics; every pipeline "
+            "id with no object (no_object) or shared by two objects (ambiguous) in "
+            "unmatched_accounts."
+        ),
+    )
+    def matched_metrics(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        days = run_days(context)
+        pipelines = [p.name for p in config.pipelines]
+        with warehouse.get_warehouse().connect() as conn:
+            objects = conn.execute(
+                "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
+            ).pl()
+            values = conn.execute(
+                "SELECT day, pipeline, model, id, dimension_id, value, aggregation FROM pipeline_values "
+                "WHERE day IN (SELECT UNNEST(?::DATE[])) AND pipeline IN (SELECT UNNEST(?::VARCHAR[]))",
+                [days, pipelines],
+            ).pl()
+            matched, unmatched = match_metrics(values.lazy(), objects.lazy())
+            m, u = pl.collect_all([matched, unmatched])
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                replace_days_in_transaction(conn, table="matched_metrics", days=days, frames=[m])
+                replace_days_in_transaction(conn, table="unmatched_account_rows", days=days, frames=[u])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        by_reason = dict(u.group_by("reason").len().rows())
+        ids = m.select("day", "pipeline", "external_id").n_unique() if m.height else 0
+        total_ids = ids + u.height
+        rate = ids / total_ids if total_ids else 1.0
+        context.log.info(
+            f"{window(days)}: {m.height} metric values matched; unmatched ids: {by_reason or 'none'}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "partition_window": window(days),
+                "matched_values": m.height,
+                "match_rate": round(rate, 4),
+                **{f"unmatched_ids: {r}": int(by_reason.get(r, 0)) for r in ("no_object", "ambiguous")},
+            }
+        )
+
+    return [matched_activities, matched_metrics]

@@ -1,0 +1,87 @@
+"""The Planhat snapshot: every End User, Company, Asset and Project with its externalId."""
+
+# Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from ..errors import ApiError
+from ..models import PlanhatSnapshot
+from ..resources import PlanhatResource, WarehouseResource
+from ..warehouse import insert_frame
+from ._common import WAREHOUSE_POOL
+
+MODEL_NAMES = {"endusers": "EndUser", "companies": "Company", "assets": "Asset", "projects": "Project"}
+
+
+def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.DataFrame:
+    """One frame of all models in the ``planhat_objects`` layout, with each object's company
+    externalId resolved through its ``companyId``."""
+    companies = snapshot.companies.select(
+        pl.col("_id").alias("company_id"), pl.col("externalId").alias("company_external_id")
+    )
+    frames = []
+    for attr, model in MODEL_NAMES.items():
+        df: pl.DataFrame = getattr(snapshot, attr)
+        cols = {
+            "object_id": pl.col("_id"),
+            "external_id": pl.col("externalId"),
+            "email": pl.col("email") if "email" in df.columns else pl.lit(None, pl.String),
+            "company_id": (
+                pl.col("_id") if model == "Company"
+                else pl.col("companyId") if "companyId" in df.columns
+                else pl.lit(None, pl.String)
+            ),
+            "name": pl.col("name") if "name" in df.columns else pl.lit(None, pl.String),
+        }
+        frame = df.select(**{k: v.cast(pl.String) for k, v in cols.items()}).join(
+            companies, on="company_id", how="left"
+        )
+        frames.append(frame.with_columns(pl.lit(model).alias("model")))
+    return pl.concat(frames, how="diagonal").with_columns(pl.lit(taken_at).alias("snapshot_at"))
+
+
+def build_planhat_snapshot_asset() -> dg.AssetsDefinition:
+    @dg.asset(
+        name="planhat_snapshot",
+        group_name="planhat",
+        kinds={"planhat", "duckdb"},
+        pool=WAREHOUSE_POOL,
+        description=(
+            "One row per Planhat End User, Company, Asset and Project (object_id, external_id, "
+            "email, company links) in table planhat_objects, read whole at every sync."
+        ),
+    )
+    def planhat_snapshot(
+        context: dg.AssetExecutionContext, planhat: PlanhatResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        try:
+            with planhat.get_client() as client:
+                snapshot = client.snapshot()
+        except ApiError as exc:
+            raise dg.Failure(description=f"Planhat snapshot failed: {exc}") from exc
+        objects = snapshot_objects(snapshot, taken_at=datetime.now(UTC).replace(tzinfo=None))
+        with warehouse.get_warehouse().connect() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute("DELETE FROM planhat_objects")
+                insert_frame(conn, "planhat_objects", objects)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        metadata: dict[str, int] = {}
+        for model in MODEL_NAMES.values():
+            part = objects.filter(pl.col("model") == model)
+            ids = part.filter(pl.col("external_id").is_not_null() & (pl.col("external_id") != ""))
+            dup = ids.group_by("external_id").len().filter(pl.col("len") > 1).height
+            metadata[f"{model}: objects"] = part.height
+            metadata[f"{model}: without externalId"] = part.height - ids.height
+            metadata[f"{model}: externalIds shared by 2+ objects"] = dup
+        context.log.info(
+            "snapshot: " + ", ".join(f"{k} {v}" for k, v in metadata.items() if k.endswith("objects"))
+        )
+        return dg.MaterializeResult(metadata=metadata)
+
+    return planhat_snapshot

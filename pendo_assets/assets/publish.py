@@ -1,0 +1,78 @@
+"""Publishing deltas to Planhat, exactly once (see `pendo_assets.delivery`)."""
+
+# Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
+import dagster as dg
+
+from ..delivery import DeliveryError, Publisher
+from ..resources import PlanhatResource, WarehouseResource
+from ..warehouse import export_views
+from ._common import WAREHOUSE_POOL, run_days, window
+
+
+class PublishConfig(dg.Config):
+    """Run-time options of the publish step."""
+
+    dry_run: bool = False
+    """Compute and store what would be sent (planned_activities, planned_metrics); send nothing."""
+
+
+def build_publish_asset(
+    partitions: dg.DailyPartitionsDefinition,
+    *,
+    activities: dg.AssetsDefinition,
+    metrics: dg.AssetsDefinition,
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="planhat_publish",
+        group_name="publish",
+        kinds={"planhat", "duckdb"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+        deps=[activities, metrics],
+        description=(
+            "Sends Planhat only what it lacks: one activity item per (End User, action, day) "
+            "delta and one metric item per changed (object, dimensionId, day), through a "
+            "crash-safe outbox (outbox_batches). What Planhat holds: sent_activities, "
+            "sent_metrics; batches whose outcome is unknown: batches_in_doubt."
+        ),
+    )
+    def planhat_publish(
+        context: dg.AssetExecutionContext,
+        config: PublishConfig,
+        planhat: PlanhatResource,
+        warehouse: WarehouseResource,
+    ) -> dg.MaterializeResult:
+        days = run_days(context)
+        wh = warehouse.get_warehouse()
+        with planhat.get_client() as client, wh.connect() as conn:
+            publisher = Publisher(conn=conn, sender=None if config.dry_run else client, run_id=context.run.run_id)
+            try:
+                report = publisher.publish(days, dry_run=config.dry_run)
+            except DeliveryError as exc:
+                export_views(conn, warehouse.exports_dir)
+                raise dg.Failure(
+                    description=f"publish stopped for {window(days)}: {exc}. Batches sent before it "
+                    "are recorded; the rest is sent by the next run.",
+                ) from exc
+            exported = export_views(conn, warehouse.exports_dir)
+        verb = "would send" if config.dry_run else "sent"
+        context.log.info(
+            f"{window(days)}: {verb} {report.activity_items_planned} activity and "
+            f"{report.metric_items_planned} metric items in {report.requests} request(s); "
+            f"{report.batches_in_doubt_total} batch(es) in doubt, {report.drift_keys} drift key(s)"
+        )
+        if report.batches_in_doubt_total:
+            context.log.error(
+                f"{report.batches_in_doubt_total} batch(es) have an unknown outcome: see the "
+                "batches_in_doubt view and resolve them with `pendo-planhat batches resolve`"
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "partition_window": window(days),
+                **report.as_metadata(),
+                **{f"exported: {view}": n for view, n in exported.items()},
+            }
+        )
+
+    return planhat_publish

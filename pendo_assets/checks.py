@@ -1,0 +1,119 @@
+"""Asset checks that fail loudly where a user would want to know."""
+
+# Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
+import dagster as dg
+
+from .assets._common import tag_days, window
+from .config import Config
+from .resources import WarehouseResource
+
+
+def build_checks(
+    config: Config,
+    partitions: dg.DailyPartitionsDefinition,
+    *,
+    feature_events: dg.AssetsDefinition,
+    activities: dg.AssetsDefinition,
+    publish: dg.AssetsDefinition,
+) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(
+        asset=feature_events,
+        name="rows_have_visitor_ids",
+        description="No Pendo row of the run's days was quarantined for a missing or bad visitorId.",
+    )
+    def rows_have_visitor_ids(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        days = tag_days(context.run.tags, partitions)
+        with warehouse.get_warehouse().connect() as conn:
+            rows = conn.execute(
+                "SELECT day, COUNT(*) FROM quarantine_feature_events "
+                "WHERE day IN (SELECT UNNEST(?::DATE[])) AND reason ILIKE 'visitorId%' "
+                "GROUP BY day ORDER BY day",
+                [days],
+            ).fetchall()
+        bad = sum(n for _, n in rows)
+        return dg.AssetCheckResult(
+            passed=bad == 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None if bad == 0 else (
+                f"{bad} row(s) without a usable visitorId, on "
+                + ", ".join(f"{d} ({n})" for d, n in rows[:10])
+                + "; see quarantine_feature_events"
+            ),
+            metadata={"rows_without_visitor_id": bad, "partition_window": window(days)},
+        )
+
+    @dg.asset_check(
+        asset=activities,
+        name="match_rate_above_threshold",
+        description=(
+            f"Share of identified visitors' events matched to an End User is at least "
+            f"sync.min_match_rate ({config.sync.min_match_rate:.0%})."
+        ),
+    )
+    def match_rate_above_threshold(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        days = tag_days(context.run.tags, partitions)
+        with warehouse.get_warehouse().connect() as conn:
+            row = conn.execute(
+                "SELECT (SELECT COALESCE(SUM(count), 0) FROM matched_activities WHERE day IN (SELECT UNNEST(?::DATE[]))), "
+                "(SELECT COALESCE(SUM(num_events), 0) FROM unmatched_visitor_rows "
+                " WHERE day IN (SELECT UNNEST(?::DATE[])) AND reason <> 'anonymous')",
+                [days, days],
+            ).fetchone()
+        matched, unmatched = (int(row[0]), int(row[1])) if row else (0, 0)
+        rate = matched / (matched + unmatched) if matched + unmatched else 1.0
+        return dg.AssetCheckResult(
+            passed=rate >= config.sync.min_match_rate,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                f"match rate {rate:.1%} for {window(days)} (threshold {config.sync.min_match_rate:.0%}); "
+                "see unmatched_visitors"
+            ),
+            metadata={"match_rate": round(rate, 4), "matched_events": matched, "unmatched_events": unmatched},
+        )
+
+    @dg.asset_check(
+        asset=publish,
+        name="no_batches_in_doubt",
+        description="No batch sent to Planhat has an unknown outcome (see batches_in_doubt).",
+    )
+    def no_batches_in_doubt(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_warehouse().connect() as conn:
+            rows = conn.execute(
+                "SELECT batch_id, kind, items FROM batches_in_doubt ORDER BY batch_id"
+            ).fetchall()
+        return dg.AssetCheckResult(
+            passed=not rows,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None if not rows else (
+                f"{len(rows)} batch(es) may or may not have reached Planhat; their keys are held "
+                "back. Check Planhat, then run `pendo-planhat batches resolve BATCH_ID "
+                "--delivered` or `--resend`. Batches: "
+                + ", ".join(f"{b} ({k}, {n} items)" for b, k, n in rows[:20])
+            ),
+            metadata={"batches_in_doubt": len(rows), "items_in_doubt": sum(n for _, _, n in rows)},
+        )
+
+    @dg.asset_check(
+        asset=publish,
+        name="no_activity_drift",
+        description="No activity count in Pendo fell below what Planhat already holds (see activity_drift).",
+    )
+    def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_warehouse().connect() as conn:
+            row = conn.execute("SELECT COUNT(*), COALESCE(SUM(sent - source), 0) FROM activity_drift").fetchone()
+        keys, excess = (int(row[0]), int(row[1])) if row else (0, 0)
+        return dg.AssetCheckResult(
+            passed=keys == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=None if keys == 0 else (
+                f"{keys} activity key(s) hold {excess} more event(s) in Planhat than Pendo reports "
+                "now (Pendo reprocessed history); activities cannot be retracted"
+            ),
+            metadata={"drift_keys": keys, "drift_events": excess},
+        )
+
+    return [rows_have_visitor_ids, match_rate_above_threshold, no_batches_in_doubt, no_activity_drift]

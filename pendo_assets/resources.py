@@ -1,0 +1,71 @@
+"""Thin Dagster resources: typed settings plus one method returning a Dagster-free object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from .clients import PendoClient, PlanhatClient
+from .warehouse import DEFAULT_WAREHOUSE, Warehouse
+
+__all__ = ["PendoResource", "PlanhatResource", "WarehouseResource"]
+
+
+class PendoResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Pendo's aggregation API. The key comes from ``PENDO_INTEGRATION_KEY`` via ``dg.EnvVar``."""
+
+    integration_key: str = Field(repr=False, description="Pendo integration key (secret)")
+    region: str = "us"
+    base_url: str | None = None
+    page_size: int = 100_000
+
+    def get_client(self) -> PendoClient:
+        """A new `PendoClient`; close it (or use it as a context manager) when done."""
+        return PendoClient(
+            integration_key=self.integration_key,
+            region=self.region,
+            base_url=self.base_url,
+            page_size=self.page_size,
+        )
+
+
+class PlanhatResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Planhat's main and analytics APIs. Tokens come from the environment via ``dg.EnvVar``."""
+
+    api_token: str = Field(repr=False, description="Planhat API token (secret)")
+    tenant_token: str = Field(repr=False, description="Planhat tenant token (secret)")
+    api_url: str = "https://api.planhat.com"
+    analytics_url: str = "https://analytics.planhat.com"
+
+    def get_client(self) -> PlanhatClient:
+        """A new `PlanhatClient`; close it when done."""
+        return PlanhatClient(
+            api_token=self.api_token,
+            tenant_token=self.tenant_token,
+            api_url=self.api_url,
+            analytics_url=self.analytics_url,
+        )
+
+
+class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The DuckDB warehouse file and the folders next to it."""
+
+    path: str = DEFAULT_WAREHOUSE
+
+    def get_warehouse(self) -> Warehouse:
+        """The `Warehouse` (connections are opened per use, short)."""
+        return Warehouse(self.path)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.path).parent
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
