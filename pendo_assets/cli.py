@@ -1,0 +1,262 @@
+"""The ``pendo-planhat`` command: thin, it delegates to Dagster and the library.
+
+Exit codes: 0 success; 1 a failed day, a batch in doubt or any other failure (the last line
+says which); 2 usage or configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from datetime import date, timedelta
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, PendoAssetsError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pendo-planhat",
+        description="Exactly-once sync of Pendo product usage into Planhat.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run a 90-day backfill against the local sandbox and summarise it")
+    demo.add_argument("--days", type=int, default=90, help="days of history to backfill (default 90)")
+    demo.add_argument("--rows-per-day", type=int, default=None, help="sandbox feature-event rows per day")
+    demo.add_argument("--dir", type=Path, default=Path("data/demo"), help="where the demo keeps its files")
+
+    sync = sub.add_parser("sync", help="snapshot, land, match and publish every day in a range")
+    sync.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    sync.add_argument("--end", type=_date, required=True, help="last day (inclusive), YYYY-MM-DD")
+    sync.add_argument("--dry-run", action="store_true", help="compute and store what would be sent; send nothing")
+
+    sandbox = sub.add_parser("sandbox", help="run the local Pendo and Planhat stand-ins until stopped")
+    sandbox.add_argument("--seed", type=int, default=None)
+    sandbox.add_argument("--rows-per-day", type=int, default=None)
+    sandbox.add_argument("--port", type=int, default=0, help="first port (default: any free ports)")
+    sandbox.add_argument("--config-out", type=Path, default=Path("data/sandbox/pendo_planhat.yaml"),
+                         help="where to write a config matching the sandbox")
+
+    batches = sub.add_parser("batches", help="list or resolve batches whose delivery is in doubt")
+    bsub = batches.add_subparsers(dest="batches_command", required=True, metavar="ACTION")
+    bsub.add_parser("list", help="batches whose outcome is unknown")
+    resolve = bsub.add_parser("resolve", help="settle a batch after checking Planhat")
+    resolve.add_argument("batch_id", type=int)
+    outcome = resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--delivered", action="store_true", help="Planhat holds it: count it as sent")
+    outcome.add_argument("--resend", action="store_true", help="it did not arrive: send its keys again")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    _quiet()
+    _load_dotenv()
+    try:
+        if args.command == "sync":
+            return _sync(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "sandbox":
+            return _sandbox(args)
+        return _batches(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PendoAssetsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _quiet() -> None:
+    """Progress comes from Dagster's run log; keep library chatter and beta notices out."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pendo_assets").setLevel(logging.INFO)
+    logging.getLogger("pendo_assets.clients").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*is currently in beta")
+    warnings.filterwarnings("ignore", message=r".*is currently in preview")
+
+
+def _load_dotenv() -> None:
+    from dotenv import load_dotenv
+
+    # Variables already set win over the .env file.
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def _print_summary(summary: dict[str, int | float]) -> None:
+    width = max(len(k) for k in summary) if summary else 0
+    for key, value in summary.items():
+        print(f"  {key.replace('_', ' '):<{width}}  {value:,}")
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import run_sync
+
+    config = load_config()
+    outcome = run_sync(config=config, start=args.start, end=args.end, dry_run=args.dry_run)
+    print(f"run {outcome.run_id}" + (" (dry run: nothing sent)" if args.dry_run else ""))
+    _print_summary(outcome.summary)
+    print(outcome.last_line)
+    return outcome.exit_code
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import run_sync
+    from .sandbox import Sandbox, SandboxSpec
+
+    started = time.perf_counter()
+    demo_dir: Path = args.dir
+    if demo_dir.exists():
+        shutil.rmtree(demo_dir)  # the demo always starts from nothing
+    demo_dir.mkdir(parents=True)
+    spec = SandboxSpec() if args.rows_per_day is None else SandboxSpec(rows_per_day=args.rows_per_day)
+    with Sandbox(spec) as sandbox:
+        config_path = demo_dir / "pendo_planhat.yaml"
+        tz_today = sandbox.dataset.today()
+        end = tz_today - timedelta(days=1)
+        start = end - timedelta(days=args.days - 1)
+        sandbox.write_config(config_path, start_date=start)
+        env = {
+            **sandbox.env(),
+            "PENDO_PLANHAT_CONFIG": str(config_path),
+            "PENDO_PLANHAT_WAREHOUSE": str(demo_dir / "warehouse.duckdb"),
+        }
+        os.environ.update(env)
+        (demo_dir / "demo.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8"
+        )
+        config = load_config(config_path)
+        print(f"pendo-planhat demo: {args.days}-day backfill {start}..{end} against the local sandbox")
+        outcome = run_sync(config=config, start=start, end=end)
+        first_s = time.perf_counter() - started
+        print()
+        print(f"Backfill run {outcome.run_id} ({first_s:.0f} s):")
+        _print_summary(outcome.summary)
+        verdict = _verify_against_truth(sandbox, config, outcome.days)
+        print(verdict)
+        rerun_start = max(start, end - timedelta(days=6))
+        again = run_sync(config=config, start=rerun_start, end=end)
+        print(
+            f"Re-run of {rerun_start}..{end}: {again.summary.get('activity_items_sent', 0)} activity and "
+            f"{again.summary.get('metric_items_sent', 0)} metric items sent "
+            "(nothing changed, so nothing is sent twice)"
+        )
+    print()
+    print("Where to look next:")
+    print(f"  Dagster UI on the same data:  set -a; . {demo_dir}/demo.env; set +a; "
+          f"DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml")
+    print(f"  Unmatched visitors in SQL:    .venv/bin/python -c \"import duckdb; "
+          f"print(duckdb.sql(\\\"SELECT reason, COUNT(*) FROM '{demo_dir}/exports/unmatched_visitors.parquet' GROUP BY reason\\\"))\"")
+    print(f"  The warehouse:                {demo_dir}/warehouse.duckdb (views unmatched_visitors, "
+          "unmatched_accounts, sent_activities, sent_metrics, batches_in_doubt, activity_drift)")
+    print(outcome.last_line if outcome.exit_code else f"demo finished in {time.perf_counter() - started:.0f} s")
+    return outcome.exit_code or again.exit_code
+
+
+def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> str:
+    """Compare what the sandbox's Planhat received with the generator's ground truth."""
+    from .config import Config
+    from .sandbox import Sandbox
+
+    assert isinstance(sandbox, Sandbox) and isinstance(config, Config)
+    from .warehouse import Warehouse, warehouse_path_from_env
+
+    with Warehouse(warehouse_path_from_env()).connect() as conn:
+        actions = dict(conn.execute("SELECT feature_id, action FROM feature_actions").fetchall())
+    truth = sandbox.dataset.truth_activities(days=days, actions=actions)
+    received = sandbox.received.activity_totals()
+    pipelines = [
+        {"name": p.name, "model": p.model, "id_field": p.id_field, "metrics": dict(p.metrics),
+         "pipeline": list(p.stages)}
+        for p in config.pipelines
+    ]
+    truth_m = sandbox.dataset.truth_metrics(days=days, pipelines=pipelines)
+    points = sandbox.received.metric_points()
+    agg = {dim: p.aggregation for p in config.pipelines for dim in p.metrics.values()}
+    got_m = {
+        k: (sum(v) if agg.get(k[0]) == "sum" else v[-1]) for k, v in points.items()
+    }
+    ok_a = received == truth
+    ok_m = got_m == truth_m
+    mark = "matches" if ok_a and ok_m else "DOES NOT match"
+    return (
+        f"Planhat now holds {sum(received.values()):,} events over {len(received):,} activity keys and "
+        f"{len(got_m):,} metric values: this {mark} the sandbox's ground truth "
+        f"({sum(truth.values()):,} events, {len(truth):,} keys, {len(truth_m):,} metric values)."
+    )
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import SandboxSpec, serve_forever
+
+    overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.rows_per_day is not None:
+        overrides["rows_per_day"] = args.rows_per_day
+    args.config_out.parent.mkdir(parents=True, exist_ok=True)
+    serve_forever(
+        SandboxSpec(**overrides),
+        ports=(args.port, args.port + 1, args.port + 2) if args.port else (0, 0, 0),
+        config_path=args.config_out,
+    )
+    return EXIT_OK
+
+
+def _batches(args: argparse.Namespace) -> int:
+    from .delivery import resolve_batch
+    from .warehouse import Warehouse, warehouse_path_from_env
+
+    with Warehouse(warehouse_path_from_env()).connect() as conn:
+        if args.batches_command == "list":
+            rows = conn.execute(
+                "SELECT batch_id, kind, aggregation, items, sent_at, note FROM batches_in_doubt ORDER BY batch_id"
+            ).fetchall()
+            if not rows:
+                print("no batch is in doubt")
+                return EXIT_OK
+            print("batch_id  kind        items  sent_at              note")
+            for batch_id, kind, agg, items, sent_at, note in rows:
+                label = f"{kind}/{agg}" if agg else kind
+                print(f"{batch_id:>8}  {label:<10} {items:>6}  {sent_at:%Y-%m-%d %H:%M:%S}  {note or ''}")
+            print(
+                "Check in Planhat whether each batch arrived, then run "
+                "`pendo-planhat batches resolve BATCH_ID --delivered` or `--resend`."
+            )
+            return EXIT_FAILED
+        status = resolve_batch(
+            conn, batch_id=args.batch_id, outcome="delivered" if args.delivered else "resend"
+        )
+        print(f"batch {args.batch_id} is now {status}")
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

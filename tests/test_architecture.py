@@ -1,0 +1,58 @@
+"""Layering: the library layers never import Dagster, and their public surface is explicit."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pendo_assets"
+
+DAGSTER_FREE = [
+    "pendo_assets.clients",
+    "pendo_assets.clients.pendo",
+    "pendo_assets.clients.planhat",
+    "pendo_assets.config",
+    "pendo_assets.delivery",
+    "pendo_assets.errors",
+    "pendo_assets.landing",
+    "pendo_assets.models",
+    "pendo_assets.transforms",
+    "pendo_assets.types",
+    "pendo_assets.warehouse",
+    "pendo_assets.sandbox",
+]
+
+WITH_ALL = [m for m in DAGSTER_FREE if m not in ("pendo_assets.sandbox",)]
+
+
+def test_library_layers_never_import_dagster():
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in DAGSTER_FREE)
+        + "bad = sorted(m for m in sys.modules if m == 'dagster' or m.startswith('dagster.'))\n"
+        + "print(len(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("module", WITH_ALL)
+def test_public_names_are_listed_in_all(module):
+    mod = importlib.import_module(module)
+    path = Path(mod.__file__)
+    if path.name == "__init__.py":
+        return
+    tree = ast.parse(path.read_text())
+    public = {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_")
+    }
+    missing = public - set(mod.__all__)
+    assert not missing, f"{module}: public but not in __all__: {sorted(missing)}"
+    assert set(mod.__all__) <= set(dir(mod))
