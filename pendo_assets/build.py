@@ -7,6 +7,7 @@ the UI. Optional, non-secret URLs are read from the environment when the code lo
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -41,6 +42,12 @@ def build_definitions(config: Config) -> dg.Definitions:
         config, partitions, feature_events=feature_events, activities=activities, publish=publish
     )
     job = build_sync_job()
+    http: dict[str, Any] = {
+        "timeout_seconds": config.sync.request_timeout_seconds,
+        "retry_attempts": config.sync.retry_attempts,
+        "retry_backoff_seconds": config.sync.retry_backoff_seconds,
+        "retry_max_delay_seconds": config.sync.retry_max_delay_seconds,
+    }
     return dg.Definitions(
         assets=[snapshot, feature_events, pipeline_results, activities, metrics, publish],
         asset_checks=checks,
@@ -52,12 +59,14 @@ def build_definitions(config: Config) -> dg.Definitions:
                 region=config.pendo.region,
                 base_url=os.environ.get("PENDO_BASE_URL") or None,
                 page_size=config.sync.page_size,
+                **http,
             ),
             "planhat": PlanhatResource(
                 api_token=dg.EnvVar("PLANHAT_API_TOKEN"),
                 tenant_token=dg.EnvVar("PLANHAT_TENANT_TOKEN"),
                 api_url=os.environ.get("PLANHAT_API_URL") or "https://api.planhat.com",
                 analytics_url=os.environ.get("PLANHAT_ANALYTICS_URL") or "https://analytics.planhat.com",
+                **http,
             ),
             "warehouse": WarehouseResource(path=str(warehouse_path_from_env())),
         },

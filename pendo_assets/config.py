@@ -108,7 +108,24 @@ _PIPELINE_KEYS: Final = (
     "pipeline",
     "pipeline_file",
 )
-_SYNC_KEYS: Final = ("min_match_rate", "max_quarantine_share", "page_size")
+#: ``sync:`` key -> (lowest, highest, whole number, what it is).
+_SYNC_RANGES: Final[Mapping[str, tuple[float, float, bool, str]]] = MappingProxyType(
+    {
+        "min_match_rate": (0, 1, False, "the share of identified events that must match"),
+        "max_quarantine_share": (0, 1, False, "the largest share of a day's rows that may be quarantined"),
+        "page_size": (1000, 1_000_000, True, "Pendo rows per request, a whole number"),
+        "request_timeout_seconds": (1, 3600, False, "seconds to wait for an answer"),
+        "retry_attempts": (1, 20, True, "attempts per request, a whole number"),
+        "retry_backoff_seconds": (0, 60, False, "the first wait between attempts, doubled each time"),
+        "retry_max_delay_seconds": (0, 3600, False, "the longest wait between attempts"),
+    }
+)
+_SYNC_KEYS: Final = tuple(_SYNC_RANGES)
+
+
+def _plain(number: float) -> str:
+    """1000000 rather than 1e+06 in messages."""
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 _SOURCE_EXAMPLE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"
@@ -246,6 +263,10 @@ class SyncSettings:
     min_match_rate: float = 0.5
     max_quarantine_share: float = 0.01
     page_size: int = 100_000
+    request_timeout_seconds: float = 60.0
+    retry_attempts: int = 5
+    retry_backoff_seconds: float = 1.0
+    retry_max_delay_seconds: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +308,7 @@ class Config:
                 "max_quarantine_share": float(sync.max_quarantine_share),
                 "page_size": sync.page_size,
             },
+            # Timeouts and retries change how, not what, is synced: not part of the hash.
         }
 
     @property
@@ -928,44 +950,24 @@ class _Parser:
         if fields is None:
             return None
         default = SyncSettings()
-        rate = share = page_size = None
-        if "min_match_rate" in fields:
-            rate = self._number(
-                fields["min_match_rate"],
-                "sync.min_match_rate",
-                low=0,
-                high=1,
-                hint="the share of rows that must match, from 0 to 1 "
-                f"(default {default.min_match_rate})",
+        values: dict[str, float | int] = {}
+        invalid = False
+        for key, (low, high, integer, meaning) in _SYNC_RANGES.items():
+            if key not in fields:
+                continue
+            value = self._number(
+                fields[key],
+                f"sync.{key}",
+                low=low,
+                high=high,
+                integer=integer,
+                hint=f"{meaning} from {_plain(low)} to {_plain(high)} (default {getattr(default, key)})",
             )
-        if "max_quarantine_share" in fields:
-            share = self._number(
-                fields["max_quarantine_share"],
-                "sync.max_quarantine_share",
-                low=0,
-                high=1,
-                hint="the largest share of rows that may be "
-                f"quarantined, from 0 to 1 (default {default.max_quarantine_share})",
-            )
-        if "page_size" in fields:
-            page_size = self._number(
-                fields["page_size"],
-                "sync.page_size",
-                low=1000,
-                high=1_000_000,
-                integer=True,
-                hint="rows per page, a whole "
-                f"number from 1000 to 1000000 (default {default.page_size})",
-            )
-        if any(isinstance(v, _Invalid) for v in (rate, share, page_size)):
-            return None
-        return SyncSettings(
-            min_match_rate=default.min_match_rate if rate is None else float(cast(float, rate)),
-            max_quarantine_share=(
-                default.max_quarantine_share if share is None else float(cast(float, share))
-            ),
-            page_size=default.page_size if page_size is None else int(cast(int, page_size)),
-        )
+            if isinstance(value, _Invalid):
+                invalid = True
+            else:
+                values[key] = int(value) if integer else float(value)
+        return None if invalid else SyncSettings(**values)  # type: ignore[arg-type]
 
     # -- structure ----------------------------------------------------------------------------
 

@@ -5,15 +5,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import httpx
 from pydantic import Field
 
-from .clients import PendoClient, PlanhatClient
+from .clients import PendoClient, PlanhatClient, RetryPolicy
 from .warehouse import DEFAULT_WAREHOUSE, Warehouse
 
 __all__ = ["PendoResource", "PlanhatResource", "WarehouseResource"]
 
 
-class PendoResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class _HttpResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Timeout and retry settings shared by both API resources (``sync:`` in the config)."""
+
+    timeout_seconds: float = 60.0
+    retry_attempts: int = 5
+    retry_backoff_seconds: float = 1.0
+    retry_max_delay_seconds: float = 300.0
+
+    def timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(10.0, read=self.timeout_seconds)
+
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            attempts=self.retry_attempts,
+            backoff_factor=self.retry_backoff_seconds,
+            max_delay=self.retry_max_delay_seconds,
+        )
+
+
+class PendoResource(_HttpResource):
     """Pendo's aggregation API. The key comes from ``PENDO_INTEGRATION_KEY`` via ``dg.EnvVar``."""
 
     integration_key: str = Field(repr=False, description="Pendo integration key (secret)")
@@ -28,10 +48,12 @@ class PendoResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             region=self.region,
             base_url=self.base_url,
             page_size=self.page_size,
+            timeout=self.timeout(),
+            retry=self.retry(),
         )
 
 
-class PlanhatResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class PlanhatResource(_HttpResource):
     """Planhat's main and analytics APIs. Tokens come from the environment via ``dg.EnvVar``."""
 
     api_token: str = Field(repr=False, description="Planhat API token (secret)")
@@ -46,6 +68,8 @@ class PlanhatResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             tenant_token=self.tenant_token,
             api_url=self.api_url,
             analytics_url=self.analytics_url,
+            timeout=self.timeout(),
+            retry=self.retry(),
         )
 
 
