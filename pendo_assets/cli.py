@@ -136,7 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
     if demo_dir.exists():
         shutil.rmtree(demo_dir)  # the demo always starts from nothing
     demo_dir.mkdir(parents=True)
-    spec = SandboxSpec() if args.rows_per_day is None else SandboxSpec(rows_per_day=args.rows_per_day)
+    spec = SandboxSpec() if args.rows_per_day is None else SandboxSpec.for_rows(args.rows_per_day)
     with Sandbox(spec) as sandbox:
         config_path = demo_dir / "pendo_planhat.yaml"
         tz_today = sandbox.dataset.today()
@@ -216,14 +216,15 @@ def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> 
 def _sandbox(args: argparse.Namespace) -> int:
     from .sandbox import SandboxSpec, serve_forever
 
-    overrides = {}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.rows_per_day is not None:
-        overrides["rows_per_day"] = args.rows_per_day
+    overrides = {} if args.seed is None else {"seed": args.seed}
+    spec = (
+        SandboxSpec(**overrides)
+        if args.rows_per_day is None
+        else SandboxSpec.for_rows(args.rows_per_day, **overrides)
+    )
     args.config_out.parent.mkdir(parents=True, exist_ok=True)
     serve_forever(
-        SandboxSpec(**overrides),
+        spec,
         ports=(args.port, args.port + 1, args.port + 2) if args.port else (0, 0, 0),
         config_path=args.config_out,
     )

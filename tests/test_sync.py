@@ -1,0 +1,249 @@
+"""The sync end to end: Dagster runs against the sandbox, compared with the generator's truth.
+
+Every comparison is against ground truth computed by the sandbox from its own labelled data
+(which visitors have exactly one End User, which accounts one Company, ...), never against
+what the product computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from pendo_assets.config import Config, load_config
+from pendo_assets.delivery import Publisher
+from pendo_assets.runner import SyncOutcome, run_sync
+from pendo_assets.sandbox import Sandbox, SandboxSpec
+from pendo_assets.warehouse import Warehouse
+
+START = date(2026, 10, 27)
+END = date(2026, 11, 9)  # 14 days, across the end of daylight saving time in New York (Nov 1)
+DAYS = [START + timedelta(days=i) for i in range((END - START).days + 1)]
+# Scenarios that need no 14 days run over four, still across the DST change.
+SHORT = [date(2026, 10, 30) + timedelta(days=i) for i in range(4)]
+
+
+@dataclass
+class Env:
+    sandbox: Sandbox
+    config: Config
+    warehouse: Warehouse
+    home: Path
+
+    def sync(self, start: date = START, end: date = END, *, dry_run: bool = False) -> SyncOutcome:
+        return run_sync(config=self.config, start=start, end=end, dry_run=dry_run)
+
+    def actions(self) -> dict[str, str]:
+        """Feature -> action, from the config and the sandbox's own feature names."""
+        names = {f["id"]: f["name"] for f in self.sandbox.dataset.features()}
+        return {f.id: f.action or names[f.id] for f in self.config.features}
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        return [
+            {"name": p.name, "model": p.model, "id_field": p.id_field, "metrics": dict(p.metrics),
+             "pipeline": list(p.stages)}
+            for p in self.config.pipelines
+        ]
+
+    def truth_activities(self, days: list[date] = DAYS) -> dict[tuple[str, str, str], int]:
+        return self.sandbox.dataset.truth_activities(days=days, actions=self.actions())
+
+    def truth_metrics(self, days: list[date] = DAYS) -> dict[tuple[str, str, str, str], float]:
+        return self.sandbox.dataset.truth_metrics(days=days, pipelines=self.pipelines())
+
+    def received_metrics(self) -> dict[tuple[str, str, str, str], float]:
+        """What Planhat's metric charts show per day: last value or sum, as configured."""
+        agg = {dim: p.aggregation for p in self.config.pipelines for dim in p.metrics.values()}
+        return {
+            key: (sum(values) if agg[key[0]] == "sum" else values[-1])
+            for key, values in self.sandbox.received.metric_points().items()
+        }
+
+    def analytics_requests(self) -> int:
+        return len(self.sandbox.received.requests(service="planhat_analytics"))
+
+    def sql(self, query: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.warehouse.connect() as conn:
+            return conn.execute(query, params or []).fetchall()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    spec = SandboxSpec(seed=11, n_visitors=400, n_accounts=60, rows_per_day=1200)
+    with Sandbox(spec, now=datetime(2026, 11, 20, 12, tzinfo=UTC)) as sandbox:
+        config_path = sandbox.write_config(tmp_path / "pendo_planhat.yaml", start_date=date(2026, 10, 1))
+        warehouse = tmp_path / "data" / "warehouse.duckdb"
+        for name, value in sandbox.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("PENDO_PLANHAT_CONFIG", str(config_path))
+        monkeypatch.setenv("PENDO_PLANHAT_WAREHOUSE", str(warehouse))
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+        yield Env(sandbox, load_config(config_path), Warehouse(warehouse), tmp_path / "dagster_home")
+
+
+def test_a_14_day_sync_delivers_exactly_the_truth_and_a_rerun_sends_nothing(env: Env) -> None:
+    outcome = env.sync()
+    assert outcome.exit_code == 0, outcome.last_line
+    truth = env.truth_activities()
+    assert truth and env.sandbox.received.activity_totals() == truth
+    truth_m = env.truth_metrics()
+    assert truth_m and env.received_metrics() == truth_m
+    assert {k[3] for k in truth_m} == {d.isoformat() for d in DAYS}
+    # Nothing reached Planhat for anonymous, unmatched or ambiguous visitors.
+    assert all(r.dropped is False for r in env.sandbox.received.activities())
+
+    # Days across the DST change landed on their own local dates.
+    assert {k[2] for k in truth} == {d.isoformat() for d in DAYS}
+    day_ms = dict(env.sql("SELECT DISTINCT day, day_ms FROM raw_feature_events"))
+    assert day_ms[date(2026, 11, 1)] == 1_793_505_600_000  # 04:00Z: midnight EDT
+    assert day_ms[date(2026, 11, 2)] == 1_793_595_600_000  # 05:00Z: midnight EST, 25 h later
+
+    # Every unmatched visitor and account is in SQL with the right reason.
+    unmatched = {
+        (d.isoformat(), v, a): (reason, n)
+        for d, v, a, reason, n in env.sql(
+            "SELECT day, visitor_id, account_id, reason, num_events FROM unmatched_visitors"
+        )
+    }
+    feature_ids = [f.id for f in env.config.features]
+    assert unmatched == env.sandbox.dataset.truth_unmatched_visitors(days=DAYS, feature_ids=feature_ids)
+    accounts = {
+        (d.isoformat(), p, m, i): reason
+        for d, p, m, i, reason in env.sql("SELECT day, pipeline, model, id, reason FROM unmatched_accounts")
+    }
+    truth_accounts = env.sandbox.dataset.truth_unmatched_accounts(days=DAYS, pipelines=env.pipelines())
+    assert accounts == {tuple(str(x) for x in k): v for k, v in truth_accounts.items()} or accounts == truth_accounts
+
+    # A second run over the same range sends nothing at all.
+    before = env.analytics_requests()
+    again = env.sync()
+    assert again.exit_code == 0
+    assert env.analytics_requests() == before
+    assert again.summary["activity_items_sent"] == 0 and again.summary["metric_items_sent"] == 0
+
+
+def test_changed_pendo_data_sends_only_the_differences(env: Env) -> None:
+    assert env.sync().exit_code == 0
+    old_truth, old_metrics = env.truth_activities(), env.truth_metrics()
+    for day in DAYS[-2:]:
+        env.sandbox.dataset.revise_day(day, grow=True)
+    new_truth, new_metrics = env.truth_activities(), env.truth_metrics()
+    changed = {k for k in new_truth if new_truth[k] != old_truth.get(k)}
+    changed_m = {k for k in new_metrics if new_metrics[k] != old_metrics.get(k)}
+    assert changed and changed_m
+
+    sent_before = len(env.sandbox.received.activities())
+    outcome = env.sync()
+    assert outcome.exit_code == 0
+    new_items = env.sandbox.received.activities()[sent_before:]
+    assert {(r.external_id, r.action, r.date) for r in new_items} == changed
+    assert all(r.count == new_truth[(r.external_id, r.action, r.date)] - old_truth.get((r.external_id, r.action, r.date), 0) for r in new_items)
+    assert env.sandbox.received.activity_totals() == new_truth
+    assert env.received_metrics() == new_metrics
+    assert outcome.summary["metric_items_sent"] == len(changed_m)
+
+
+def test_an_end_user_added_later_receives_its_earlier_days(env: Env) -> None:
+    assert env.sync(SHORT[0], SHORT[-1]).exit_code == 0
+    before = env.truth_activities(SHORT)
+    assert env.sandbox.dataset.add_late_endusers() > 0
+    after = env.truth_activities(SHORT)
+    late = {k for k in after if k not in before}
+    assert late
+    assert env.sync(SHORT[0], SHORT[-1]).exit_code == 0
+    received = env.sandbox.received.activity_totals()
+    assert received == after
+    assert {k[2] for k in late} <= {d.isoformat() for d in SHORT}  # original dates, not today
+
+
+def test_a_batch_applied_without_an_answer_is_never_sent_again(env: Env) -> None:
+    env.sandbox.faults.add(service="planhat_analytics", kind="reset_after_apply", path="/analytics/bulk")
+    outcome = env.sync(SHORT[0], SHORT[-1])
+    assert outcome.exit_code == 1
+    assert "in doubt" in outcome.last_line
+    doubt = env.sql("SELECT batch_id, kind, items FROM batches_in_doubt")
+    assert [(k) for _, k, _ in doubt] == ["activities"]
+    truth = env.truth_activities(SHORT)
+    assert env.sandbox.received.activity_totals() == truth  # Planhat did apply it, once
+
+    again = env.sync(SHORT[0], SHORT[-1])
+    assert again.exit_code == 1  # still in doubt: the user decides
+    assert env.sandbox.received.activity_totals() == truth  # never resent: no double count
+
+    from pendo_assets.cli import main
+
+    assert main(["batches", "resolve", str(doubt[0][0]), "--delivered"]) == 0
+    assert main(["batches", "list"]) == 0
+    final = env.sync(SHORT[0], SHORT[-1])
+    assert final.exit_code == 0 and final.summary["activity_items_sent"] == 0
+    assert env.sandbox.received.activity_totals() == truth
+
+
+def test_a_run_killed_between_send_and_record_never_double_counts(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Publisher._settle_delivered
+
+    def killed(self: Publisher, *args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # the process dies after Planhat answered, before recording
+
+    monkeypatch.setattr(Publisher, "_settle_delivered", killed)
+    try:
+        interrupted = env.sync(SHORT[0], SHORT[-1])
+    except KeyboardInterrupt:
+        pass
+    else:
+        assert interrupted.exit_code == 1
+    monkeypatch.setattr(Publisher, "_settle_delivered", real)
+    status = env.sql("SELECT status FROM outbox_batches")
+    assert status == [("sending",)]
+
+    outcome = env.sync(SHORT[0], SHORT[-1])
+    assert outcome.exit_code == 1
+    (kind, items) = env.sql("SELECT kind, items FROM batches_in_doubt")[0]
+    assert kind == "activities" and items > 0
+    totals = env.sandbox.received.activity_totals()
+    truth = env.truth_activities(SHORT)
+    assert all(totals[k] <= truth[k] for k in totals)  # nothing above truth, ever
+    assert totals == truth  # the interrupted batch had arrived; everything else was sent once
+
+
+def test_dry_run_sends_nothing_and_shows_what_would_be_sent(env: Env) -> None:
+    outcome = env.sync(SHORT[0], SHORT[-1], dry_run=True)
+    assert outcome.exit_code == 0
+    assert env.analytics_requests() == 0
+    truth = env.truth_activities(SHORT)
+    planned = {
+        (e, a, d.isoformat()): n
+        for d, e, a, n in env.sql("SELECT day, external_id, action, count FROM planned_activities")
+    }
+    assert planned == truth
+    assert env.sql("SELECT COUNT(*) FROM planned_metrics")[0][0] == len(env.truth_metrics(SHORT))
+    assert env.sql("SELECT COUNT(*) FROM outbox_batches") == [(0,)]
+
+
+def test_a_partition_range_runs_as_one_dagster_run_with_its_checks(env: Env) -> None:
+    env.sync()
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs()
+    assert len(runs) == 1
+    assert runs[0].tags["dagster/asset_partition_range_start"] == START.isoformat()
+    records = instance.fetch_materializations(dg.AssetKey("planhat_publish"), limit=100).records
+    assert {r.partition_key for r in records} == {d.isoformat() for d in DAYS}
+    checks = {
+        e.dagster_event.asset_check_evaluation_data.check_name: e.dagster_event.asset_check_evaluation_data.passed
+        for e in instance.all_logs(runs[0].run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert checks == {
+        "rows_have_visitor_ids": True,
+        "match_rate_above_threshold": True,
+        "no_batches_in_doubt": True,
+        "no_activity_drift": True,
+    }
