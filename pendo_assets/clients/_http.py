@@ -20,6 +20,7 @@ parameters are masked, and error bodies are truncated to ``MAX_ERROR_BODY`` char
 from __future__ import annotations
 
 import email.utils
+import html
 import logging
 import math
 import random
@@ -314,6 +315,18 @@ def build_http_client(
     )
 
 
+def _unlinked(response: httpx.Response) -> httpx.Response:
+    """The response, freed as soon as the caller drops it.
+
+    httpx links a response and its (already read) stream both ways, so a dropped response waits
+    for the cyclic garbage collector, with its body and its request's body: tens of MB per Pendo
+    page or Planhat batch, piling up for as long as no collection runs. Replacing the spent
+    stream breaks the cycle; the body stays readable (``content``, ``json()``).
+    """
+    response.stream = httpx.ByteStream(b"")
+    return response
+
+
 @dataclass
 class _Attempts:
     count: int = 0
@@ -369,7 +382,7 @@ def send_with_retries(
         error: ApiError | None = None
         cause: BaseException | None = None
         try:
-            response = client.send(request)
+            response = _unlinked(client.send(request))
         except httpx.RequestError as exc:  # transport errors, and a body that fails to decode
             # Chain a scrubbed copy: the original holds the request and its URL with secrets.
             cause = type(exc)(redactor.text(str(exc)))
@@ -466,6 +479,26 @@ def _transport_error(
     return DeliveryUnknownError(message, service=service, method=method, url=safe_url), False
 
 
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_HTML_DROP = re.compile(r"<(script|style)\b.*?(</\1>|$)", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]*>?")
+
+
+def _readable(body: str, content_type: str) -> str:
+    """The error body as one line of text; an HTML error page becomes its title or its text.
+
+    Gateways and load balancers answer 502/503 with an HTML page: its markup says nothing, its
+    title (``503 Service Temporarily Unavailable``) says it all.
+    """
+    if "html" in content_type.lower() or body.lstrip().startswith("<"):
+        title = _HTML_TITLE.search(body)
+        text = title.group(1) if title else _HTML_TAG.sub(" ", _HTML_DROP.sub(" ", body))
+        text = html.unescape(text)
+    else:
+        text = body
+    return " ".join(text.split())
+
+
 def _status_error(
     response: httpx.Response,
     name: str,
@@ -480,7 +513,8 @@ def _status_error(
     status = response.status_code
     body = redactor.body(response.content)
     message = f"{name} {method} {endpoint} answered {status}{after}"
-    excerpt = " ".join(body.split())[:200]
+    # Scrubbed again: unescaping HTML entities could spell out a secret the body hid.
+    excerpt = redactor.text(_readable(body, response.headers.get("Content-Type", "")))[:200]
     if excerpt:
         message += f": {excerpt}"
     if hint and status in (400, 403):

@@ -181,7 +181,7 @@ class PlanhatClient:
         transport: An ``httpx.MockTransport`` in tests (used for both hosts).
         sleep: Called with each retry wait in seconds.
         max_body_bytes: Largest analytics body this client sends (Planhat's cap is 32 MB).
-        max_items: Most items in one analytics body.
+        max_items: Most items in one analytics body (Planhat: "about 150,000" fit in 32 MB).
 
     Raises:
         ConfigError: Empty tokens, non-HTTP URLs or limits out of range.
@@ -199,7 +199,7 @@ class PlanhatClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Sleep = time.sleep,
         max_body_bytes: int = 30_000_000,
-        max_items: int = 100_000,
+        max_items: int = 140_000,
     ) -> None:
         for name, value in (("api_token", api_token), ("tenant_token", tenant_token)):
             if not isinstance(value, str) or not value.strip():
