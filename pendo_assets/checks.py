@@ -3,7 +3,7 @@
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
 import dagster as dg
 
-from .assets._common import tag_days, window
+from .assets._common import open_warehouse, tag_days, window
 from .config import Config
 from .resources import WarehouseResource
 
@@ -25,7 +25,7 @@ def build_checks(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
     ) -> dg.AssetCheckResult:
         days = tag_days(context.run.tags, partitions)
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             rows = conn.execute(
                 "SELECT day, COUNT(*) FROM quarantine_feature_events "
                 "WHERE day IN (SELECT UNNEST(?::DATE[])) AND reason ILIKE 'visitorId%' "
@@ -56,7 +56,7 @@ def build_checks(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
     ) -> dg.AssetCheckResult:
         days = tag_days(context.run.tags, partitions)
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             row = conn.execute(
                 "SELECT (SELECT COALESCE(SUM(count), 0) FROM matched_activities WHERE day IN (SELECT UNNEST(?::DATE[]))), "
                 "(SELECT COALESCE(SUM(num_events), 0) FROM unmatched_visitor_rows "
@@ -81,7 +81,7 @@ def build_checks(
         description="No batch sent to Planhat has an unknown outcome (see batches_in_doubt).",
     )
     def no_batches_in_doubt(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             rows = conn.execute(
                 "SELECT batch_id, kind, items FROM batches_in_doubt ORDER BY batch_id"
             ).fetchall()
@@ -103,7 +103,7 @@ def build_checks(
         description="No activity count in Pendo fell below what Planhat already holds (see activity_drift).",
     )
     def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             row = conn.execute("SELECT COUNT(*), COALESCE(SUM(sent - source), 0) FROM activity_drift").fetchone()
         keys, excess = (int(row[0]), int(row[1])) if row else (0, 0)
         return dg.AssetCheckResult(

@@ -1,7 +1,8 @@
 """The ``pendo-planhat`` command: thin, it delegates to Dagster and the library.
 
-Exit codes: 0 success; 1 a failed day, a batch in doubt or any other failure (the last line
-says which); 2 usage or configuration errors.
+Exit codes: 0 success; 1 a failed day, a batch in doubt, metric items Planhat rejected, the
+warehouse held by another process, or any other failure (the last line says which); 2 usage or
+configuration errors.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _sync(args: argparse.Namespace) -> int:
 
     config = load_config()
     outcome = run_sync(config=config, start=args.start, end=args.end, dry_run=args.dry_run)
-    print(f"run {outcome.run_id}" + (" (dry run: nothing sent)" if args.dry_run else ""))
+    if outcome.run_id is not None:  # None: stopped before a run started (warehouse locked)
+        print(f"run {outcome.run_id}" + (" (dry run: nothing sent)" if args.dry_run else ""))
     _print_summary(outcome.summary)
     print(outcome.last_line)
     return outcome.exit_code

@@ -51,6 +51,8 @@ EXPORTED_VIEWS = (
 )
 
 _LOCK_PID = re.compile(r"PID (\d+)")
+# Table and view names are package constants; anything else is refused before it reaches SQL.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -195,6 +197,7 @@ def insert_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: Frame) -> i
     Returns:
         The number of rows inserted.
     """
+    _check_identifier(table)
     rows = frame.height if isinstance(frame, pl.DataFrame) else int(frame.num_rows)
     if rows == 0:
         return 0
@@ -252,12 +255,20 @@ def replace_days_in_transaction(
     params: Sequence[Any] = (),
 ) -> int:
     """`replace_days` for a caller that manages the transaction itself."""
+    _check_identifier(table)
+    if "'" in where or '"' in where or ";" in where:
+        raise ValueError("where must hold ? placeholders, never quoted values")
     extra = f" AND ({where})" if where else ""
     conn.execute(
         f"DELETE FROM {table} WHERE day IN (SELECT UNNEST(?::DATE[])){extra}",
         [list(days), *params],
     )
     return sum(insert_frame(conn, table, frame) for frame in frames)
+
+
+def _check_identifier(name: str) -> None:
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a table name of this package: {name!r}")
 
 
 def export_views(
@@ -276,15 +287,12 @@ def export_views(
     directory.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for view in views:
+        _check_identifier(view)
         final = directory / f"{view}.parquet"
         tmp = directory / f".{view}.parquet.tmp"
-        conn.execute(f"COPY (SELECT * FROM {view}) TO '{_sql_path(tmp)}' (FORMAT parquet)")
+        # The file name goes through the Python API, never into SQL text.
+        conn.sql(f"SELECT * FROM {view}").write_parquet(str(tmp))
         tmp.replace(final)
         row = conn.execute(f"SELECT COUNT(*) FROM {view}").fetchone()
         counts[view] = int(row[0]) if row else 0
     return counts
-
-
-def _sql_path(path: Path) -> str:
-    # COPY ... TO does not take a bound parameter; the path is ours, quotes are doubled anyway.
-    return str(path).replace("'", "''")

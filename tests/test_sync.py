@@ -7,84 +7,17 @@ what the product computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import date
 from typing import Any
 
 import dagster as dg
 import pytest
 
-from pendo_assets.config import Config, load_config
 from pendo_assets.delivery import Publisher
-from pendo_assets.runner import SyncOutcome, run_sync
-from pendo_assets.sandbox import Sandbox, SandboxSpec
-from pendo_assets.warehouse import Warehouse
 
-START = date(2026, 10, 27)
-END = date(2026, 11, 9)  # 14 days, across the end of daylight saving time in New York (Nov 1)
-DAYS = [START + timedelta(days=i) for i in range((END - START).days + 1)]
-# Scenarios that need no 14 days run over four, still across the DST change.
-SHORT = [date(2026, 10, 30) + timedelta(days=i) for i in range(4)]
-
-
-@dataclass
-class Env:
-    sandbox: Sandbox
-    config: Config
-    warehouse: Warehouse
-    home: Path
-
-    def sync(self, start: date = START, end: date = END, *, dry_run: bool = False) -> SyncOutcome:
-        return run_sync(config=self.config, start=start, end=end, dry_run=dry_run)
-
-    def actions(self) -> dict[str, str]:
-        """Feature -> action, from the config and the sandbox's own feature names."""
-        names = {f["id"]: f["name"] for f in self.sandbox.dataset.features()}
-        return {f.id: f.action or names[f.id] for f in self.config.features}
-
-    def pipelines(self) -> list[dict[str, Any]]:
-        return [
-            {"name": p.name, "model": p.model, "id_field": p.id_field, "metrics": dict(p.metrics),
-             "pipeline": list(p.stages)}
-            for p in self.config.pipelines
-        ]
-
-    def truth_activities(self, days: list[date] = DAYS) -> dict[tuple[str, str, str], int]:
-        return self.sandbox.dataset.truth_activities(days=days, actions=self.actions())
-
-    def truth_metrics(self, days: list[date] = DAYS) -> dict[tuple[str, str, str, str], float]:
-        return self.sandbox.dataset.truth_metrics(days=days, pipelines=self.pipelines())
-
-    def received_metrics(self) -> dict[tuple[str, str, str, str], float]:
-        """What Planhat's metric charts show per day: last value or sum, as configured."""
-        agg = {dim: p.aggregation for p in self.config.pipelines for dim in p.metrics.values()}
-        return {
-            key: (sum(values) if agg[key[0]] == "sum" else values[-1])
-            for key, values in self.sandbox.received.metric_points().items()
-        }
-
-    def analytics_requests(self) -> int:
-        return len(self.sandbox.received.requests(service="planhat_analytics"))
-
-    def sql(self, query: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        with self.warehouse.connect() as conn:
-            return conn.execute(query, params or []).fetchall()
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    spec = SandboxSpec(seed=11, n_visitors=400, n_accounts=60, rows_per_day=1200)
-    with Sandbox(spec, now=datetime(2026, 11, 20, 12, tzinfo=UTC)) as sandbox:
-        config_path = sandbox.write_config(tmp_path / "pendo_planhat.yaml", start_date=date(2026, 10, 1))
-        warehouse = tmp_path / "data" / "warehouse.duckdb"
-        for name, value in sandbox.env().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("PENDO_PLANHAT_CONFIG", str(config_path))
-        monkeypatch.setenv("PENDO_PLANHAT_WAREHOUSE", str(warehouse))
-        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-        yield Env(sandbox, load_config(config_path), Warehouse(warehouse), tmp_path / "dagster_home")
+# The env fixture lives in conftest.py (shared with the fault, bad-input and contention tests);
+# these names stay importable from here.
+from .conftest import DAYS, END, SHORT, START, Env  # noqa: F401
 
 
 def test_a_14_day_sync_delivers_exactly_the_truth_and_a_rerun_sends_nothing(env: Env) -> None:

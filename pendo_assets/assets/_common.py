@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import date
+from typing import TypeVar
 
 import dagster as dg
+import duckdb
 
+from ..config import SyncSettings
+from ..errors import ApiError, PayloadShapeError, WarehouseError
 from ..partitions import partition_days
+from ..resources import WarehouseResource
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -15,6 +24,14 @@ PARTITION = "dagster/partition"
 
 # One pool for everything that opens the warehouse: DuckDB has one writer per file.
 WAREHOUSE_POOL = "warehouse"
+
+#: After this many days (or pipeline days) in a row fail on the API, the rest of the step's days
+#: are not tried: an API that is down or refuses the key would fail them all the same, each after
+#: its full retry budget. They keep their previous data and the next run tries them again.
+GIVE_UP_AFTER = 3
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def run_days(context: dg.AssetExecutionContext) -> list[date]:
@@ -39,3 +56,89 @@ def window(days: list[date]) -> str:
     if not days:
         return "(no days)"
     return days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
+
+
+@contextmanager
+def open_warehouse(warehouse: WarehouseResource) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The step's warehouse connection.
+
+    When the file cannot be opened (another process holds DuckDB's lock), the step fails with
+    `WarehouseLockedError`'s message as its whole description: what to close, and where to query
+    meanwhile. Nothing was written.
+    """
+    with ExitStack() as stack:
+        try:
+            conn = stack.enter_context(warehouse.get_warehouse().connect())
+        except WarehouseError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        yield conn
+
+
+def reread(
+    read: Callable[[], T],
+    *,
+    settings: SyncSettings,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``read`` again when the service answered 2xx with a malformed body.
+
+    A read is harmless to repeat, and a garbage or cut-off body from a proxy is usually gone on
+    the next request; the HTTP layer retries statuses and transport errors, this retries bodies.
+    Up to ``sync.retry_attempts`` reads, waiting like the HTTP retries do.
+
+    Raises:
+        PayloadShapeError: Every read was malformed; the message names the endpoint, says it
+            answered 200, and how many times it was read.
+    """
+    attempts = settings.retry_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return read()
+        except PayloadShapeError as exc:
+            if attempt >= attempts:
+                raise _malformed_after(exc, attempts) from None
+            delay = min(
+                settings.retry_backoff_seconds * 2 ** (attempt - 1),
+                settings.retry_max_delay_seconds,
+            )
+            log.warning("%s: %s; reading it again in %.1f s", what, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+_ENDPOINT_PREFIX = re.compile(r"^((?:Pendo|Planhat) [A-Z]+ \S+?):? (.*)$", re.DOTALL)
+
+
+def _malformed_after(exc: PayloadShapeError, attempts: int) -> PayloadShapeError:
+    text = str(exc)
+    found = _ENDPOINT_PREFIX.match(text)
+    endpoint, problem = (found.group(1), found.group(2)) if found else ("the service", text)
+    times = f"{attempts} times" if attempts > 1 else "once"
+    message = f"{endpoint} answered 200 with an unusable body ({times}): {problem}"
+    return PayloadShapeError(message, service=exc.service, method=exc.method, url=exc.url)
+
+
+def day_error(day: date, exc: BaseException, label: str = "") -> str:
+    """``2026-11-03[ label]: message`` on one line, not repeating what the message starts with."""
+    text = " ".join(str(exc).split())
+    for lead in (f"{day.isoformat()}: ", f"{label.strip()}: " if label else None):
+        if lead and text.startswith(lead):
+            text = text[len(lead) :]
+    return f"{day.isoformat()}{label}: {text}"
+
+
+def is_api_failure(exc: BaseException) -> bool:
+    """Errors that say the API is unusable now (every following day would fail the same)."""
+    return isinstance(exc, ApiError)
+
+
+def failure_description(failures: Sequence[str], *, count: int, summary: str) -> str:
+    """A step failure: the first line tells the whole story, one line per failure follows.
+
+    The first line names the first failure (its day, endpoint and status come from the error),
+    how many more of the ``count`` failed (pipeline) days there are, and ``summary``;
+    ``pendo-planhat sync`` prints it in its last line.
+    """
+    more = f" (+{count - 1} more)" if count > 1 else ""
+    return "\n".join([f"{failures[0].rstrip('.')}{more}; {summary}", *failures])

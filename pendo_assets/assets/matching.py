@@ -10,7 +10,7 @@ from ..config import Config
 from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
 from ..warehouse import replace_days_in_transaction
-from ._common import WAREHOUSE_POOL, run_days, window
+from ._common import WAREHOUSE_POOL, open_warehouse, run_days, window
 
 
 def build_matching_assets(
@@ -44,7 +44,7 @@ def build_matching_assets(
         events_by_reason: Counter[str] = Counter()
         visitors_by_reason: Counter[str] = Counter()
         matched_keys = matched_events = 0
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             objects = conn.execute(
                 "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
             ).pl()
@@ -117,7 +117,7 @@ def build_matching_assets(
     ) -> dg.MaterializeResult:
         days = run_days(context)
         pipelines = [p.name for p in config.pipelines]
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             objects = conn.execute(
                 "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
             ).pl()

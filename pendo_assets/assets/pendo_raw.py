@@ -1,21 +1,53 @@
 """Raw Pendo data, one partition per subscription-local day."""
 
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
+import re
 from collections import Counter
+from datetime import date
 
 import dagster as dg
 
-from ..config import Config
+from ..config import Config, PipelineSpec
 from ..errors import ApiError, PendoAssetsError
 from ..landing import (
-    fetch_feature_events,
+    FeatureEventsDay,
+    PipelineDay,
     fetch_pipeline_day,
-    land_feature_events,
+    ingest_feature_events,
     land_pipeline_day,
     resolve_feature_actions,
 )
 from ..resources import PendoResource, WarehouseResource
-from ._common import WAREHOUSE_POOL, run_days, window
+from ._common import (
+    GIVE_UP_AFTER,
+    WAREHOUSE_POOL,
+    day_error,
+    failure_description,
+    open_warehouse,
+    reread,
+    run_days,
+    window,
+)
+
+_QUOTED = re.compile(r"""\s*('[^']*'|"[^"]*")""")
+_TRAILER = re.compile(r"\s*(:|\().*$", re.DOTALL)
+_DAY_MS = re.compile(r"\s-?\d{6,}")
+
+
+def reason_kind(reason: str) -> str:
+    """A quarantine reason without the values it quotes: ``numEvents is a string: '5'`` ->
+    ``numEvents is a string``. Metadata keys stay few, and never carry data from Pendo."""
+    text = _TRAILER.sub("", _QUOTED.sub("", reason))
+    return _DAY_MS.sub("", text).strip() or "unknown"
+
+
+def _reason_counts(reasons: Counter[str]) -> Counter[str]:
+    """Rows per kind of problem (a row with two problems counts under both)."""
+    kinds: Counter[str] = Counter()
+    for reason, rows in reasons.items():
+        for kind in {reason_kind(part) for part in reason.split("; ")}:
+            kinds[kind] += rows
+    return kinds
 
 
 def build_pendo_raw_assets(
@@ -42,35 +74,63 @@ def build_pendo_raw_assets(
         context: dg.AssetExecutionContext, pendo: PendoResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         days = run_days(context)
-        wh = warehouse.get_warehouse()
         totals: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         failed: list[str] = []
         fetch_s = land_s = 0.0
+        streak = 0
         # One warehouse connection for the step: this run is the only writer, and reopening
         # the file per day costs a checkpoint each time.
-        with pendo.get_client() as client, wh.connect() as conn:
+        with pendo.get_client() as client, open_warehouse(warehouse) as conn:
             if feature_ids:
-                pendo_features = client.list_features()
-                _, warnings = resolve_feature_actions(conn, config=config, pendo_features=pendo_features)
+                try:
+                    pendo_features = reread(
+                        client.list_features, settings=config.sync, what="Pendo features"
+                    )
+                except ApiError as exc:
+                    raise dg.Failure(
+                        description=f"{window(days)}: could not list the Pendo features: {exc}; "
+                        "no day was landed, their previous data is unchanged",
+                        allow_retries=False,
+                    ) from None
+                _, warnings = resolve_feature_actions(
+                    conn, config=config, pendo_features=pendo_features
+                )
                 for warning in warnings:
                     context.log.warning(warning)
-            for n, day in enumerate(days if feature_ids else [], start=1):
-                try:
-                    staged = fetch_feature_events(
+            todo = days if feature_ids else []
+            for n, day in enumerate(todo, start=1):
+                if streak >= GIVE_UP_AFTER:
+                    rest = todo[n - 1 :]
+                    failed.append(_not_tried(rest, streak, count=len(rest), what="day(s)"))
+                    break
+
+                # Fetch and land in one pass: pages stream into the day's transaction as they
+                # are decoded (see landing.ingest_feature_events).
+                def ingest(day: date = day) -> FeatureEventsDay:
+                    return ingest_feature_events(
                         client,
+                        conn,
                         day=day,
                         config=config,
                         feature_ids=feature_ids,
                         staging_dir=warehouse.staging_dir,
                     )
-                    land_feature_events(conn, staged)
+
+                try:
+                    staged = reread(ingest, settings=config.sync, what=f"{day} feature events")
                 except (ApiError, PendoAssetsError) as exc:
-                    failed.append(f"{day}: {exc}")
-                    context.log.error(f"feature events for {day} not landed: {exc}")
+                    streak = streak + 1 if isinstance(exc, ApiError) else 0
+                    failed.append(day_error(day, exc))
+                    context.log.error(f"feature events not landed: {failed[-1]}")
                     continue
-                totals.update(rows=staged.rows, quarantined=staged.quarantined, pages=staged.pages,
-                              bytes=staged.body_bytes)
+                streak = 0
+                totals.update(
+                    rows=staged.rows,
+                    quarantined=staged.quarantined,
+                    pages=staged.pages,
+                    bytes=staged.body_bytes,
+                )
                 reasons.update(staged.reasons)
                 fetch_s += staged.fetch_seconds
                 land_s += staged.land_seconds
@@ -80,10 +140,16 @@ def build_pendo_raw_assets(
                 )
         if failed:
             raise dg.Failure(
-                description=f"{len(failed)} of {len(days)} day(s) of feature events failed; their "
-                "previous data is unchanged:\n" + "\n".join(failed),
-                metadata={"failed_days": len(failed), "days": len(days)},
+                description=failure_description(
+                    failed,
+                    count=_days_failed(failed),
+                    summary=f"feature events of {_days_failed(failed)} of {len(days)} day(s) not "
+                    "landed, their previous data is unchanged",
+                ),
+                metadata={"failed_days": _days_failed(failed), "days": len(days)},
+                allow_retries=False,
             )
+        by_kind = _reason_counts(reasons)
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),
@@ -94,7 +160,7 @@ def build_pendo_raw_assets(
                 "response_mb": round(totals["bytes"] / 1e6, 2),
                 "fetch_seconds": round(fetch_s, 2),
                 "land_seconds": round(land_s, 2),
-                **{f"quarantined: {r}"[:120]: n for r, n in reasons.most_common(10)},
+                **{f"quarantined: {kind}": rows for kind, rows in sorted(by_kind.items())},
             }
         )
 
@@ -115,27 +181,50 @@ def build_pendo_raw_assets(
         context: dg.AssetExecutionContext, pendo: PendoResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         days = run_days(context)
-        wh = warehouse.get_warehouse()
         totals: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
         failed: list[str] = []
-        with pendo.get_client() as client, wh.connect() as conn:
-            for n, day in enumerate(days if config.pipelines else [], start=1):
-                for spec in config.pipelines:
-                    try:
-                        result = fetch_pipeline_day(client, spec=spec, day=day, config=config)
-                        land_pipeline_day(conn, result)
-                    except (ApiError, PendoAssetsError) as exc:
-                        failed.append(f"{day} pipeline {spec.name}: {exc}")
-                        context.log.error(f"pipeline {spec.name} for {day} not landed: {exc}")
-                        continue
-                    totals.update(rows=len(result.rows), values=result.values.height,
-                                  rejected=len(result.rejects))
-                context.log.info(f"[{n}/{len(days)}] {day}: {len(config.pipelines)} pipeline(s) run")
+        streak = 0
+        jobs = [(day, spec) for day in days for spec in config.pipelines]
+        with pendo.get_client() as client, open_warehouse(warehouse) as conn:
+            for i, (day, spec) in enumerate(jobs):
+                if streak >= GIVE_UP_AFTER:
+                    rest = sorted({d for d, _ in jobs[i:]})
+                    failed.append(
+                        _not_tried(rest, streak, count=len(jobs) - i, what="pipeline day(s)")
+                    )
+                    break
+
+                def fetch(day: date = day, spec: PipelineSpec = spec) -> PipelineDay:
+                    return fetch_pipeline_day(client, spec=spec, day=day, config=config)
+
+                try:
+                    result = reread(fetch, settings=config.sync, what=f"{day} pipeline {spec.name}")
+                    land_pipeline_day(conn, result)
+                except (ApiError, PendoAssetsError) as exc:
+                    streak = streak + 1 if isinstance(exc, ApiError) else 0
+                    failed.append(day_error(day, exc, f" pipeline {spec.name!r}"))
+                    context.log.error(f"pipeline results not landed: {failed[-1]}")
+                    continue
+                streak = 0
+                totals.update(
+                    rows=len(result.rows), values=result.values.height, rejected=len(result.rejects)
+                )
+                reasons.update(reason for reason, _ in result.rejects)
+                if spec is config.pipelines[-1]:
+                    context.log.info(
+                        f"[{days.index(day) + 1}/{len(days)}] {day}: {len(config.pipelines)} pipeline(s) run"
+                    )
         if failed:
             raise dg.Failure(
-                description=f"{len(failed)} pipeline day(s) failed; their previous data is "
-                "unchanged:\n" + "\n".join(failed),
-                metadata={"failed": len(failed)},
+                description=failure_description(
+                    failed,
+                    count=_days_failed(failed),
+                    summary=f"{_days_failed(failed)} of {len(jobs)} pipeline day(s) not landed, "
+                    "their previous data is unchanged",
+                ),
+                metadata={"failed": _days_failed(failed), "pipeline_days": len(jobs)},
+                allow_retries=False,
             )
         return dg.MaterializeResult(
             metadata={
@@ -145,8 +234,30 @@ def build_pendo_raw_assets(
                 "result_rows": totals["rows"],
                 "metric_values": totals["values"],
                 "values_quarantined": totals["rejected"],
+                **{
+                    f"quarantined: {kind}": n for kind, n in sorted(_reason_counts(reasons).items())
+                },
             }
         )
 
     return [pendo_feature_events, pendo_pipeline_results]
 
+
+_NOT_TRIED = "not tried after"
+_NOT_TRIED_COUNT = re.compile(rf"{_NOT_TRIED} .*\((\d+) [a-z ]*day\(s\) not tried;")
+
+
+def _not_tried(days: list[date], streak: int, *, count: int, what: str) -> str:
+    return (
+        f"{window(days)}: {_NOT_TRIED} {streak} {what} in a row failed on the Pendo API "
+        f"({count} {what} not tried; the next run tries them again)"
+    )
+
+
+def _days_failed(failed: list[str]) -> int:
+    """How many (pipeline) days failed: a 'not tried' entry stands for several."""
+    count = 0
+    for entry in failed:
+        match = _NOT_TRIED_COUNT.search(entry)
+        count += int(match.group(1)) if match else 1
+    return count

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from ..config import Config, SyncSettings
 from ..errors import ApiError
 from ..models import PlanhatSnapshot
 from ..resources import PlanhatResource, WarehouseResource
 from ..warehouse import insert_frame
-from ._common import WAREHOUSE_POOL
+from ._common import WAREHOUSE_POOL, open_warehouse, reread
 
 MODEL_NAMES = {"endusers": "EndUser", "companies": "Company", "assets": "Asset", "projects": "Project"}
 
@@ -42,7 +43,9 @@ def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.Dat
     return pl.concat(frames, how="diagonal").with_columns(pl.lit(taken_at).alias("snapshot_at"))
 
 
-def build_planhat_snapshot_asset() -> dg.AssetsDefinition:
+def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefinition:
+    settings = (config.sync if config is not None else SyncSettings())
+
     @dg.asset(
         name="planhat_snapshot",
         group_name="planhat",
@@ -58,11 +61,15 @@ def build_planhat_snapshot_asset() -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         try:
             with planhat.get_client() as client:
-                snapshot = client.snapshot()
+                snapshot = reread(client.snapshot, settings=settings, what="Planhat snapshot")
         except ApiError as exc:
-            raise dg.Failure(description=f"Planhat snapshot failed: {exc}") from exc
+            raise dg.Failure(
+                description=f"Planhat snapshot failed: {exc}; the previous snapshot is kept and "
+                "nothing was matched or published",
+                allow_retries=False,
+            ) from None
         objects = snapshot_objects(snapshot, taken_at=datetime.now(UTC).replace(tzinfo=None))
-        with warehouse.get_warehouse().connect() as conn:
+        with open_warehouse(warehouse) as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
                 conn.execute("DELETE FROM planhat_objects")

@@ -6,7 +6,7 @@ import dagster as dg
 from ..delivery import DeliveryError, Publisher
 from ..resources import PlanhatResource, WarehouseResource
 from ..warehouse import export_views
-from ._common import WAREHOUSE_POOL, run_days, window
+from ._common import WAREHOUSE_POOL, open_warehouse, run_days, window
 
 
 class PublishConfig(dg.Config):
@@ -44,8 +44,7 @@ def build_publish_asset(
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         days = run_days(context)
-        wh = warehouse.get_warehouse()
-        with planhat.get_client() as client, wh.connect() as conn:
+        with planhat.get_client() as client, open_warehouse(warehouse) as conn:
             publisher = Publisher(conn=conn, sender=None if config.dry_run else client, run_id=context.run.run_id)
             try:
                 report = publisher.publish(days, dry_run=config.dry_run)
@@ -62,6 +61,12 @@ def build_publish_asset(
             f"{report.metric_items_planned} metric items in {report.requests} request(s); "
             f"{report.batches_in_doubt_total} batch(es) in doubt, {report.drift_keys} drift key(s)"
         )
+        if report.metric_items_rejected:
+            context.log.error(
+                f"Planhat rejected {report.metric_items_rejected} metric item(s) in its answer; "
+                "they are not counted as sent and the next run sends them again (the reasons are "
+                "in outbox_metric_items.error)"
+            )
         if report.batches_in_doubt_total:
             context.log.error(
                 f"{report.batches_in_doubt_total} batch(es) have an unknown outcome: see the "

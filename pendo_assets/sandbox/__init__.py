@@ -13,7 +13,8 @@ generator's ground truth) and by benchmarks::
         truth = sb.dataset.truth_activities(days=[...], actions={...})
 
 Modules: ``generator`` (data, Planhat tenant, ground truth), ``pipeline`` (aggregation engine),
-``planhat`` (tenant state), ``server`` (HTTP), ``faults``, ``recorder``, ``sandbox``.
+``planhat`` (tenant state), ``server`` (HTTP), ``faults``, ``rows`` (bad-input rows),
+``recorder``, ``sandbox``.
 Run as a process with ``python -m pendo_assets.sandbox --help``.
 """
 
@@ -23,6 +24,13 @@ from .faults import Fault, FaultKind, Faults, SandboxService
 from .generator import DEFAULT_APP_ID, SECOND_APP_ID, Dataset, SandboxSpec
 from .pipeline import PipelineError
 from .recorder import ActivityRecord, MetricRecord, Recorder, RequestRecord, UpsertRecord
+from .rows import (
+    FEATURE_EVENTS,
+    PendoRows,
+    RowInjection,
+    malformed_feature_rows,
+    valid_odd_feature_rows,
+)
 from .sandbox import (
     DEFAULT_API_TOKEN,
     DEFAULT_PENDO_KEY,
@@ -36,6 +44,7 @@ __all__ = [
     "DEFAULT_APP_ID",
     "DEFAULT_PENDO_KEY",
     "DEFAULT_TENANT_TOKEN",
+    "FEATURE_EVENTS",
     "SECOND_APP_ID",
     "ActivityRecord",
     "Dataset",
@@ -43,12 +52,16 @@ __all__ = [
     "FaultKind",
     "Faults",
     "MetricRecord",
+    "PendoRows",
     "PipelineError",
     "Recorder",
     "RequestRecord",
+    "RowInjection",
     "Sandbox",
     "SandboxService",
     "SandboxSpec",
     "UpsertRecord",
+    "malformed_feature_rows",
     "serve_forever",
+    "valid_odd_feature_rows",
 ]

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from .generator import SandboxSpec
 from .sandbox import serve_forever
+from .server import require_loopback
 
 __all__ = ["main"]
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = SandboxSpec.for_rows(args.rows_per_day, **overrides)
         now = datetime.fromisoformat(args.now) if args.now else None
+        require_loopback(args.host)
     except ValueError as exc:
         parser.error(str(exc))
     # Background jobs of a non-interactive shell ignore SIGINT: stop cleanly on SIGTERM too.

@@ -16,12 +16,16 @@ kind                   what the client sees
 ``row_errors``         ``POST /dimensiondata``: the items at ``indexes`` come back in ``errors``
                        with ``error`` and are not applied
 =====================  ============================================================================
+
+A fault matches by service, path prefix and, optionally, method and a substring of the request
+body (``body_contains``): e.g. ``body_contains=sandbox.day_marker(day)`` hits only Pendo
+aggregations over one day, so "this day keeps failing" can be armed while every other day works.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -71,19 +75,21 @@ class Fault:
     times: int | None = 1
     params: dict[str, Any] = field(default_factory=dict)
     fired: int = 0
+    body_contains: tuple[bytes, ...] = ()
 
     @property
     def remaining(self) -> int | None:
         """How many more times it fires (None = unlimited)."""
         return None if self.times is None else max(0, self.times - self.fired)
 
-    def matches(self, service: str, method: str, path: str) -> bool:
-        """Whether a request hits this fault (path prefix; method if given)."""
+    def matches(self, service: str, method: str, path: str, body: bytes | None = None) -> bool:
+        """Whether a request hits this fault (path prefix; method and body substring if given)."""
         return (
             self.service == service
             and path.startswith(self.path)
             and (self.method is None or self.method == method.upper())
             and (self.times is None or self.fired < self.times)
+            and all(body is not None and part in body for part in self.body_contains)
         )
 
     # Typed views of params --------------------------------------------------------------
@@ -144,6 +150,7 @@ class Faults:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._fired = 0
+        self._history: list[Fault] = []
 
     def add(
         self,
@@ -153,6 +160,7 @@ class Faults:
         path: str = "/",
         method: str | None = None,
         times: int | None = 1,
+        body_contains: str | bytes | Sequence[str | bytes] = (),
         **params: Any,
     ) -> Fault:
         """Arm a fault for the next ``times`` matching requests.
@@ -163,6 +171,9 @@ class Faults:
             path: path prefix to match, e.g. ``/api/v1/aggregation`` or ``/analytics/bulk``.
             method: only this HTTP method (any when None).
             times: how many requests it hits; None for every request until cleared.
+            body_contains: only requests whose body holds this text, or all of these texts
+                (e.g. one day's ``"first":<epoch ms>`` in a Pendo aggregation, see
+                ``Sandbox.day_marker``, and a metric name that singles out one pipeline).
             **params: kind-specific: ``status``/``body``/``headers``/``content_type``,
                 ``seconds``, ``fraction``, ``indexes``/``error``.
 
@@ -198,18 +209,33 @@ class Faults:
             method=method.upper() if method else None,
             times=times,
             params=dict(params),
+            body_contains=tuple(
+                part.encode() if isinstance(part, str) else bytes(part)
+                for part in (
+                    [body_contains] if isinstance(body_contains, str | bytes) else body_contains
+                )
+            ),
         )
         with self._lock:
             self._faults.append(fault)
+            self._history.append(fault)
         return fault
 
     def take(
-        self, service: str, method: str, path: str, *, kinds: frozenset[str] | None = None
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        kinds: frozenset[str] | None = None,
+        body: bytes | None = None,
     ) -> Fault | None:
         """Consume the first armed fault matching a request (and count it as fired)."""
         with self._lock:
             for fault in self._faults:
-                if (kinds is None or fault.kind in kinds) and fault.matches(service, method, path):
+                if (kinds is None or fault.kind in kinds) and fault.matches(
+                    service, method, path, body
+                ):
                     fault.fired += 1
                     self._fired += 1
                     return fault
@@ -226,6 +252,12 @@ class Faults:
         """How many times faults fired since the last :meth:`clear`."""
         with self._lock:
             return self._fired
+
+    @property
+    def history(self) -> list[Fault]:
+        """Every fault armed since the sandbox started, spent or not, cleared or not."""
+        with self._lock:
+            return list(self._history)
 
     @property
     def active(self) -> list[Fault]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shlex
 import sys
@@ -23,7 +22,9 @@ from .faults import Faults
 from .generator import Dataset, SandboxSpec
 from .pipeline import PipelineRunner
 from .recorder import Recorder
+from .rows import PendoRows
 from .server import (
+    MAX_ANALYTICS_BODY,
     App,
     ControlApp,
     PendoApp,
@@ -31,6 +32,7 @@ from .server import (
     PlanhatApiApp,
     RateLimiter,
     make_server,
+    require_loopback,
 )
 
 __all__ = [
@@ -44,19 +46,6 @@ __all__ = [
 DEFAULT_PENDO_KEY = "sandbox-pendo-key"
 DEFAULT_API_TOKEN = "sandbox-planhat-api-token"
 DEFAULT_TENANT_TOKEN = "5a4d1b9e-0000-4000-8000-5a4db0c5e7e1"
-
-
-def _require_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(
-            f"the sandbox binds loopback addresses only (e.g. 127.0.0.1), not {host!r}"
-        )
 
 
 def _merge(base: JSONDict, overrides: Mapping[str, Any]) -> JSONDict:
@@ -81,6 +70,8 @@ class Sandbox:
         planhat_rate_limit: ``(requests, per_seconds)`` for the Planhat main API, or None.
         host: a loopback address.
         ports: ``(pendo, planhat_api, planhat_analytics)``; 0 picks a free port.
+        max_analytics_body: largest analytics body in bytes before Planhat's 413 (32 MB like
+            Planhat; tests lower it to see real 413s without building 32 MB bodies).
 
     Raises:
         ValueError: ``host`` is not a loopback address.
@@ -102,8 +93,9 @@ class Sandbox:
         planhat_rate_limit: tuple[int, float] | None = None,
         host: str = "127.0.0.1",
         ports: tuple[int, int, int] = (0, 0, 0),
+        max_analytics_body: int = MAX_ANALYTICS_BODY,
     ) -> None:
-        _require_loopback(host)
+        require_loopback(host)
         self.spec = spec or SandboxSpec()
         self.pendo_key = pendo_key
         self.api_token = api_token
@@ -112,22 +104,28 @@ class Sandbox:
         self.dataset = Dataset(self.spec, now=now)  # type: ignore[arg-type]
         self.received = Recorder()
         self.faults = Faults()
+        #: Extra or altered Pendo rows for chosen days (see `pendo_assets.sandbox.rows`).
+        self.pendo_rows = PendoRows(self.dataset.day_start_ms)
         self._runner = PipelineRunner(self.dataset, cache_rows=self.spec.cache_budget)
         self._api = PlanhatApiApp(dataset=self.dataset, token=api_token, recorder=self.received)
         self.planhat_rate_limit = planhat_rate_limit
+        analytics = PlanhatAnalyticsApp(
+            dataset=self.dataset,
+            tenant=tenant_token,
+            recorder=self.received,
+            faults=self.faults,
+        )
+        analytics.max_body = max_analytics_body
         apps: tuple[App, App, App] = (
-            PendoApp(dataset=self.dataset, runner=self._runner, key=pendo_key),
-            self._api,
-            PlanhatAnalyticsApp(
-                dataset=self.dataset,
-                tenant=tenant_token,
-                recorder=self.received,
-                faults=self.faults,
+            PendoApp(
+                dataset=self.dataset, runner=self._runner, key=pendo_key, rows=self.pendo_rows
             ),
+            self._api,
+            analytics,
         )
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
-        control = ControlApp(dataset=self.dataset, recorder=self.received)
+        control = ControlApp(dataset=self.dataset, recorder=self.received, faults=self.faults)
         try:
             for app, port in zip(apps, ports, strict=True):
                 self._servers.append(
@@ -192,6 +190,14 @@ class Sandbox:
             "PLANHAT_API_URL": self.planhat_api_url,
             "PLANHAT_ANALYTICS_URL": self.planhat_analytics_url,
         }
+
+    def day_marker(self, day: date | str) -> str:
+        """Text found in the body of every Pendo aggregation over ``day`` (and no other day).
+
+        For ``faults.add(..., body_contains=sandbox.day_marker(day))``: the product sends the
+        day window as ``"timeSeries":{"period":"dayRange","first":<local midnight ms>,...}``.
+        """
+        return f'"first":{self.dataset.day_start_ms(day)},'
 
     # ------------------------------------------------------------------ knobs
 

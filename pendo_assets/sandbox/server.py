@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import hmac
 import io
+import ipaddress
 import math
 import os
 import socket
@@ -42,6 +43,7 @@ from .generator import Dataset
 from .pipeline import PipelineError, PipelineRunner
 from .planhat import COLLECTIONS, MAX_LIMIT
 from .recorder import ActivityRecord, MetricRecord, Recorder, UpsertRecord
+from .rows import PendoRows, RowInjection, apply_injections
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -56,6 +58,7 @@ __all__ = [
     "Request",
     "Response",
     "make_server",
+    "require_loopback",
     "rows_json",
 ]
 
@@ -178,10 +181,18 @@ class PendoApp:
     service: SandboxService = "pendo"
     max_body: int | None = None
 
-    def __init__(self, *, dataset: Dataset, runner: PipelineRunner, key: str) -> None:
+    def __init__(
+        self,
+        *,
+        dataset: Dataset,
+        runner: PipelineRunner,
+        key: str,
+        rows: PendoRows | None = None,
+    ) -> None:
         self.dataset = dataset
         self.runner = runner
         self.key = key
+        self.rows = rows
 
     def handle(self, req: Request) -> Response:
         """Route one request."""
@@ -238,12 +249,46 @@ class PendoApp:
             return _text(
                 400, f"Unsupported mimeType {mime!r}; the sandbox answers application/json"
             )
+        pipeline = request["pipeline"]
+        injections = (
+            self.rows.find(pipeline, req.body)
+            if self.rows is not None and isinstance(pipeline, list)
+            else []
+        )
+        if injections:
+            return self._injected(pipeline, injections)
         try:
-            result = self.runner.run(request["pipeline"], now_ms=self.dataset.now_ms)
+            result = self.runner.run(pipeline, now_ms=self.dataset.now_ms)
         except PipelineError as exc:
             return _text(400, str(exc))
         body = [b'{"startTime":%d,"results":' % result.start_ms, *rows_json(result.frame), b"}"]
         return Response(200, body, _JSON, items=result.frame.height)
+
+    def _injected(self, pipeline: list[Any], injections: Sequence[RowInjection]) -> Response:
+        """Answer with the day's real rows plus injected ones, paged after the injection."""
+        stages = list(pipeline)
+        skip, limit = 0, None
+        while stages and isinstance(stages[-1], dict) and len(stages[-1]) == 1:
+            ((name, value),) = stages[-1].items()
+            if name not in ("skip", "limit") or not isinstance(value, int):
+                break
+            stages.pop()
+            if name == "skip":
+                skip = value
+            else:
+                limit = value
+        try:
+            result = self.runner.run(stages, now_ms=self.dataset.now_ms)
+        except PipelineError as exc:
+            return _text(400, str(exc))
+        buf = io.BytesIO()
+        if result.frame.height:
+            result.frame.write_ndjson(buf)
+        lines = buf.getvalue().splitlines()
+        rows = apply_injections(lines, injections)
+        page = rows[skip:] if limit is None else rows[skip : skip + limit]
+        body = b'{"startTime":%d,"results":[%s]}' % (result.start_ms, b",".join(page))
+        return Response(200, body, _JSON, items=len(page))
 
 
 # --------------------------------------------------------------------------- Planhat main API
@@ -472,7 +517,7 @@ class PlanhatAnalyticsApp:
                 applied=True,
             )
         fault = self.faults.take(
-            self.service, req.method, req.path, kinds=frozenset({"row_errors"})
+            self.service, req.method, req.path, kinds=frozenset({"row_errors"}), body=req.body
         )
         rejected = fault.indexes if fault else frozenset()
         store = self.dataset.planhat
@@ -565,14 +610,21 @@ class ControlApp:
     GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals`` and
     ``metric_points`` (``?include_dropped=0``); POST ``revise_day`` (``{"day", "grow"}``),
     ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``), ``clear``.
+
+    Faults, for tests that run the product as another process: GET ``faults`` (``{"fired",
+    "active": [...]}``); POST ``faults`` (``{"service", "kind", "path", "method", "times",
+    "params": {...}}``, as :meth:`Faults.add` takes them) and ``faults/clear``.
     """
 
     service: SandboxService = "pendo"
     max_body: int | None = 1 << 20
 
-    def __init__(self, *, dataset: Dataset, recorder: Recorder) -> None:
+    def __init__(
+        self, *, dataset: Dataset, recorder: Recorder, faults: Faults | None = None
+    ) -> None:
         self.dataset = dataset
         self.recorder = recorder
+        self.faults = faults
 
     def handle(self, req: Request) -> Response:
         """Route one control request."""
@@ -599,6 +651,19 @@ class ControlApp:
             if name == "metric_points":
                 points = rec.metric_points(include_dropped=_flag(req, "include_dropped", True))
                 return _json(200, [[*k, v] for k, v in points.items()])
+            if name == "faults" and self.faults is not None:
+                active = [
+                    {
+                        "service": f.service,
+                        "path": f.path,
+                        "kind": f.kind,
+                        "method": f.method,
+                        "remaining": f.remaining,
+                        "fired": f.fired,
+                    }
+                    for f in self.faults.active
+                ]
+                return _json(200, {"fired": self.faults.fired, "active": active})
         if req.method == "POST":
             try:
                 body = msgspec.json.decode(req.body) if req.body else {}
@@ -617,6 +682,25 @@ class ControlApp:
                 return _json(200, {"now": ds.now.isoformat()})
             if name == "clear":
                 rec.clear()
+                return _json(200, {})
+            if name == "faults" and self.faults is not None:
+                params = body.get("params") or {}
+                if not isinstance(params, dict):
+                    return _text(400, "params must be a JSON object")
+                try:
+                    fault = self.faults.add(
+                        service=body.get("service"),  # type: ignore[arg-type]
+                        kind=body.get("kind"),  # type: ignore[arg-type]
+                        path=str(body.get("path") or "/"),
+                        method=body.get("method"),
+                        times=body.get("times", 1),
+                        **params,
+                    )
+                except (TypeError, ValueError) as exc:
+                    return _text(400, str(exc))
+                return _json(200, {"kind": fault.kind, "path": fault.path, "times": fault.times})
+            if name == "faults/clear" and self.faults is not None:
+                self.faults.clear()
                 return _json(200, {})
         return _text(404, "Not Found")
 
@@ -766,16 +850,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(req, _text(400, "Malformed request body"), size=0, fault=None)
             return
         if too_large:
-            limit_mb = (app.max_body or 0) // (1024 * 1024)
+            limit = app.max_body or 0
+            shown = f"{limit // (1024 * 1024)} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
             self._send(
                 req,
-                _json(413, {"error": f"Payload Too Large: bodies are limited to {limit_mb} MB"}),
+                _json(413, {"error": f"Payload Too Large: bodies are limited to {shown}"}),
                 size=size,
                 fault=None,
             )
             return
         req = Request(req.seq, req.method, req.path, req.query, req.headers, body)
-        fault = faults.take(app.service, req.method, req.path, kinds=_TRANSPORT_FAULTS)
+        fault = faults.take(app.service, req.method, req.path, kinds=_TRANSPORT_FAULTS, body=body)
         kind = fault.kind if fault else None
         if fault is not None and kind == "status":
             resp = Response(
@@ -867,6 +952,24 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def require_loopback(host: str) -> None:
+    """Refuse any bind address but a loopback one (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Raises:
+        ValueError: ``host`` is not a loopback address (``0.0.0.0`` and ``::`` included).
+    """
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"the sandbox binds loopback addresses only (e.g. 127.0.0.1), not {host!r}"
+        )
+
+
 def make_server(
     host: str,
     port: int,
@@ -890,7 +993,11 @@ def make_server(
 
     Returns:
         The bound server; run ``serve_forever()`` in a thread.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address (the sandbox never listens beyond it).
     """
+    require_loopback(host)
     cls = _Server6 if ":" in host else _Server
     return cls(
         (host, port), app=app, recorder=recorder, faults=faults, clock=clock, control=control
