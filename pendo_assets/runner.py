@@ -5,20 +5,28 @@ Used by the ``sync`` and ``demo`` commands: runs show up in the Dagster UI like 
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from .build import build_definitions
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, WarehouseError
 from .jobs import SYNC_JOB
 from .partitions import last_complete_day
-from .warehouse import Warehouse, warehouse_path_from_env
+from .warehouse import Warehouse, export_views, warehouse_path_from_env
 
 __all__ = [
     "REQUIRED_ENV",
@@ -29,7 +37,21 @@ __all__ = [
     "sync_summary",
 ]
 
+log = logging.getLogger(__name__)
+
 REQUIRED_ENV = ("PENDO_INTEGRATION_KEY", "PLANHAT_API_TOKEN", "PLANHAT_TENANT_TOKEN")
+
+# Tag on every run this module starts; its values name the command.
+COMMAND_TAG = "pendo_planhat/command"
+_COMMANDS = ("sync", "sync --dry-run")
+# Held (shared) by every live sync on an instance, in DAGSTER_HOME.
+SYNC_LOCK_FILE = "pendo_planhat_sync.lock"
+_UNFINISHED = (
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
 
 DEFAULT_INSTANCE_YAML = """\
 telemetry:
@@ -57,22 +79,45 @@ class SyncOutcome:
     failure: str | None = None
     batches_in_doubt: int = 0
     summary: dict[str, int | float] = field(default_factory=dict)
+    #: Metric items of this run that Planhat answered 200 to but listed in its ``errors``.
+    items_rejected: int = 0
+    first_rejection: str | None = None
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.success and not self.batches_in_doubt else 1
+        settled = self.success and not self.batches_in_doubt and not self.items_rejected
+        return 0 if settled else 1
 
     @property
     def last_line(self) -> str:
+        """One line: what happened, naming the day, endpoint and status of a failure."""
         span = f"{self.days[0]}..{self.days[-1]}" if self.days else ""
         if not self.success:
-            return f"sync failed for {span}: {self.failure}"
-        if self.batches_in_doubt:
-            return (
-                f"sync finished for {span}, but {self.batches_in_doubt} batch(es) are in doubt: "
-                "see `pendo-planhat batches list`"
+            doubt = (
+                f"; also {self.batches_in_doubt} batch(es) are in doubt: see "
+                "`pendo-planhat batches list`"
+                if self.batches_in_doubt
+                else ""
             )
+            return f"sync failed for {span}: {_one_line(self.failure or 'unknown error')}{doubt}"
+        notes = []
+        if self.batches_in_doubt:
+            notes.append(
+                f"{self.batches_in_doubt} batch(es) are in doubt: see `pendo-planhat batches list`"
+            )
+        if self.items_rejected:
+            first = f" (first: {_one_line(self.first_rejection)})" if self.first_rejection else ""
+            notes.append(
+                f"Planhat rejected {self.items_rejected} metric item(s){first}; they are not "
+                "counted as sent and the next run sends them again (see outbox_metric_items.error)"
+            )
+        if notes:
+            return f"sync finished for {span}, but " + "; and ".join(notes)
         return f"sync succeeded for {span}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def ensure_dagster_home(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
@@ -132,44 +177,171 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
     """
     days = check_range(config, start, end)
     check_environment()
-    ensure_dagster_home()
+    warehouse = Warehouse(warehouse_path_from_env())
+    try:
+        # Before any Dagster run: a lock held elsewhere is reported in seconds, with what to do.
+        with warehouse.connect():
+            pass
+    except WarehouseError as exc:
+        return SyncOutcome(success=False, run_id=None, days=days, failure=str(exc))
+    home = ensure_dagster_home()
     defs = build_definitions(config)
-    job = defs.resolve_job_def(SYNC_JOB)
+    job = defs.resolve_job_def(SYNC_JOB).with_logger_defs({"console": _console_logger})
     instance = dg.DagsterInstance.get()
-    result = job.execute_in_process(
-        instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": days[0].isoformat(),
-            "dagster/asset_partition_range_end": days[-1].isoformat(),
-            "pendo_planhat/command": "sync --dry-run" if dry_run else "sync",
-        },
-        run_config={
-            "ops": {"planhat_publish": {"config": {"dry_run": dry_run}}},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-        },
-        raise_on_error=False,
-    )
+    with _live_sync(home, instance):
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": days[0].isoformat(),
+                "dagster/asset_partition_range_end": days[-1].isoformat(),
+                COMMAND_TAG: _COMMANDS[1] if dry_run else _COMMANDS[0],
+            },
+            run_config={
+                "ops": {"planhat_publish": {"config": {"dry_run": dry_run}}},
+                "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            },
+            raise_on_error=False,
+        )
     outcome = SyncOutcome(success=result.success, run_id=result.run_id, days=days)
     if not result.success:
         outcome.failure = _failure_message(result)
-    warehouse = Warehouse(warehouse_path_from_env())
-    with warehouse.connect() as conn:
-        row = conn.execute("SELECT COUNT(*) FROM batches_in_doubt").fetchone()
-        outcome.batches_in_doubt = int(row[0]) if row else 0
-        outcome.summary = sync_summary(conn, days=days, run_id=result.run_id)
+    # After a failed run, do not wait long for the warehouse: the failure may be that very lock.
+    after = warehouse if result.success else Warehouse(warehouse.path, lock_wait=0.5)
+    try:
+        _read_back(outcome, after, exports=not result.success)
+    except WarehouseError as exc:  # the lock was taken while the run was writing
+        outcome.success = False
+        if not outcome.failure:
+            outcome.failure = str(exc)
+        elif str(exc) not in outcome.failure:
+            outcome.failure = f"{outcome.failure}; {exc}"
     return outcome
 
 
+def _read_back(outcome: SyncOutcome, warehouse: Warehouse, *, exports: bool) -> None:
+    """Headline numbers, batches in doubt and rejected items of the run, from the warehouse.
+
+    After a failed run (publish did not get to it) the unmatched sets and the ledger views are
+    exported here, so ``data/exports/`` always reflects the last run.
+    """
+    with warehouse.connect() as conn:
+        row = conn.execute("SELECT COUNT(*) FROM batches_in_doubt").fetchone()
+        outcome.batches_in_doubt = int(row[0]) if row else 0
+        outcome.summary = sync_summary(conn, days=outcome.days, run_id=outcome.run_id)
+        rejected = conn.execute(
+            "SELECT COUNT(*), min(i.error) FROM outbox_metric_items AS i "
+            "JOIN outbox_batches AS b USING (batch_id) "
+            "WHERE b.run_id = ? AND i.error IS NOT NULL",
+            [outcome.run_id],
+        ).fetchone()
+        if rejected:
+            outcome.items_rejected = int(rejected[0])
+            outcome.first_rejection = rejected[1]
+        if exports:
+            export_views(conn, warehouse.path.parent / "exports")
+
+
+@contextmanager
+def _live_sync(home: Path, instance: dg.DagsterInstance) -> Iterator[None]:
+    """Hold a shared lock in ``DAGSTER_HOME`` for the whole sync, after settling killed syncs.
+
+    A sync killed outright (SIGKILL, the OOM killer, a reboot) never finishes its Dagster run:
+    the run stays STARTED and keeps its ``warehouse`` pool slot, so every later run would wait
+    for that slot forever. The kernel drops a dead process's lock, so a sync that can take the
+    lock exclusively knows no other sync on this instance is alive, and that any unfinished run
+    of ours belongs to a dead process.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(home / SYNC_LOCK_FILE, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another sync is running: unfinished runs may be its own
+        except OSError:
+            yield  # no locks on this file system: live and dead runs cannot be told apart
+            return
+        else:
+            _settle_abandoned_runs(instance)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
+
+
+def _settle_abandoned_runs(instance: dg.DagsterInstance) -> None:
+    """Mark our unfinished runs failed and free the pool slots they hold (no sync is alive)."""
+    ours = {COMMAND_TAG: list(_COMMANDS)}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(_UNFINISHED), tags=ours)):
+        log.warning(
+            "run %s of an earlier `pendo-planhat %s` never finished (its process was killed); "
+            "marking it failed",
+            run.run_id,
+            run.tags.get(COMMAND_TAG),
+        )
+        instance.report_run_failed(
+            run, message="The process running this sync ended without finishing it (killed?)."
+        )
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    holders = storage.get_concurrency_run_ids()
+    if holders:
+        for run in instance.get_runs(filters=dg.RunsFilter(run_ids=list(holders), tags=ours)):
+            storage.free_concurrency_slots_for_run(run.run_id)
+
+
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
-    failures = []
+    """The failed steps on one line: each step's headline (the first line of its description).
+
+    Steps failing for the same reason (a warehouse lock hits every step) are named together.
+    """
+    by_message: dict[str, list[str]] = {}
     for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            data = event.step_failure_data
-            message = data.user_failure_data.description if data.user_failure_data else None
-            if not message and data.error is not None:
-                message = data.error.message.strip()
-            failures.append(f"step {event.step_key}: {message}")
-    return "; ".join(failures) or "the run failed (see the Dagster UI for the event log)"
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        data = event.step_failure_data
+        message = data.user_failure_data.description if data.user_failure_data else None
+        if not message and data.error is not None:
+            error = data.error
+            while error.cause is not None:  # the step's own exception, not Dagster's wrapper
+                error = error.cause
+            message = error.message.strip()
+        headline = _one_line((message or "failed").strip().splitlines()[0])
+        by_message.setdefault(headline, []).append(event.step_key or "?")
+    if not by_message:
+        return "the run failed (see the Dagster UI for the event log)"
+    return "; ".join(f"{', '.join(steps)}: {headline}" for headline, steps in by_message.items())
+
+
+class _NoFailureStack(logging.Filter):
+    """Drop the Python stack from step failures raised on purpose (``dg.Failure``).
+
+    Their description already says what failed and what to do; a stack trace under it reads
+    like a crash. Any other exception keeps its stack.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if ".Failure: " in message and "\nStack Trace:\n" in message:
+            record.msg = message.split("\nStack Trace:\n", 1)[0].rstrip()
+            record.args = None
+        return True
+
+
+@dg.logger(
+    {"log_level": dg.Field(str, is_required=False, default_value="INFO")},
+    description="Dagster's console log on stderr, without stacks under deliberate failures.",
+)
+def _console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    level = logging.getLevelName(str(init_context.logger_config["log_level"]).upper())
+    console = logging.Logger("dagster", level=level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S %z")
+    )
+    handler.addFilter(_NoFailureStack())
+    console.addHandler(handler)
+    return console
 
 
 def sync_summary(conn: object, *, days: list[date], run_id: str | None) -> dict[str, int | float]:
