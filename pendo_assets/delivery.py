@@ -33,7 +33,7 @@ import polars as pl
 
 from .errors import ApiError, ApiStatusError, DeliveryUnknownError, PendoAssetsError
 from .transforms import ACTIVITY_KEY, METRIC_KEY, activity_deltas, metric_deltas
-from .warehouse import insert_frame, replace_days
+from .warehouse import insert_frame, replace_days, transaction
 
 __all__ = [
     "DeliveryError",
@@ -286,8 +286,7 @@ class Publisher:
         """Settle what an interrupted run left in the outbox (see the module docstring)."""
         report = RecoveryReport()
         c = self.conn
-        c.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(c):
             report.discarded_prepared = self._set_status(
                 "status = 'prepared'", "discarded", "never sent: the run stopped before sending"
             )
@@ -301,10 +300,6 @@ class Publisher:
                 "in_doubt",
                 "outcome unknown: the run stopped after sending, before Planhat's answer was recorded",
             )
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         if report.new_in_doubt:
             log.warning("%d batch(es) have an unknown outcome and are held back", report.new_in_doubt)
         return report
@@ -474,8 +469,7 @@ class Publisher:
 
     def _prepare(self, kind: BatchKind, aggregation: str | None, items: pl.DataFrame, body_bytes: int) -> int:
         c = self.conn
-        c.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(c):
             row = c.execute("SELECT nextval('outbox_batch_ids')").fetchone()
             assert row is not None
             batch_id = int(row[0])
@@ -486,10 +480,6 @@ class Publisher:
             )
             table = "outbox_activity_items" if kind == "activities" else "outbox_metric_items"
             insert_frame(c, table, items.with_columns(pl.lit(batch_id, dtype=pl.Int64).alias("batch_id")))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return batch_id
 
     def _mark(self, batch_id: int, status: str, *, note: str | None = None, sent: bool = False) -> None:
@@ -514,8 +504,7 @@ class Publisher:
             report.batches_in_doubt_new += 1
             return
         c = self.conn
-        c.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(c):
             if rejected:
                 frame = pl.DataFrame(
                     {"k": list(rejected), "error": list(rejected.values())},
@@ -531,10 +520,6 @@ class Publisher:
                 c.unregister("_rejected")
             note = f"Planhat rejected {len(rejected)} item(s); they are sent again next run" if rejected else None
             self._mark(batch_id, "delivered", note=note)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         report.batches_delivered += 1
         report.metric_items_rejected += len(rejected or {})
         if kind == "activities":

@@ -33,6 +33,7 @@ __all__ = [
     "insert_frame",
     "replace_days",
     "replace_days_in_transaction",
+    "transaction",
     "warehouse_path_from_env",
 ]
 
@@ -168,22 +169,36 @@ def apply_migrations(conn: duckdb.DuckDBPyConnection) -> list[int]:
     for version, name, sql in _migration_files():
         if version in done:
             continue
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(conn):
             conn.execute(sql)
             conn.execute(
                 "INSERT INTO _migrations VALUES (?, ?, current_timestamp)", [version, name]
             )
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
         applied.append(version)
         log.info("applied warehouse migration %s", name)
     return applied
 
 
 Frame: TypeAlias = pl.DataFrame | pa.Table
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on any exception.
+
+    Args:
+        conn: An open connection, not already inside a transaction.
+
+    Yields:
+        The same connection.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def insert_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: Frame) -> int:
@@ -233,15 +248,10 @@ def replace_days(
     Returns:
         Rows inserted.
     """
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         n = replace_days_in_transaction(
             conn, table=table, days=days, frames=frames, where=where, params=params
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return n
 
 

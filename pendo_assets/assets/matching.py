@@ -9,7 +9,7 @@ import polars as pl
 from ..config import Config
 from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
-from ..warehouse import replace_days_in_transaction
+from ..warehouse import replace_days_in_transaction, transaction
 from ._common import WAREHOUSE_POOL, open_warehouse, run_days, window
 
 
@@ -63,14 +63,9 @@ def build_matching_assets(
                     daily_usage(events.lazy()), objects.lazy(), actions.lazy()
                 )
                 m, u = pl.collect_all([matched, unmatched])
-                conn.execute("BEGIN TRANSACTION")
-                try:
+                with transaction(conn):
                     replace_days_in_transaction(conn, table="matched_activities", days=[day], frames=[m])
                     replace_days_in_transaction(conn, table="unmatched_visitor_rows", days=[day], frames=[u])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
                 matched_keys += m.height
                 matched_events += int(m["count"].sum() or 0)
                 for reason, n_events, n_visitors in (
@@ -128,14 +123,9 @@ def build_matching_assets(
             ).pl()
             matched, unmatched = match_metrics(values.lazy(), objects.lazy())
             m, u = pl.collect_all([matched, unmatched])
-            conn.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(conn):
                 replace_days_in_transaction(conn, table="matched_metrics", days=days, frames=[m])
                 replace_days_in_transaction(conn, table="unmatched_account_rows", days=days, frames=[u])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         by_reason = dict(u.group_by("reason").len().rows())
         ids = m.select("day", "pipeline", "external_id").n_unique() if m.height else 0
         total_ids = ids + u.height

@@ -10,7 +10,7 @@ from ..config import Config, SyncSettings
 from ..errors import ApiError
 from ..models import PlanhatSnapshot
 from ..resources import PlanhatResource, WarehouseResource
-from ..warehouse import insert_frame
+from ..warehouse import insert_frame, transaction
 from ._common import WAREHOUSE_POOL, open_warehouse, reread
 
 MODEL_NAMES = {"endusers": "EndUser", "companies": "Company", "assets": "Asset", "projects": "Project"}
@@ -69,15 +69,9 @@ def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefin
                 allow_retries=False,
             ) from None
         objects = snapshot_objects(snapshot, taken_at=datetime.now(UTC).replace(tzinfo=None))
-        with open_warehouse(warehouse) as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                conn.execute("DELETE FROM planhat_objects")
-                insert_frame(conn, "planhat_objects", objects)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with open_warehouse(warehouse) as conn, transaction(conn):
+            conn.execute("DELETE FROM planhat_objects")
+            insert_frame(conn, "planhat_objects", objects)
         metadata: dict[str, int] = {}
         for model in MODEL_NAMES.values():
             part = objects.filter(pl.col("model") == model)
