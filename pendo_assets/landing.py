@@ -6,9 +6,6 @@ DuckDB writing overlap, and memory holds a few pages whatever the size of the da
 raw rows, its quarantined rows and its entry in ``landed_days`` are replaced in one
 transaction. If the fetch fails, or more of the day is malformed than the configured share, the
 transaction is rolled back and the day's previous data stays as it was.
-
-`fetch_feature_events` + `land_feature_events` do the same in two steps, through a Parquet
-staging file, for callers that want the fetch done before they touch the warehouse.
 """
 
 from __future__ import annotations
@@ -18,12 +15,12 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import duckdb
 import msgspec
@@ -35,16 +32,14 @@ from .config import Config, PipelineSpec
 from .errors import PageDriftError, PendoAssetsError
 from .models import FEATURE_EVENT_SCHEMA, FeatureEventPage
 from .transforms import MetricFieldSpec, extract_metric_values
-from .warehouse import insert_frame
+from .warehouse import insert_frame, transaction
 
 __all__ = [
     "DayRejectedError",
     "FeatureEventsDay",
     "PipelineDay",
-    "fetch_feature_events",
     "fetch_pipeline_day",
     "ingest_feature_events",
-    "land_feature_events",
     "land_pipeline_day",
     "resolve_feature_actions",
 ]
@@ -75,10 +70,9 @@ class _Feature(Protocol):
 
 @dataclass
 class FeatureEventsDay:
-    """One day of feature events fetched into staging files, ready to land."""
+    """What landing one day of feature events did (its rejected rows are staged in a file)."""
 
     day: date
-    rows_path: Path
     rejects_path: Path
     rows: int = 0
     quarantined: int = 0
@@ -94,105 +88,7 @@ class FeatureEventsDay:
         return self.quarantined / total if total else 0.0
 
     def cleanup(self) -> None:
-        self.rows_path.unlink(missing_ok=True)
         self.rejects_path.unlink(missing_ok=True)
-
-
-def fetch_feature_events(
-    client: Any,
-    *,
-    day: date,
-    config: Config,
-    feature_ids: Sequence[str],
-    staging_dir: Path,
-) -> FeatureEventsDay:
-    """Fetch one day of feature events into staging Parquet files.
-
-    Args:
-        client: A `PendoClient`.
-        day: The subscription-local day.
-        config: The sync configuration (timezone, app ids, quarantine share).
-        feature_ids: The configured features.
-        staging_dir: Folder for the staging files (created on demand).
-
-    Returns:
-        What was fetched; the caller lands it with `land_feature_events`.
-
-    Raises:
-        DayRejectedError: More than ``sync.max_quarantine_share`` of the day is malformed.
-        ApiError: Pendo failed after retries (the message names endpoint and status).
-    """
-    for attempt in range(1, DRIFT_ATTEMPTS + 1):
-        try:
-            return _fetch_feature_events_once(
-                client, day=day, config=config, feature_ids=feature_ids, staging_dir=staging_dir
-            )
-        except PageDriftError:
-            if attempt == DRIFT_ATTEMPTS:
-                raise
-            log.warning("%s: Pendo's rows changed while they were read; reading the day again", day)
-    raise AssertionError("unreachable")
-
-
-def _fetch_feature_events_once(
-    client: Any,
-    *,
-    day: date,
-    config: Config,
-    feature_ids: Sequence[str],
-    staging_dir: Path,
-) -> FeatureEventsDay:
-    out = _new_day(day, staging_dir)
-    started = time.perf_counter()
-    writer: pq.ParquetWriter | None = None
-    rejects = _RejectStage(out)
-    try:
-        for page in _pages(client, day=day, config=config, feature_ids=feature_ids):
-            rejects.add(page)
-            if page.table.num_rows:
-                if writer is None:
-                    writer = pq.ParquetWriter(out.rows_path, page.table.schema, compression="none")
-                writer.write_table(page.table)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        rejects.close()
-        out.cleanup()
-        raise
-    if writer is not None:
-        writer.close()
-    rejects.close()
-    out.fetch_seconds = time.perf_counter() - started
-    if out.quarantine_share > config.sync.max_quarantine_share:
-        out.cleanup()
-        raise _day_rejected(out, config)
-    return out
-
-
-def land_feature_events(conn: duckdb.DuckDBPyConnection, staged: FeatureEventsDay) -> None:
-    """Replace the day's raw and quarantined rows with the staged ones, in one transaction."""
-    started = time.perf_counter()
-    now = datetime.now(UTC).replace(tzinfo=None)
-    day = staged.day
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        _replace_day(conn, "raw_feature_events", day)
-        _replace_day(conn, "quarantine_feature_events", day)
-        if staged.rows:
-            with _bulk_insert(conn):
-                conn.execute(
-                    "INSERT INTO raw_feature_events BY NAME "
-                    "SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM read_parquet(?)",
-                    [day, now, str(staged.rows_path)],
-                )
-        _land_rejects(conn, staged, now)
-        _record_landed(conn, "feature_events", day, staged.rows, staged.quarantined, staged.pages, now)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    staged.land_seconds = time.perf_counter() - started
-    staged.cleanup()
 
 
 def ingest_feature_events(
@@ -206,8 +102,7 @@ def ingest_feature_events(
 ) -> FeatureEventsDay:
     """Fetch one day of feature events and land it, streaming, in one transaction.
 
-    What `fetch_feature_events` then `land_feature_events` do, in one pass: each page goes into
-    DuckDB as soon as it is decoded, while the next one is fetched. The day's raw rows, its
+    Each page goes into DuckDB as soon as it is decoded, while the next one is fetched. The day's raw rows, its
     quarantined rows and its ``landed_days`` entry are replaced in one transaction; on any error
     (including too many malformed rows) it is rolled back and the day's previous data stays.
     The connection holds that transaction while Pendo answers.
@@ -228,20 +123,26 @@ def ingest_feature_events(
         DayRejectedError: More than ``sync.max_quarantine_share`` of the day is malformed.
         ApiError: Pendo failed after retries (the message names endpoint and status).
     """
+    return _reading_again_on_drift(
+        lambda: _ingest_feature_events_once(
+            client, conn, day=day, config=config, feature_ids=feature_ids, staging_dir=staging_dir
+        ),
+        f"{day}: Pendo's feature events",
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _reading_again_on_drift(read: Callable[[], _T], what: str) -> _T:
+    """Run ``read``, again from the start when Pendo's rows shift between its page requests."""
     for attempt in range(1, DRIFT_ATTEMPTS + 1):
         try:
-            return _ingest_feature_events_once(
-                client,
-                conn,
-                day=day,
-                config=config,
-                feature_ids=feature_ids,
-                staging_dir=staging_dir,
-            )
+            return read()
         except PageDriftError:
             if attempt == DRIFT_ATTEMPTS:
                 raise
-            log.warning("%s: Pendo's rows changed while they were read; reading the day again", day)
+            log.warning("%s changed while they were read; reading them again", what)
     raise AssertionError("unreachable")
 
 
@@ -317,9 +218,7 @@ def _pages(
 def _new_day(day: date, staging_dir: Path) -> FeatureEventsDay:
     staging_dir.mkdir(parents=True, exist_ok=True)
     return FeatureEventsDay(
-        day=day,
-        rows_path=staging_dir / f"feature_events_{day.isoformat()}.parquet",
-        rejects_path=staging_dir / f"feature_events_{day.isoformat()}.rejects.parquet",
+        day=day, rejects_path=staging_dir / f"feature_events_{day.isoformat()}.rejects.parquet"
     )
 
 
@@ -543,23 +442,19 @@ def fetch_pipeline_day(client: Any, *, spec: PipelineSpec, day: date, config: Co
     Raises:
         DayRejectedError: More than the configured share of result rows cannot be sent.
     """
-    for attempt in range(1, DRIFT_ATTEMPTS + 1):
-        rows: list[Mapping[str, Any]] = []
-        pages = 0
-        try:
-            for page in client.pipeline_pages(
+
+    def read() -> tuple[list[Mapping[str, Any]], int]:
+        pages = list(
+            client.pipeline_pages(
                 stages=list(spec.stages),
                 day=day,
                 timezone=config.pendo.timezone,
                 sort_field=spec.id_field,
-            ):
-                pages += 1
-                rows.extend(page)
-            break
-        except PageDriftError:
-            if attempt == DRIFT_ATTEMPTS:
-                raise
-            log.warning("%s: pipeline %s changed while it was read; reading it again", day, spec.name)
+            )
+        )
+        return [row for page in pages for row in page], len(pages)
+
+    rows, pages = _reading_again_on_drift(read, f"{day}: pipeline {spec.name}'s results")
     field_spec = MetricFieldSpec(
         pipeline=spec.name,
         model=spec.model,
@@ -625,8 +520,7 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
             "extracted_at": pl.Datetime("us"),
         },
     )
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         for table, frame in (
             ("raw_pipeline_results", raw),
             ("pipeline_values", result.values),
@@ -642,10 +536,6 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
             result.pages,
             now,
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def resolve_feature_actions(
@@ -708,16 +598,11 @@ def resolve_feature_actions(
             "updated_at": pl.Datetime("us"),
         },
     )
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         # Keep the first name of features no longer configured, for history (drift view).
         conn.execute(
             "DELETE FROM feature_actions WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
             [frame["feature_id"].to_list()],
         )
         insert_frame(conn, "feature_actions", frame)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return frame.select("feature_id", "action", "weight"), warnings

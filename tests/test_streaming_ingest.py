@@ -28,9 +28,7 @@ from pendo_assets.errors import ApiStatusError, PageDriftError
 from pendo_assets.landing import (
     DayRejectedError,
     _bulk_insert,
-    fetch_feature_events,
     ingest_feature_events,
-    land_feature_events,
 )
 from pendo_assets.transforms import daily_usage, match_activities
 from pendo_assets.warehouse import Warehouse
@@ -197,26 +195,22 @@ def test_a_dropped_response_is_freed_without_the_cyclic_collector() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_ingest_lands_what_fetch_then_land_lands(
+def test_ingest_lands_every_served_row_or_quarantines_it(
     tmp_path: Path, conn: duckdb.DuckDBPyConnection
 ) -> None:
     data = [*rows(5), pendo_event(visitorId=""), *rows(4, 5), pendo_event(numEvents=-1)]
     pendo, _ = client(served(data), page_size=4)
-    staged = fetch_feature_events(
-        pendo, day=DAY, config=config(), feature_ids=FEATURES, staging_dir=tmp_path / "a"
+    staging = tmp_path / "staging"
+    day = ingest_feature_events(
+        pendo, conn, day=DAY, config=config(), feature_ids=FEATURES, staging_dir=staging
     )
-    land_feature_events(conn, staged)
-    two_step = landed(conn)
-
-    with Warehouse(tmp_path / "other.duckdb").connect() as other:
-        pendo, _ = client(served(data), page_size=4)
-        day = ingest_feature_events(
-            pendo, other, day=DAY, config=config(), feature_ids=FEATURES, staging_dir=tmp_path / "b"
-        )
-        assert (day.rows, day.quarantined, day.pages) == (staged.rows, staged.quarantined, 3)
-        assert landed(other) == two_step
-        assert len(two_step["raw"]) == 9 and len(two_step["quarantine"]) == 2
-        assert not list((tmp_path / "b").iterdir())  # staging files are removed
+    assert (day.rows, day.quarantined, day.pages) == (9, 2, 3)
+    got = landed(conn)
+    assert [r[1] for r in got["raw"]] == [f"v{i:05d}" for i in range(9)]
+    assert {r[3] for r in got["raw"]} == {"feat-a"} and {r[6] for r in got["raw"]} == {3}
+    assert [r[1] for r in got["quarantine"]] == ["numEvents is negative: -1", "visitorId is empty"]
+    assert got["landed"] == [("feature_events", DAY, 9, 2, 3)]
+    assert not list(staging.iterdir())  # staging files are removed
     wait_for_no_pendo_threads()
 
 
