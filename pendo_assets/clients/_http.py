@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Self
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "NOT_SENT_ERRORS",
     "USER_AGENT",
+    "PooledClient",
     "Redactor",
     "RetryPolicy",
     "Sleep",
@@ -86,6 +87,22 @@ _KEYLIKE_IN_TEXT = re.compile(
 # --------------------------------------------------------------------------------------------
 # Retry policy
 # --------------------------------------------------------------------------------------------
+
+
+class PooledClient:
+    """Base of the API clients: a pooled ``httpx.Client`` closed on ``close()`` or ``with`` exit."""
+
+    _http: httpx.Client
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.close()
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,14 @@ import pyarrow as pa
 from ..errors import ConfigError, PageDriftError, PagingLimitError, PayloadShapeError
 from ..models import FEATURE_EVENT_SCHEMA, Feature, FeatureEventPage, RejectedRow
 from ..types import JSONDict, Region
-from ._http import Redactor, RetryPolicy, Sleep, build_http_client, send_with_retries
+from ._http import (
+    PooledClient,
+    Redactor,
+    RetryPolicy,
+    Sleep,
+    build_http_client,
+    send_with_retries,
+)
 
 __all__ = [
     "AGGREGATION_PATH",
@@ -654,7 +661,7 @@ def _count(name: str, value: Any, reasons: list[str], *, allow_negative: bool = 
 # --------------------------------------------------------------------------------------------
 
 
-class PendoClient:
+class PendoClient(PooledClient):
     """Pendo Engage v1 API client for one subscription (one integration key, one region).
 
     Usable on its own (REPL, scripts) and as a context manager; every request goes through the
@@ -706,16 +713,6 @@ class PendoClient:
 
     def __repr__(self) -> str:
         return f"PendoClient(region={self.region!r}, base_url={self.base_url!r})"
-
-    def __enter__(self) -> PendoClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close pooled connections."""
-        self._http.close()
 
     # -- plain calls ---------------------------------------------------------------------------
 

@@ -35,7 +35,14 @@ from ..models import (
     UpsertReport,
 )
 from ..types import JSONDict, Model
-from ._http import Redactor, RetryPolicy, Sleep, build_http_client, send_with_retries
+from ._http import (
+    PooledClient,
+    Redactor,
+    RetryPolicy,
+    Sleep,
+    build_http_client,
+    send_with_retries,
+)
 
 __all__ = [
     "MAX_ANALYTICS_BODY_BYTES",
@@ -166,7 +173,7 @@ def _non_finite_path(value: Any, path: str = "$") -> str | None:
     return None
 
 
-class PlanhatClient:
+class PlanhatClient(PooledClient):
     """Planhat API client: main API (snapshot, upserts, read-back) and analytics writes.
 
     Usable on its own and as a context manager. One pooled ``httpx.Client`` serves both hosts.
@@ -230,16 +237,6 @@ class PlanhatClient:
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
-
-    def __enter__(self) -> PlanhatClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close pooled connections."""
-        self._http.close()
 
     # -- snapshot ------------------------------------------------------------------------------
 
