@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from .clients import AttemptHooks
 from .errors import ApiError, ApiStatusError, DeliveryUnknownError, PendoAssetsError
 from .transforms import ACTIVITY_KEY, METRIC_KEY, activity_deltas, metric_deltas
 from .warehouse import insert_frame, replace_days, transaction
@@ -68,11 +69,39 @@ class DimensionDataOutcome(Protocol):
 
 
 class Sender(Protocol):
-    """The two Planhat analytics calls; `PlanhatClient` implements it."""
+    """The two Planhat analytics calls; `PlanhatClient` implements it.
 
-    def post_activities(self, body: bytes, *, items: int) -> None: ...
+    ``hooks`` (optional to honour) let the outbox record "not sent" while a refused attempt
+    waits to be retried, so a process stopped during that wait leaves no batch in doubt.
+    """
 
-    def post_dimension_data(self, body: bytes, *, items: int) -> DimensionDataOutcome: ...
+    def post_activities(
+        self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
+    ) -> None: ...
+
+    def post_dimension_data(
+        self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
+    ) -> DimensionDataOutcome: ...
+
+
+@dataclass
+class _OutboxHooks:
+    """Flips a batch between sending and prepared around the client's retry waits."""
+
+    publisher: Publisher
+    batch_id: int
+    waiting: bool = False
+
+    def before_send(self) -> None:
+        if self.waiting:
+            self.publisher._mark(self.batch_id, "sending", sent=True)
+            self.waiting = False
+
+    def refused(self) -> None:
+        self.publisher._mark(
+            self.batch_id, "prepared", note="refused by Planhat; waiting to retry (not sent)"
+        )
+        self.waiting = True
 
 
 @dataclass(frozen=True)
@@ -437,12 +466,13 @@ class Publisher:
         self._mark(batch_id, "sending", sent=True)
         report.requests += 1
         report.bytes_sent += len(body)
+        hooks = _OutboxHooks(self, batch_id)
         try:
             if kind == "activities":
-                self.sender.post_activities(body, items=items.height)
+                self.sender.post_activities(body, items=items.height, hooks=hooks)
                 errors: Sequence[dict[str, object]] = ()
             else:
-                errors = self.sender.post_dimension_data(body, items=items.height).errors
+                errors = self.sender.post_dimension_data(body, items=items.height, hooks=hooks).errors
         except DeliveryUnknownError as exc:
             if kind == "metrics" and aggregation == "last" and attempt < self.settings.last_resend_attempts:
                 self._mark(batch_id, "discarded", note=f"no answer ({exc}); resent: harmless for a last metric")

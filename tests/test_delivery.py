@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -64,14 +65,14 @@ class FakePlanhat:
         apply(items)
         return Outcome()
 
-    def post_activities(self, body: bytes, *, items: int) -> None:
+    def post_activities(self, body: bytes, *, items: int, hooks: Any = None) -> None:
         def apply(rows):
             for it in rows:
                 self.activities[(it["externalId"], it["action"], it["date"])] += it["count"]
 
         self._handle(body, apply)
 
-    def post_dimension_data(self, body: bytes, *, items: int) -> Outcome:
+    def post_dimension_data(self, body: bytes, *, items: int, hooks: Any = None) -> Outcome:
         def apply(rows):
             for it in rows:
                 key = (it["dimensionId"], it["model"], it["externalId"], it["date"])
@@ -269,9 +270,9 @@ def test_activity_items_omit_company_when_none(conn):
     captured = []
 
     class Capture(FakePlanhat):
-        def post_activities(self, body, *, items):
+        def post_activities(self, body, *, items, hooks=None):
             captured.extend(json.loads(body))
-            super().post_activities(body, items=items)
+            super().post_activities(body, items=items, hooks=hooks)
 
     _set_activities(conn, [(D1, 'we"ird\\id', "Export", 5)], company=None)
     _set_activities(conn, [(D2, "u2", "Export", 1)], company="acme")
@@ -289,3 +290,39 @@ def test_insert_frame_and_replace_days_roll_back_on_error(conn):
         replace_days(conn, table="matched_activities", days=[D1], frames=[bad])
     assert conn.execute("SELECT count FROM matched_activities").fetchall() == [(5,)]
     assert insert_frame(conn, "matched_activities", bad.head(0)) == 0
+
+
+def test_a_run_stopped_while_waiting_out_a_429_leaves_nothing_in_doubt(conn):
+    import httpx
+
+    from pendo_assets.clients import PlanhatClient, RetryPolicy
+
+    answers = [httpx.Response(429, headers={"Retry-After": "30"}), httpx.Response(200, json={})]
+    received = []
+
+    def planhat(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if answer.status_code == 200:
+            received.extend(json.loads(request.content))
+        return answer
+
+    def stopped(seconds: float) -> None:
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) while the client waits to retry
+
+    def client(sleep) -> PlanhatClient:
+        return PlanhatClient(
+            api_token="t",
+            tenant_token="tenant",
+            transport=httpx.MockTransport(planhat),
+            retry=RetryPolicy(jitter=False),
+            sleep=sleep,
+        )
+
+    _set_activities(conn, [(D1, "u1", "Export", 4)])
+    with pytest.raises(KeyboardInterrupt):
+        Publisher(conn=conn, sender=client(stopped)).publish([D1])
+    assert conn.execute("SELECT status FROM outbox_batches").fetchall() == [("prepared",)]
+
+    report = Publisher(conn=conn, sender=client(lambda seconds: None)).publish([D1])
+    assert report.recovery.discarded_prepared == 1 and report.batches_in_doubt_total == 0
+    assert [(i["externalId"], i["count"]) for i in received] == [("u1", 4)]

@@ -12,6 +12,7 @@ import json
 import os
 from collections import Counter
 from datetime import date
+from typing import Any
 from pathlib import Path
 
 import duckdb
@@ -75,10 +76,10 @@ class Planhat:
         self.points: dict[tuple[str, str, str, str], list[float]] = {}
         self.die_after_apply = False
 
-    def post_activities(self, body: bytes, *, items: int) -> None:
+    def post_activities(self, body: bytes, *, items: int, hooks: Any = None) -> None:
         raise AssertionError("no activities in these tests")
 
-    def post_dimension_data(self, body: bytes, *, items: int) -> object:
+    def post_dimension_data(self, body: bytes, *, items: int, hooks: Any = None) -> object:
         for it in json.loads(body):
             key = (it["dimensionId"], it["model"], it["externalId"], it["date"])
             self.points.setdefault(key, []).append(it["value"])
@@ -147,7 +148,7 @@ def test_a_last_batch_that_never_reached_planhat_is_sent_at_the_next_start(
     conn: duckdb.DuckDBPyConnection,
 ) -> None:
     class Unsent(Planhat):
-        def post_dimension_data(self, body: bytes, *, items: int) -> object:
+        def post_dimension_data(self, body: bytes, *, items: int, hooks: Any = None) -> object:
             if self.die_after_apply:
                 raise Killed  # killed while the request was being written: nothing applied
             return super().post_dimension_data(body, items=items)

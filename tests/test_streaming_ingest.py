@@ -382,10 +382,10 @@ class _SmallSender:
     def __init__(self) -> None:
         self.bodies: list[tuple[bytes, int]] = []
 
-    def post_activities(self, body: bytes, *, items: int) -> None:
+    def post_activities(self, body: bytes, *, items: int, hooks: Any = None) -> None:
         self.bodies.append((body, items))
 
-    def post_dimension_data(self, body: bytes, *, items: int) -> Any:
+    def post_dimension_data(self, body: bytes, *, items: int, hooks: Any = None) -> Any:
         self.bodies.append((body, items))
         return type("Outcome", (), {"errors": []})()
 

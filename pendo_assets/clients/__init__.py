@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ._http import RetryPolicy, build_http_client
+from ._http import AttemptHooks, RetryPolicy, build_http_client
 from .pendo import PendoClient, day_window
 from .planhat import PlanhatClient, encode_batches
 
 __all__ = [
+    "AttemptHooks",
     "PendoClient",
     "PlanhatClient",
     "RetryPolicy",

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Self
+from typing import Final, Protocol, Self
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "NOT_SENT_ERRORS",
     "USER_AGENT",
+    "AttemptHooks",
     "PooledClient",
     "Redactor",
     "RetryPolicy",
@@ -344,6 +345,16 @@ def _unlinked(response: httpx.Response) -> httpx.Response:
     return response
 
 
+class AttemptHooks(Protocol):
+    """Callbacks around the attempts of one write (see `send_with_retries`)."""
+
+    def before_send(self) -> None:
+        """The request is about to be sent (again)."""
+
+    def refused(self) -> None:
+        """The last attempt certainly did not land (429, 5xx, no connection); a retry follows."""
+
+
 @dataclass
 class _Attempts:
     count: int = 0
@@ -361,6 +372,7 @@ def send_with_retries(
     idempotent: bool,
     sleep: Sleep = time.sleep,
     hint: str | None = None,
+    hooks: AttemptHooks | None = None,
 ) -> httpx.Response:
     """Send ``request`` under ``policy`` and return a 2xx response, or raise a mapped error.
 
@@ -373,6 +385,8 @@ def send_with_retries(
         idempotent: True when sending the request twice is harmless (see the module docstring).
         sleep: Called with each wait in seconds; tests pass a recorder.
         hint: Appended to the message of a 400 or 403 (e.g. "check the region").
+        hooks: Told before each attempt is sent and when an attempt certainly did not land
+            and another will follow (so a caller can record "not sent" while it waits).
 
     Returns:
         The response, body read, status 2xx.
@@ -391,6 +405,8 @@ def send_with_retries(
     state = _Attempts()
 
     def attempt() -> httpx.Response:
+        if hooks is not None:
+            hooks.before_send()
         state.count += 1
         state.retryable = False
         state.retry_after = None
@@ -433,6 +449,8 @@ def send_with_retries(
         return isinstance(exc, ApiError) and state.retryable
 
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+        if hooks is not None:
+            hooks.refused()  # only retryable outcomes get here: this attempt did not land
         outcome = retry_state.outcome
         reason = outcome.exception() if outcome is not None else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0

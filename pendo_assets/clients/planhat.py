@@ -36,6 +36,7 @@ from ..models import (
 )
 from ..types import JSONDict, Model
 from ._http import (
+    AttemptHooks,
     PooledClient,
     Redactor,
     RetryPolicy,
@@ -423,12 +424,15 @@ class PlanhatClient(PooledClient):
         limit = self.max_body_bytes if max_bytes is None else min(max_bytes, self.max_body_bytes)
         return encode_batches(items, max_bytes=limit, max_items=self.max_items)
 
-    def post_activities(self, body: bytes, *, items: int) -> None:
+    def post_activities(
+        self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
+    ) -> None:
         """Send one batch of User Activities: exactly one ``POST /analytics/bulk/{tenant}``.
 
         Args:
             body: A JSON array of ``items`` activities (see `encode_batches`).
             items: How many items ``body`` holds; checked before sending.
+            hooks: Told before each attempt and when one was refused and will be retried.
 
         Raises:
             BatchError: Empty, over ``max_body_bytes`` / ``max_items``, or not ``items`` long;
@@ -439,10 +443,14 @@ class PlanhatClient(PooledClient):
             ApiTransportError: Planhat could not be reached; nothing was sent.
         """
         self._check_batch(body, items)
-        self._send("POST", self._activities_url, content=body, bearer=False, idempotent=False)
+        self._send(
+            "POST", self._activities_url, content=body, bearer=False, idempotent=False, hooks=hooks
+        )
         logger.info("Planhat accepted a batch of %d activities (%d bytes)", items, len(body))
 
-    def post_dimension_data(self, body: bytes, *, items: int) -> DimensionDataResult:
+    def post_dimension_data(
+        self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
+    ) -> DimensionDataResult:
         """Send one batch of Custom Metric values: exactly one ``POST /dimensiondata/{tenant}``.
 
         The Bearer token is sent too (Airbyte's Planhat destination requires it for metrics).
@@ -452,6 +460,7 @@ class PlanhatClient(PooledClient):
         Args:
             body: A JSON array of ``items`` metric values.
             items: How many items ``body`` holds; checked before sending.
+            hooks: Told before each attempt and when one was refused and will be retried.
 
         Returns:
             ``processed`` and Planhat's per-item ``errors`` (``{"item", "error"}``).
@@ -465,7 +474,7 @@ class PlanhatClient(PooledClient):
         """
         self._check_batch(body, items)
         response = self._send(
-            "POST", self._dimensiondata_url, content=body, bearer=True, idempotent=False
+            "POST", self._dimensiondata_url, content=body, bearer=True, idempotent=False, hooks=hooks
         )
         result = _dimension_data_result(response.content)
         logger.info(
@@ -598,6 +607,7 @@ class PlanhatClient(PooledClient):
         idempotent: bool,
         params: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        hooks: AttemptHooks | None = None,
     ) -> httpx.Response:
         headers = {"Accept": "application/json"}
         if bearer:
@@ -615,6 +625,7 @@ class PlanhatClient(PooledClient):
             policy=self._retry,
             idempotent=idempotent,
             sleep=self._sleep,
+            hooks=hooks,
         )
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
