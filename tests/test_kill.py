@@ -12,8 +12,8 @@ import json
 import os
 from collections import Counter
 from datetime import date
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl

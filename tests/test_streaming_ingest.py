@@ -31,7 +31,6 @@ from pendo_assets.landing import (
     ingest_feature_events,
 )
 from pendo_assets.transforms import daily_usage, match_activities
-from pendo_assets.warehouse import Warehouse
 
 from .test_http import Recorder, Sleeps
 from .test_pendo_client import (
