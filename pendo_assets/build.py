@@ -65,7 +65,8 @@ def build_definitions(config: Config) -> dg.Definitions:
                 api_token=dg.EnvVar("PLANHAT_API_TOKEN"),
                 tenant_token=dg.EnvVar("PLANHAT_TENANT_TOKEN"),
                 api_url=os.environ.get("PLANHAT_API_URL") or "https://api.planhat.com",
-                analytics_url=os.environ.get("PLANHAT_ANALYTICS_URL") or "https://analytics.planhat.com",
+                analytics_url=os.environ.get("PLANHAT_ANALYTICS_URL")
+                or "https://analytics.planhat.com",
                 **http,
             ),
             "warehouse": WarehouseResource(path=str(warehouse_path_from_env())),

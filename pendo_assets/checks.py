@@ -36,7 +36,9 @@ def build_checks(
         return dg.AssetCheckResult(
             passed=bad == 0,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=None if bad == 0 else (
+            description=None
+            if bad == 0
+            else (
                 f"{bad} row(s) without a usable visitorId, on "
                 + ", ".join(f"{d} ({n})" for d, n in rows[:10])
                 + "; see quarantine_feature_events"
@@ -72,7 +74,11 @@ def build_checks(
                 f"match rate {rate:.1%} for {window(days)} (threshold {config.sync.min_match_rate:.0%}); "
                 "see unmatched_visitors"
             ),
-            metadata={"match_rate": round(rate, 4), "matched_events": matched, "unmatched_events": unmatched},
+            metadata={
+                "match_rate": round(rate, 4),
+                "matched_events": matched,
+                "unmatched_events": unmatched,
+            },
         )
 
     @dg.asset_check(
@@ -88,7 +94,9 @@ def build_checks(
         return dg.AssetCheckResult(
             passed=not rows,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=None if not rows else (
+            description=None
+            if not rows
+            else (
                 f"{len(rows)} batch(es) may or may not have reached Planhat; their keys are held "
                 "back. Check Planhat, then run `pendo-planhat batches resolve BATCH_ID "
                 "--delivered` or `--resend`. Batches: "
@@ -104,16 +112,25 @@ def build_checks(
     )
     def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
-            row = conn.execute("SELECT COUNT(*), COALESCE(SUM(sent - source), 0) FROM activity_drift").fetchone()
+            row = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(sent - source), 0) FROM activity_drift"
+            ).fetchone()
         keys, excess = (int(row[0]), int(row[1])) if row else (0, 0)
         return dg.AssetCheckResult(
             passed=keys == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            description=None if keys == 0 else (
+            description=None
+            if keys == 0
+            else (
                 f"{keys} activity key(s) hold {excess} more event(s) in Planhat than Pendo reports "
                 "now (Pendo reprocessed history); activities cannot be retracted"
             ),
             metadata={"drift_keys": keys, "drift_events": excess},
         )
 
-    return [rows_have_visitor_ids, match_rate_above_threshold, no_batches_in_doubt, no_activity_drift]
+    return [
+        rows_have_visitor_ids,
+        match_rate_above_threshold,
+        no_batches_in_doubt,
+        no_activity_drift,
+    ]

@@ -41,22 +41,38 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a 90-day backfill against the local sandbox and summarise it")
-    demo.add_argument("--days", type=int, default=90, help="days of history to backfill (default 90)")
-    demo.add_argument("--rows-per-day", type=int, default=None, help="sandbox feature-event rows per day")
-    demo.add_argument("--dir", type=Path, default=Path("data/demo"), help="where the demo keeps its files")
+    demo = sub.add_parser(
+        "demo", help="run a 90-day backfill against the local sandbox and summarise it"
+    )
+    demo.add_argument(
+        "--days", type=int, default=90, help="days of history to backfill (default 90)"
+    )
+    demo.add_argument(
+        "--rows-per-day", type=int, default=None, help="sandbox feature-event rows per day"
+    )
+    demo.add_argument(
+        "--dir", type=Path, default=Path("data/demo"), help="where the demo keeps its files"
+    )
 
     sync = sub.add_parser("sync", help="snapshot, land, match and publish every day in a range")
     sync.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
     sync.add_argument("--end", type=_date, required=True, help="last day (inclusive), YYYY-MM-DD")
-    sync.add_argument("--dry-run", action="store_true", help="compute and store what would be sent; send nothing")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="compute and store what would be sent; send nothing"
+    )
 
-    sandbox = sub.add_parser("sandbox", help="run the local Pendo and Planhat stand-ins until stopped")
+    sandbox = sub.add_parser(
+        "sandbox", help="run the local Pendo and Planhat stand-ins until stopped"
+    )
     sandbox.add_argument("--seed", type=int, default=None)
     sandbox.add_argument("--rows-per-day", type=int, default=None)
     sandbox.add_argument("--port", type=int, default=0, help="first port (default: any free ports)")
-    sandbox.add_argument("--config-out", type=Path, default=Path("data/sandbox/pendo_planhat.yaml"),
-                         help="where to write a config matching the sandbox")
+    sandbox.add_argument(
+        "--config-out",
+        type=Path,
+        default=Path("data/sandbox/pendo_planhat.yaml"),
+        help="where to write a config matching the sandbox",
+    )
 
     batches = sub.add_parser("batches", help="list or resolve batches whose delivery is in doubt")
     bsub = batches.add_subparsers(dest="batches_command", required=True, metavar="ACTION")
@@ -64,8 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     resolve = bsub.add_parser("resolve", help="settle a batch after checking Planhat")
     resolve.add_argument("batch_id", type=int)
     outcome = resolve.add_mutually_exclusive_group(required=True)
-    outcome.add_argument("--delivered", action="store_true", help="Planhat holds it: count it as sent")
-    outcome.add_argument("--resend", action="store_true", help="it did not arrive: send its keys again")
+    outcome.add_argument(
+        "--delivered", action="store_true", help="Planhat holds it: count it as sent"
+    )
+    outcome.add_argument(
+        "--resend", action="store_true", help="it did not arrive: send its keys again"
+    )
     return parser
 
 
@@ -155,7 +175,9 @@ def _demo(args: argparse.Namespace) -> int:
             "".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8"
         )
         config = load_config(config_path)
-        print(f"pendo-planhat demo: {args.days}-day backfill {start}..{end} against the local sandbox")
+        print(
+            f"pendo-planhat demo: {args.days}-day backfill {start}..{end} against the local sandbox"
+        )
         outcome = run_sync(config=config, start=start, end=end)
         first_s = time.perf_counter() - started
         print()
@@ -172,13 +194,23 @@ def _demo(args: argparse.Namespace) -> int:
         )
     print()
     print("Where to look next:")
-    print(f"  Dagster UI on the same data:  set -a; . {demo_dir}/demo.env; set +a; "
-          f"DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml")
-    print(f"  Unmatched visitors in SQL:    .venv/bin/python -c \"import duckdb; "
-          f"print(duckdb.sql(\\\"SELECT reason, COUNT(*) FROM '{demo_dir}/exports/unmatched_visitors.parquet' GROUP BY reason\\\"))\"")
-    print(f"  The warehouse:                {demo_dir}/warehouse.duckdb (views unmatched_visitors, "
-          "unmatched_accounts, sent_activities, sent_metrics, batches_in_doubt, activity_drift)")
-    print(outcome.last_line if outcome.exit_code else f"demo finished in {time.perf_counter() - started:.0f} s")
+    print(
+        f"  Dagster UI on the same data:  set -a; . {demo_dir}/demo.env; set +a; "
+        f"DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml"
+    )
+    print(
+        f'  Unmatched visitors in SQL:    .venv/bin/python -c "import duckdb; '
+        f'print(duckdb.sql(\\"SELECT reason, COUNT(*) FROM \'{demo_dir}/exports/unmatched_visitors.parquet\' GROUP BY reason\\"))"'
+    )
+    print(
+        f"  The warehouse:                {demo_dir}/warehouse.duckdb (views unmatched_visitors, "
+        "unmatched_accounts, sent_activities, sent_metrics, batches_in_doubt, activity_drift)"
+    )
+    print(
+        outcome.last_line
+        if outcome.exit_code
+        else f"demo finished in {time.perf_counter() - started:.0f} s"
+    )
     return outcome.exit_code or again.exit_code
 
 
@@ -195,16 +227,19 @@ def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> 
     truth = sandbox.dataset.truth_activities(days=days, actions=actions)
     received = sandbox.received.activity_totals()
     pipelines = [
-        {"name": p.name, "model": p.model, "id_field": p.id_field, "metrics": dict(p.metrics),
-         "pipeline": list(p.stages)}
+        {
+            "name": p.name,
+            "model": p.model,
+            "id_field": p.id_field,
+            "metrics": dict(p.metrics),
+            "pipeline": list(p.stages),
+        }
         for p in config.pipelines
     ]
     truth_m = sandbox.dataset.truth_metrics(days=days, pipelines=pipelines)
     points = sandbox.received.metric_points()
     agg = {dim: p.aggregation for p in config.pipelines for dim in p.metrics.values()}
-    got_m = {
-        k: (sum(v) if agg.get(k[0]) == "sum" else v[-1]) for k, v in points.items()
-    }
+    got_m = {k: (sum(v) if agg.get(k[0]) == "sum" else v[-1]) for k, v in points.items()}
     ok_a = received == truth
     ok_m = got_m == truth_m
     mark = "matches" if ok_a and ok_m else "DOES NOT match"
@@ -248,7 +283,9 @@ def _batches(args: argparse.Namespace) -> int:
             print("batch_id  kind        items  sent_at              note")
             for batch_id, kind, agg, items, sent_at, note in rows:
                 label = f"{kind}/{agg}" if agg else kind
-                print(f"{batch_id:>8}  {label:<10} {items:>6}  {sent_at:%Y-%m-%d %H:%M:%S}  {note or ''}")
+                print(
+                    f"{batch_id:>8}  {label:<10} {items:>6}  {sent_at:%Y-%m-%d %H:%M:%S}  {note or ''}"
+                )
             print(
                 "Check in Planhat whether each batch arrived, then run "
                 "`pendo-planhat batches resolve BATCH_ID --delivered` or `--resend`."

@@ -112,11 +112,21 @@ _PIPELINE_KEYS: Final = (
 _SYNC_RANGES: Final[Mapping[str, tuple[float, float, bool, str]]] = MappingProxyType(
     {
         "min_match_rate": (0, 1, False, "the share of identified events that must match"),
-        "max_quarantine_share": (0, 1, False, "the largest share of a day's rows that may be quarantined"),
+        "max_quarantine_share": (
+            0,
+            1,
+            False,
+            "the largest share of a day's rows that may be quarantined",
+        ),
         "page_size": (1000, 1_000_000, True, "Pendo rows per request, a whole number"),
         "request_timeout_seconds": (1, 3600, False, "seconds to wait for an answer"),
         "retry_attempts": (1, 20, True, "attempts per request, a whole number"),
-        "retry_backoff_seconds": (0, 60, False, "the first wait between attempts, doubled each time"),
+        "retry_backoff_seconds": (
+            0,
+            60,
+            False,
+            "the first wait between attempts, doubled each time",
+        ),
         "retry_max_delay_seconds": (0, 3600, False, "the longest wait between attempts"),
     }
 )
@@ -126,6 +136,7 @@ _SYNC_KEYS: Final = tuple(_SYNC_RANGES)
 def _plain(number: float) -> str:
     """1000000 rather than 1e+06 in messages."""
     return str(int(number)) if float(number).is_integer() else str(number)
+
 
 _SOURCE_EXAMPLE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"

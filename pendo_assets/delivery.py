@@ -219,7 +219,9 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
         "date": pl.col("day").cast(pl.String),
         "count": pl.col("count"),
         "weight": pl.col("weight"),
-        "info": pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source")),
+        "info": pl.struct(
+            pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source")
+        ),
     }
     fields = [expr.alias(name) for name, expr in common.items()]
     plain = pl.struct(fields).struct.json_encode()
@@ -330,7 +332,9 @@ class Publisher:
                 "outcome unknown: the run stopped after sending, before Planhat's answer was recorded",
             )
         if report.new_in_doubt:
-            log.warning("%d batch(es) have an unknown outcome and are held back", report.new_in_doubt)
+            log.warning(
+                "%d batch(es) have an unknown outcome and are held back", report.new_in_doubt
+            )
         return report
 
     def _set_status(self, where: str, status: str, note: str) -> int:
@@ -472,15 +476,30 @@ class Publisher:
                 self.sender.post_activities(body, items=items.height, hooks=hooks)
                 errors: Sequence[dict[str, object]] = ()
             else:
-                errors = self.sender.post_dimension_data(body, items=items.height, hooks=hooks).errors
+                errors = self.sender.post_dimension_data(
+                    body, items=items.height, hooks=hooks
+                ).errors
         except DeliveryUnknownError as exc:
-            if kind == "metrics" and aggregation == "last" and attempt < self.settings.last_resend_attempts:
-                self._mark(batch_id, "discarded", note=f"no answer ({exc}); resent: harmless for a last metric")
+            if (
+                kind == "metrics"
+                and aggregation == "last"
+                and attempt < self.settings.last_resend_attempts
+            ):
+                self._mark(
+                    batch_id,
+                    "discarded",
+                    note=f"no answer ({exc}); resent: harmless for a last metric",
+                )
                 self._send_batch(kind, items, encoded, report, attempt=attempt + 1)
                 return
             self._mark(batch_id, "in_doubt", note=f"no answer from Planhat: {exc}")
             report.batches_in_doubt_new += 1
-            log.error("batch %d (%s, %d items) has an unknown outcome and is held back", batch_id, kind, items.height)
+            log.error(
+                "batch %d (%s, %d items) has an unknown outcome and is held back",
+                batch_id,
+                kind,
+                items.height,
+            )
             return
         except ApiStatusError as exc:
             if exc.status_code == 413 and items.height > 1:
@@ -491,13 +510,19 @@ class Publisher:
                 self._send_batch(kind, items[half:], encoded[half:], report)
                 return
             self._mark(batch_id, "failed", note=str(exc))
-            raise DeliveryError(f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}") from exc
+            raise DeliveryError(
+                f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}"
+            ) from exc
         except ApiError as exc:
             self._mark(batch_id, "failed", note=str(exc))
-            raise DeliveryError(f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}") from exc
+            raise DeliveryError(
+                f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}"
+            ) from exc
         self._settle_delivered(batch_id, kind, items, errors, report)
 
-    def _prepare(self, kind: BatchKind, aggregation: str | None, items: pl.DataFrame, body_bytes: int) -> int:
+    def _prepare(
+        self, kind: BatchKind, aggregation: str | None, items: pl.DataFrame, body_bytes: int
+    ) -> int:
         c = self.conn
         with transaction(c):
             row = c.execute("SELECT nextval('outbox_batch_ids')").fetchone()
@@ -509,10 +534,14 @@ class Publisher:
                 [batch_id, kind, aggregation, items.height, body_bytes, self.run_id],
             )
             table = "outbox_activity_items" if kind == "activities" else "outbox_metric_items"
-            insert_frame(c, table, items.with_columns(pl.lit(batch_id, dtype=pl.Int64).alias("batch_id")))
+            insert_frame(
+                c, table, items.with_columns(pl.lit(batch_id, dtype=pl.Int64).alias("batch_id"))
+            )
         return batch_id
 
-    def _mark(self, batch_id: int, status: str, *, note: str | None = None, sent: bool = False) -> None:
+    def _mark(
+        self, batch_id: int, status: str, *, note: str | None = None, sent: bool = False
+    ) -> None:
         stamp = "sent_at" if sent else "settled_at"
         self.conn.execute(
             f"UPDATE outbox_batches SET status = ?, {stamp} = current_timestamp, "
@@ -530,7 +559,11 @@ class Publisher:
     ) -> None:
         rejected = _map_item_errors(items, errors) if errors else {}
         if errors and rejected is None:
-            self._mark(batch_id, "in_doubt", note=f"Planhat reported {len(errors)} errors that name no item of the batch")
+            self._mark(
+                batch_id,
+                "in_doubt",
+                note=f"Planhat reported {len(errors)} errors that name no item of the batch",
+            )
             report.batches_in_doubt_new += 1
             return
         c = self.conn
@@ -548,7 +581,11 @@ class Publisher:
                     [batch_id],
                 )
                 c.unregister("_rejected")
-            note = f"Planhat rejected {len(rejected)} item(s); they are sent again next run" if rejected else None
+            note = (
+                f"Planhat rejected {len(rejected)} item(s); they are sent again next run"
+                if rejected
+                else None
+            )
             self._mark(batch_id, "delivered", note=note)
         report.batches_delivered += 1
         report.metric_items_rejected += len(rejected or {})
@@ -571,7 +608,9 @@ HAVING max(i.batch_id) FILTER (WHERE b.status = 'discarded')
 """
 
 
-def _map_item_errors(items: pl.DataFrame, errors: Sequence[dict[str, object]]) -> dict[str, str] | None:
+def _map_item_errors(
+    items: pl.DataFrame, errors: Sequence[dict[str, object]]
+) -> dict[str, str] | None:
     """Map Planhat's ``{"item", "error"}`` entries to batch items; None if any names no item."""
     keys = set(
         items.select(

@@ -58,8 +58,6 @@ class DayRejectedError(PendoAssetsError):
     """A day holds more malformed rows than the configured share; it was not landed."""
 
 
-
-
 class _Feature(Protocol):
     @property
     def id(self) -> str: ...
@@ -366,9 +364,7 @@ def _sql_literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _land_rejects(
-    conn: duckdb.DuckDBPyConnection, staged: FeatureEventsDay, now: datetime
-) -> None:
+def _land_rejects(conn: duckdb.DuckDBPyConnection, staged: FeatureEventsDay, now: datetime) -> None:
     if staged.quarantined:
         conn.execute(
             "INSERT INTO quarantine_feature_events BY NAME "
@@ -436,7 +432,9 @@ class PipelineDay:
     pages: int
 
 
-def fetch_pipeline_day(client: Any, *, spec: PipelineSpec, day: date, config: Config) -> PipelineDay:
+def fetch_pipeline_day(
+    client: Any, *, spec: PipelineSpec, day: date, config: Config
+) -> PipelineDay:
     """Run one configured pipeline for one day and read its metric values.
 
     Raises:
@@ -472,7 +470,9 @@ def fetch_pipeline_day(client: Any, *, spec: PipelineSpec, day: date, config: Co
             + ", ".join(f"{r} ({n})" for r, n in top)
             + ". The day was not landed; its previous data is unchanged."
         )
-    return PipelineDay(day=day, pipeline=spec.name, rows=rows, values=values, rejects=rejects, pages=pages)
+    return PipelineDay(
+        day=day, pipeline=spec.name, rows=rows, values=values, rejects=rejects, pages=pages
+    )
 
 
 _encoder = msgspec.json.Encoder()

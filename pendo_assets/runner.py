@@ -337,7 +337,9 @@ def _console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     console = logging.Logger("dagster", level=level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S %z")
+        logging.Formatter(
+            "%(asctime)s - %(name)s - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S %z"
+        )
     )
     handler.addFilter(_NoFailureStack())
     console.addHandler(handler)
@@ -357,26 +359,58 @@ def sync_summary(conn: object, *, days: list[date], run_id: str | None) -> dict[
     in_days = "day IN (SELECT UNNEST(?::DATE[]))"
     return {
         "days": len(days),
-        "events_landed": one(f"SELECT SUM(num_events) FROM raw_feature_events WHERE {in_days}", [days]),
-        "rows_landed": one(f"SELECT SUM(rows) FROM landed_days WHERE source = 'feature_events' AND {in_days}", [days]),
-        "rows_quarantined": one(f"SELECT SUM(quarantined) FROM landed_days WHERE {in_days}", [days]),
-        "activity_keys_matched": one(f"SELECT COUNT(*) FROM matched_activities WHERE {in_days}", [days]),
+        "events_landed": one(
+            f"SELECT SUM(num_events) FROM raw_feature_events WHERE {in_days}", [days]
+        ),
+        "rows_landed": one(
+            f"SELECT SUM(rows) FROM landed_days WHERE source = 'feature_events' AND {in_days}",
+            [days],
+        ),
+        "rows_quarantined": one(
+            f"SELECT SUM(quarantined) FROM landed_days WHERE {in_days}", [days]
+        ),
+        "activity_keys_matched": one(
+            f"SELECT COUNT(*) FROM matched_activities WHERE {in_days}", [days]
+        ),
         "events_matched": one(f"SELECT SUM(count) FROM matched_activities WHERE {in_days}", [days]),
-        "unmatched_anonymous": one(f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'anonymous' AND {in_days}", [days]),
-        "unmatched_no_enduser": one(f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'no_enduser' AND {in_days}", [days]),
-        "unmatched_ambiguous": one(f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'ambiguous' AND {in_days}", [days]),
-        "unmatched_visitors": one(f"SELECT COUNT(DISTINCT visitor_id) FROM unmatched_visitors WHERE {in_days}", [days]),
-        "metric_values_matched": one(f"SELECT COUNT(*) FROM matched_metrics WHERE {in_days}", [days]),
-        "unmatched_account_ids": one(f"SELECT COUNT(DISTINCT id) FROM unmatched_accounts WHERE {in_days}", [days]),
+        "unmatched_anonymous": one(
+            f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'anonymous' AND {in_days}",
+            [days],
+        ),
+        "unmatched_no_enduser": one(
+            f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'no_enduser' AND {in_days}",
+            [days],
+        ),
+        "unmatched_ambiguous": one(
+            f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'ambiguous' AND {in_days}",
+            [days],
+        ),
+        "unmatched_visitors": one(
+            f"SELECT COUNT(DISTINCT visitor_id) FROM unmatched_visitors WHERE {in_days}", [days]
+        ),
+        "metric_values_matched": one(
+            f"SELECT COUNT(*) FROM matched_metrics WHERE {in_days}", [days]
+        ),
+        "unmatched_account_ids": one(
+            f"SELECT COUNT(DISTINCT id) FROM unmatched_accounts WHERE {in_days}", [days]
+        ),
         "activity_items_sent": one(
             "SELECT COUNT(*) FROM outbox_activity_items JOIN outbox_batches USING (batch_id) "
-            "WHERE run_id = ? AND status = 'delivered'", [run_id]),
+            "WHERE run_id = ? AND status = 'delivered'",
+            [run_id],
+        ),
         "activity_events_sent": one(
             "SELECT SUM(count) FROM outbox_activity_items JOIN outbox_batches USING (batch_id) "
-            "WHERE run_id = ? AND status = 'delivered'", [run_id]),
+            "WHERE run_id = ? AND status = 'delivered'",
+            [run_id],
+        ),
         "metric_items_sent": one(
             "SELECT COUNT(*) FROM outbox_metric_items JOIN outbox_batches USING (batch_id) "
-            "WHERE run_id = ? AND status = 'delivered' AND error IS NULL", [run_id]),
-        "requests": one("SELECT COUNT(*) FROM outbox_batches WHERE run_id = ? AND sent_at IS NOT NULL", [run_id]),
+            "WHERE run_id = ? AND status = 'delivered' AND error IS NULL",
+            [run_id],
+        ),
+        "requests": one(
+            "SELECT COUNT(*) FROM outbox_batches WHERE run_id = ? AND sent_at IS NOT NULL", [run_id]
+        ),
         "drift_keys": one("SELECT COUNT(*) FROM activity_drift", []),
     }

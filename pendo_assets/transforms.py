@@ -327,9 +327,7 @@ def match_metrics(values: pl.LazyFrame, objects: pl.LazyFrame) -> tuple[pl.LazyF
         dimension_id`` with ``value, aggregation``; unmatched rows ``day, pipeline, model, id,
         reason`` (``no_object`` or ``ambiguous``), one per (day, pipeline, id).
     """
-    index = object_index(objects).select(
-        "model", pl.col("external_id").alias("id"), "n_objects"
-    )
+    index = object_index(objects).select("model", pl.col("external_id").alias("id"), "n_objects")
     labelled = values.join(index, on=["model", "id"], how="left").with_columns(
         pl.when(pl.col("n_objects").is_null())
         .then(pl.lit("no_object"))
@@ -376,9 +374,11 @@ def activity_deltas(
         .join(held, on=ACTIVITY_KEY, how="anti")
         .with_columns(pl.col("sent").fill_null(0))
     )
-    to_send = joined.filter(pl.col("count") > pl.col("sent")).with_columns(
-        (pl.col("count") - pl.col("sent")).alias("count")
-    ).drop("sent")
+    to_send = (
+        joined.filter(pl.col("count") > pl.col("sent"))
+        .with_columns((pl.col("count") - pl.col("sent")).alias("count"))
+        .drop("sent")
+    )
     drift = joined.filter(pl.col("count") < pl.col("sent")).select(
         *ACTIVITY_KEY, "sent", pl.col("count").alias("source")
     )

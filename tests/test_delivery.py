@@ -48,9 +48,13 @@ class FakePlanhat:
         action = self._next()
         items = json.loads(body)
         if action == "413":
-            raise ApiStatusError("too large", service="planhat", method="POST", url="/x", status_code=413)
+            raise ApiStatusError(
+                "too large", service="planhat", method="POST", url="/x", status_code=413
+            )
         if action == "503":
-            raise ApiStatusError("down", service="planhat", method="POST", url="/x", status_code=503)
+            raise ApiStatusError(
+                "down", service="planhat", method="POST", url="/x", status_code=503
+            )
         if action == "refused":
             raise ApiTransportError("refused", service="planhat", method="POST", url="/x")
         if action == "lost":  # applied, but the answer never arrived
@@ -81,7 +85,9 @@ class FakePlanhat:
         return self._handle(body, apply)
 
 
-def _set_activities(conn, rows: list[tuple[date, str, str, int]], company: str | None = "acme") -> None:
+def _set_activities(
+    conn, rows: list[tuple[date, str, str, int]], company: str | None = "acme"
+) -> None:
     frame = pl.DataFrame(
         [(d, e, a, c, 1.0, company, "f1") for d, e, a, c in rows],
         schema={
@@ -95,7 +101,9 @@ def _set_activities(conn, rows: list[tuple[date, str, str, int]], company: str |
         },
         orient="row",
     )
-    replace_days(conn, table="matched_activities", days=sorted({r[0] for r in rows}), frames=[frame])
+    replace_days(
+        conn, table="matched_activities", days=sorted({r[0] for r in rows}), frames=[frame]
+    )
 
 
 def _set_metrics(conn, rows: list[tuple[date, str, str, float, str]]) -> None:
@@ -120,7 +128,11 @@ def _publisher(conn, planhat, **settings) -> Publisher:
 
 
 def test_pack_batches_respects_both_limits_and_keeps_order():
-    assert pack_batches([10, 10, 10, 10, 10], max_items=2, max_bytes=1000) == [(0, 2), (2, 4), (4, 5)]
+    assert pack_batches([10, 10, 10, 10, 10], max_items=2, max_bytes=1000) == [
+        (0, 2),
+        (2, 4),
+        (4, 5),
+    ]
     # 2 brackets + 10 + 1 comma + 10 = 23 bytes fits 23, not 22
     assert pack_batches([10, 10, 10], max_items=100, max_bytes=23) == [(0, 2), (2, 3)]
     assert pack_batches([], max_items=1, max_bytes=10) == []
@@ -130,28 +142,56 @@ def test_pack_batches_respects_both_limits_and_keeps_order():
 
 def test_publish_sends_deltas_once_and_a_rerun_sends_nothing(conn):
     planhat = FakePlanhat()
-    _set_activities(conn, [(D1, "u1", "Export", 5), (D1, "u2", "Export", 2), (D2, "u1", "Export", 1)])
-    _set_metrics(conn, [(D1, "a1", "clicks", 3.0, "last"), (D1, "a1", "mins", 2.0, "sum"), (D1, "a2", "clicks", 0.0, "last")])
+    _set_activities(
+        conn, [(D1, "u1", "Export", 5), (D1, "u2", "Export", 2), (D2, "u1", "Export", 1)]
+    )
+    _set_metrics(
+        conn,
+        [
+            (D1, "a1", "clicks", 3.0, "last"),
+            (D1, "a1", "mins", 2.0, "sum"),
+            (D1, "a2", "clicks", 0.0, "last"),
+        ],
+    )
     report = _publisher(conn, planhat, max_items=2).publish([D1, D2])
     assert report.activity_items_sent == 3 and report.activity_units_sent == 8
     assert report.metric_items_sent == 3
-    assert planhat.activities == {("u1", "Export", "2026-11-01"): 5, ("u2", "Export", "2026-11-01"): 2, ("u1", "Export", "2026-11-02"): 1}
+    assert planhat.activities == {
+        ("u1", "Export", "2026-11-01"): 5,
+        ("u2", "Export", "2026-11-01"): 2,
+        ("u1", "Export", "2026-11-02"): 1,
+    }
     assert planhat.metrics[("clicks", "Company", "a2", "2026-11-01")] == [0.0]
 
     again = _publisher(conn, planhat).publish([D1, D2])
     assert again.requests == 0 and again.activity_items_sent == 0 and again.metric_items_sent == 0
 
     # Pendo's numbers change: only the differences go out, sums end equal to the new values.
-    _set_activities(conn, [(D1, "u1", "Export", 8), (D1, "u2", "Export", 1), (D2, "u1", "Export", 1)])
-    _set_metrics(conn, [(D1, "a1", "clicks", 4.0, "last"), (D1, "a1", "mins", 5.0, "sum"), (D1, "a2", "clicks", 0.0, "last")])
+    _set_activities(
+        conn, [(D1, "u1", "Export", 8), (D1, "u2", "Export", 1), (D2, "u1", "Export", 1)]
+    )
+    _set_metrics(
+        conn,
+        [
+            (D1, "a1", "clicks", 4.0, "last"),
+            (D1, "a1", "mins", 5.0, "sum"),
+            (D1, "a2", "clicks", 0.0, "last"),
+        ],
+    )
     third = _publisher(conn, planhat).publish([D1, D2])
     assert planhat.activities[("u1", "Export", "2026-11-01")] == 8
     assert planhat.activities[("u2", "Export", "2026-11-01")] == 2  # cannot be retracted ...
     assert third.drift_keys == 1  # ... so it is recorded as drift
-    assert conn.execute("SELECT external_id, sent, source FROM activity_drift").fetchall() == []  # no raw rows landed
+    assert (
+        conn.execute("SELECT external_id, sent, source FROM activity_drift").fetchall() == []
+    )  # no raw rows landed
     assert planhat.metrics[("clicks", "Company", "a1", "2026-11-01")] == [3.0, 4.0]
     assert sum(planhat.metrics[("mins", "Company", "a1", "2026-11-01")]) == 5.0
-    sent = dict(conn.execute("SELECT external_id || '/' || dimension_id, value FROM sent_metrics").fetchall())
+    sent = dict(
+        conn.execute(
+            "SELECT external_id || '/' || dimension_id, value FROM sent_metrics"
+        ).fetchall()
+    )
     assert sent == {"a1/clicks": 4.0, "a1/mins": 5.0, "a2/clicks": 0.0}
 
 
@@ -197,7 +237,9 @@ def test_a_lost_last_metric_batch_is_resent_but_a_lost_sum_batch_is_held(conn):
     assert planhat.metrics[("clicks", "Company", "a1", "2026-11-01")] == [3.0, 3.0]  # harmless
     assert planhat.metrics[("mins", "Company", "a1", "2026-11-01")] == [2.0]
     assert report.batches_in_doubt_new == 1
-    assert conn.execute("SELECT kind, aggregation FROM batches_in_doubt").fetchall() == [("metrics", "sum")]
+    assert conn.execute("SELECT kind, aggregation FROM batches_in_doubt").fetchall() == [
+        ("metrics", "sum")
+    ]
 
 
 def test_interrupted_run_is_recovered_without_double_counting(conn):
@@ -223,7 +265,10 @@ def test_interrupted_run_is_recovered_without_double_counting(conn):
     assert report.recovery.discarded_prepared == 1
     assert report.recovery.new_in_doubt == 1
     assert report.recovery.resent_last == 1
-    assert planhat.activities == {("u1", "Export", "2026-11-01"): 4, ("u2", "Export", "2026-11-01"): 1}
+    assert planhat.activities == {
+        ("u1", "Export", "2026-11-01"): 4,
+        ("u2", "Export", "2026-11-01"): 1,
+    }
     assert planhat.metrics == {("clicks", "Company", "a1", "2026-11-01"): [3.0]}
     assert conn.execute("SELECT batch_id FROM batches_in_doubt").fetchall() == [(ids[0],)]
 
@@ -262,7 +307,9 @@ def test_dry_run_sends_nothing_and_stores_the_plan(conn):
     _set_activities(conn, [(D1, "u1", "Export", 5)], company=None)
     report = _publisher(conn, planhat).publish([D1], dry_run=True)
     assert planhat.requests == 0 and report.activity_items_planned == 1
-    assert conn.execute("SELECT external_id, count FROM planned_activities").fetchall() == [("u1", 5)]
+    assert conn.execute("SELECT external_id, count FROM planned_activities").fetchall() == [
+        ("u1", 5)
+    ]
     assert conn.execute("SELECT COUNT(*) FROM outbox_batches").fetchone()[0] == 0
 
 
@@ -278,14 +325,31 @@ def test_activity_items_omit_company_when_none(conn):
     _set_activities(conn, [(D2, "u2", "Export", 1)], company="acme")
     _publisher(conn, Capture()).publish([D1, D2])
     assert captured == [
-        {"externalId": 'we"ird\\id', "action": "Export", "date": "2026-11-01", "count": 5, "weight": 1.0, "info": {"featureId": "f1", "source": "pendo"}},
-        {"externalId": "u2", "action": "Export", "date": "2026-11-02", "count": 1, "weight": 1.0, "info": {"featureId": "f1", "source": "pendo"}, "companyExternalId": "acme"},
+        {
+            "externalId": 'we"ird\\id',
+            "action": "Export",
+            "date": "2026-11-01",
+            "count": 5,
+            "weight": 1.0,
+            "info": {"featureId": "f1", "source": "pendo"},
+        },
+        {
+            "externalId": "u2",
+            "action": "Export",
+            "date": "2026-11-02",
+            "count": 1,
+            "weight": 1.0,
+            "info": {"featureId": "f1", "source": "pendo"},
+            "companyExternalId": "acme",
+        },
     ]
 
 
 def test_insert_frame_and_replace_days_roll_back_on_error(conn):
     _set_activities(conn, [(D1, "u1", "Export", 5)])
-    bad = pl.DataFrame({"day": [D1], "external_id": [None]}, schema={"day": pl.Date, "external_id": pl.String})
+    bad = pl.DataFrame(
+        {"day": [D1], "external_id": [None]}, schema={"day": pl.Date, "external_id": pl.String}
+    )
     with pytest.raises(duckdb.ConstraintException):
         replace_days(conn, table="matched_activities", days=[D1], frames=[bad])
     assert conn.execute("SELECT count FROM matched_activities").fetchall() == [(5,)]

@@ -45,13 +45,22 @@ def test_a_14_day_sync_delivers_exactly_the_truth_and_a_rerun_sends_nothing(env:
         )
     }
     feature_ids = [f.id for f in env.config.features]
-    assert unmatched == env.sandbox.dataset.truth_unmatched_visitors(days=DAYS, feature_ids=feature_ids)
+    assert unmatched == env.sandbox.dataset.truth_unmatched_visitors(
+        days=DAYS, feature_ids=feature_ids
+    )
     accounts = {
         (d.isoformat(), p, m, i): reason
-        for d, p, m, i, reason in env.sql("SELECT day, pipeline, model, id, reason FROM unmatched_accounts")
+        for d, p, m, i, reason in env.sql(
+            "SELECT day, pipeline, model, id, reason FROM unmatched_accounts"
+        )
     }
-    truth_accounts = env.sandbox.dataset.truth_unmatched_accounts(days=DAYS, pipelines=env.pipelines())
-    assert accounts == {tuple(str(x) for x in k): v for k, v in truth_accounts.items()} or accounts == truth_accounts
+    truth_accounts = env.sandbox.dataset.truth_unmatched_accounts(
+        days=DAYS, pipelines=env.pipelines()
+    )
+    assert (
+        accounts == {tuple(str(x) for x in k): v for k, v in truth_accounts.items()}
+        or accounts == truth_accounts
+    )
 
     # A second run over the same range sends nothing at all.
     before = env.analytics_requests()
@@ -76,7 +85,12 @@ def test_changed_pendo_data_sends_only_the_differences(env: Env) -> None:
     assert outcome.exit_code == 0
     new_items = env.sandbox.received.activities()[sent_before:]
     assert {(r.external_id, r.action, r.date) for r in new_items} == changed
-    assert all(r.count == new_truth[(r.external_id, r.action, r.date)] - old_truth.get((r.external_id, r.action, r.date), 0) for r in new_items)
+    assert all(
+        r.count
+        == new_truth[(r.external_id, r.action, r.date)]
+        - old_truth.get((r.external_id, r.action, r.date), 0)
+        for r in new_items
+    )
     assert env.sandbox.received.activity_totals() == new_truth
     assert env.received_metrics() == new_metrics
     assert outcome.summary["metric_items_sent"] == len(changed_m)
@@ -96,7 +110,9 @@ def test_an_end_user_added_later_receives_its_earlier_days(env: Env) -> None:
 
 
 def test_a_batch_applied_without_an_answer_is_never_sent_again(env: Env) -> None:
-    env.sandbox.faults.add(service="planhat_analytics", kind="reset_after_apply", path="/analytics/bulk")
+    env.sandbox.faults.add(
+        service="planhat_analytics", kind="reset_after_apply", path="/analytics/bulk"
+    )
     outcome = env.sync(SHORT[0], SHORT[-1])
     assert outcome.exit_code == 1
     assert "in doubt" in outcome.last_line

@@ -48,7 +48,11 @@ def _objects(rows: list[tuple[str, str, str | None, str | None]]) -> pl.LazyFram
 
 
 FEATURES = pl.DataFrame(
-    {"feature_id": ["f1", "f2", "f3"], "action": ["Export", "Export", "Share"], "weight": [1.0, 1.0, 2.0]}
+    {
+        "feature_id": ["f1", "f2", "f3"],
+        "action": ["Export", "Export", "Share"],
+        "weight": [1.0, 1.0, 2.0],
+    }
 ).lazy()
 
 
@@ -91,7 +95,9 @@ def test_match_activities_labels_every_unmatched_reason_and_folds_actions():
     )
     matched, unmatched = match_activities(daily_usage(usage), objects, FEATURES)
     m = matched.collect().sort("action")
-    assert m.select("external_id", "action", "count", "weight", "company_external_id", "feature_ids").rows() == [
+    assert m.select(
+        "external_id", "action", "count", "weight", "company_external_id", "feature_ids"
+    ).rows() == [
         ("u1", "Export", 7, 1.0, "acme", "f1,f2"),
         ("u1", "Share", 1, 2.0, "acme", "f3"),
     ]
@@ -107,7 +113,11 @@ def test_match_activities_labels_every_unmatched_reason_and_folds_actions():
 
 def test_extract_metric_values_rejects_what_json_cannot_carry():
     spec = MetricFieldSpec(
-        pipeline="p", model="Company", id_field="accountId", metrics={"n": "clicks"}, aggregation="last"
+        pipeline="p",
+        model="Company",
+        id_field="accountId",
+        metrics={"n": "clicks"},
+        aggregation="last",
     )
     rows = [
         {"accountId": "a1", "n": 3},
@@ -156,7 +166,9 @@ def test_match_metrics_uses_the_pipeline_model_namespace():
         ]
     )
     matched, unmatched = match_metrics(values, objects)
-    assert matched.collect().select("model", "external_id", "value").rows() == [("Company", "a1", 1.0)]
+    assert matched.collect().select("model", "external_id", "value").rows() == [
+        ("Company", "a1", 1.0)
+    ]
     assert sorted(unmatched.collect().select("model", "id", "reason").rows()) == [
         ("Asset", "a1", "no_object"),
         ("Company", "dup", "ambiguous"),
@@ -186,7 +198,15 @@ def _keys(rows: list[tuple], extra: dict[str, pl.DataType]) -> pl.LazyFrame:
 
 
 def test_activity_deltas_send_only_growth_record_drift_and_hold_keys_in_doubt():
-    current = _current([(D1, "u1", "A", 10), (D1, "u2", "A", 3), (D1, "u3", "A", 5), (D2, "u4", "A", 2), (D2, "u5", "A", 4)])
+    current = _current(
+        [
+            (D1, "u1", "A", 10),
+            (D1, "u2", "A", 3),
+            (D1, "u3", "A", 5),
+            (D2, "u4", "A", 2),
+            (D2, "u5", "A", 4),
+        ]
+    )
     sent = _keys([(D1, "u1", "A", 6), (D1, "u2", "A", 5), (D1, "u3", "A", 5)], {"sent": pl.Int64})
     held = _keys([(D2, "u5", "A")], {})
     to_send, drift = activity_deltas(current, sent, held)
@@ -240,7 +260,12 @@ def test_metric_deltas_last_resends_changes_and_sum_sends_differences():
     ).lazy()
     held = pl.DataFrame(
         [(D1, "Company", "held", "d")],
-        schema={"day": pl.Date, "model": pl.String, "external_id": pl.String, "dimension_id": pl.String},
+        schema={
+            "day": pl.Date,
+            "model": pl.String,
+            "external_id": pl.String,
+            "dimension_id": pl.String,
+        },
         orient="row",
     ).lazy()
     out = dict(metric_deltas(current, sent, held).collect().select("external_id", "value").rows())

@@ -64,8 +64,12 @@ def build_matching_assets(
                 )
                 m, u = pl.collect_all([matched, unmatched])
                 with transaction(conn):
-                    replace_days_in_transaction(conn, table="matched_activities", days=[day], frames=[m])
-                    replace_days_in_transaction(conn, table="unmatched_visitor_rows", days=[day], frames=[u])
+                    replace_days_in_transaction(
+                        conn, table="matched_activities", days=[day], frames=[m]
+                    )
+                    replace_days_in_transaction(
+                        conn, table="unmatched_visitor_rows", days=[day], frames=[u]
+                    )
                 matched_keys += m.height
                 matched_events += int(m["count"].sum() or 0)
                 for reason, n_events, n_visitors in (
@@ -88,8 +92,14 @@ def build_matching_assets(
                 "matched_keys": matched_keys,
                 "matched_events": matched_events,
                 "match_rate": round(match_rate, 4),
-                **{f"unmatched_events: {r}": events_by_reason[r] for r in ("anonymous", "no_enduser", "ambiguous")},
-                **{f"unmatched_visitors: {r}": visitors_by_reason[r] for r in ("anonymous", "no_enduser", "ambiguous")},
+                **{
+                    f"unmatched_events: {r}": events_by_reason[r]
+                    for r in ("anonymous", "no_enduser", "ambiguous")
+                },
+                **{
+                    f"unmatched_visitors: {r}": visitors_by_reason[r]
+                    for r in ("anonymous", "no_enduser", "ambiguous")
+                },
             }
         )
 
@@ -125,7 +135,9 @@ def build_matching_assets(
             m, u = pl.collect_all([matched, unmatched])
             with transaction(conn):
                 replace_days_in_transaction(conn, table="matched_metrics", days=days, frames=[m])
-                replace_days_in_transaction(conn, table="unmatched_account_rows", days=days, frames=[u])
+                replace_days_in_transaction(
+                    conn, table="unmatched_account_rows", days=days, frames=[u]
+                )
         by_reason = dict(u.group_by("reason").len().rows())
         ids = m.select("day", "pipeline", "external_id").n_unique() if m.height else 0
         total_ids = ids + u.height
@@ -138,7 +150,10 @@ def build_matching_assets(
                 "partition_window": window(days),
                 "matched_values": m.height,
                 "match_rate": round(rate, 4),
-                **{f"unmatched_ids: {r}": int(by_reason.get(r, 0)) for r in ("no_object", "ambiguous")},
+                **{
+                    f"unmatched_ids: {r}": int(by_reason.get(r, 0))
+                    for r in ("no_object", "ambiguous")
+                },
             }
         )
 

@@ -13,7 +13,12 @@ from ..resources import PlanhatResource, WarehouseResource
 from ..warehouse import insert_frame, transaction
 from ._common import WAREHOUSE_POOL, open_warehouse, reread
 
-MODEL_NAMES = {"endusers": "EndUser", "companies": "Company", "assets": "Asset", "projects": "Project"}
+MODEL_NAMES = {
+    "endusers": "EndUser",
+    "companies": "Company",
+    "assets": "Asset",
+    "projects": "Project",
+}
 
 
 def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.DataFrame:
@@ -30,8 +35,10 @@ def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.Dat
             "external_id": pl.col("externalId"),
             "email": pl.col("email") if "email" in df.columns else pl.lit(None, pl.String),
             "company_id": (
-                pl.col("_id") if model == "Company"
-                else pl.col("companyId") if "companyId" in df.columns
+                pl.col("_id")
+                if model == "Company"
+                else pl.col("companyId")
+                if "companyId" in df.columns
                 else pl.lit(None, pl.String)
             ),
             "name": pl.col("name") if "name" in df.columns else pl.lit(None, pl.String),
@@ -44,7 +51,7 @@ def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.Dat
 
 
 def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefinition:
-    settings = (config.sync if config is not None else SyncSettings())
+    settings = config.sync if config is not None else SyncSettings()
 
     @dg.asset(
         name="planhat_snapshot",
@@ -81,7 +88,8 @@ def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefin
             metadata[f"{model}: without externalId"] = part.height - ids.height
             metadata[f"{model}: externalIds shared by 2+ objects"] = dup
         context.log.info(
-            "snapshot: " + ", ".join(f"{k} {v}" for k, v in metadata.items() if k.endswith("objects"))
+            "snapshot: "
+            + ", ".join(f"{k} {v}" for k, v in metadata.items() if k.endswith("objects"))
         )
         return dg.MaterializeResult(metadata=metadata)
 

@@ -45,7 +45,9 @@ def build_publish_asset(
     ) -> dg.MaterializeResult:
         days = run_days(context)
         with planhat.get_client() as client, open_warehouse(warehouse) as conn:
-            publisher = Publisher(conn=conn, sender=None if config.dry_run else client, run_id=context.run.run_id)
+            publisher = Publisher(
+                conn=conn, sender=None if config.dry_run else client, run_id=context.run.run_id
+            )
             try:
                 report = publisher.publish(days, dry_run=config.dry_run)
             except DeliveryError as exc:

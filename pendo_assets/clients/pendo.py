@@ -368,9 +368,7 @@ def _without_first_row(page: FeatureEventPage) -> FeatureEventPage:
         return page
     first_rejected = any(r.index == 0 for r in page.rejects)
     table = page.table if first_rejected else page.table.slice(1)
-    rejects = [
-        RejectedRow(r.index - 1, r.reason, r.raw) for r in page.rejects if r.index != 0
-    ]
+    rejects = [RejectedRow(r.index - 1, r.reason, r.raw) for r in page.rejects if r.index != 0]
     return FeatureEventPage(
         table=table,
         rejects=rejects,
@@ -405,9 +403,7 @@ def _checked_table(
     frame = pl.DataFrame(
         [
             pl.Series(field.name, list(map(get, rows)), dtype=dtype)
-            for get, field, dtype in zip(
-                _GETTERS, FEATURE_EVENT_SCHEMA, _POLARS_TYPES, strict=True
-            )
+            for get, field, dtype in zip(_GETTERS, FEATURE_EVENT_SCHEMA, _POLARS_TYPES, strict=True)
         ]
     )
     rejects: list[RejectedRow] = []

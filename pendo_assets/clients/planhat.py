@@ -474,7 +474,12 @@ class PlanhatClient(PooledClient):
         """
         self._check_batch(body, items)
         response = self._send(
-            "POST", self._dimensiondata_url, content=body, bearer=True, idempotent=False, hooks=hooks
+            "POST",
+            self._dimensiondata_url,
+            content=body,
+            bearer=True,
+            idempotent=False,
+            hooks=hooks,
         )
         result = _dimension_data_result(response.content)
         logger.info(
