@@ -30,10 +30,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol, Self
+from typing import Any, ClassVar, Final, Protocol, Self
 from urllib.parse import quote, quote_plus
 
 import httpx
+import msgspec
 import tenacity
 
 from .. import __version__
@@ -44,6 +45,7 @@ from ..errors import (
     ApiTransportError,
     ConfigError,
     DeliveryUnknownError,
+    PayloadShapeError,
     PayloadTooLargeError,
     RateLimitedError,
 )
@@ -91,9 +93,12 @@ _KEYLIKE_IN_TEXT = re.compile(
 
 
 class PooledClient:
-    """Base of the API clients: a pooled ``httpx.Client`` closed on ``close()`` or ``with`` exit."""
+    """Base of the API clients: a pooled ``httpx.Client`` closed on ``close()`` or ``with`` exit,
+    and the mapping of an answer that is not the documented shape to `PayloadShapeError`."""
 
     _http: httpx.Client
+    _redactor: Redactor
+    _service: ClassVar[Service]
 
     def __enter__(self) -> Self:
         return self
@@ -104,6 +109,25 @@ class PooledClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._http.close()
+
+    @property
+    def _shape_base_url(self) -> str:
+        """The host that paths in shape errors are relative to."""
+        raise NotImplementedError
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise self._shape(method, path, f"not JSON ({exc})") from None
+
+    def _shape(self, method: str, path: str, problem: str) -> PayloadShapeError:
+        return PayloadShapeError(
+            f"{_SERVICE_NAMES[self._service]} {method} {path}: {problem}",
+            service=self._service,
+            method=method,
+            url=self._redactor.url(self._shape_base_url + path),
+        )
 
 
 @dataclass(frozen=True)

@@ -677,6 +677,8 @@ class PendoClient(PooledClient):
         ConfigError: Unknown region, empty key or a page size below 1.
     """
 
+    _service = "pendo"
+
     def __init__(
         self,
         *,
@@ -706,6 +708,10 @@ class PendoClient(PooledClient):
         self._sleep = sleep
         self._http = build_http_client(timeout=timeout, transport=transport)
         self._answered = False  # True after the first 2xx: the key and host are known good
+
+    @property
+    def _shape_base_url(self) -> str:
+        return self.base_url
 
     def __repr__(self) -> str:
         return f"PendoClient(region={self.region!r}, base_url={self.base_url!r})"
@@ -1015,20 +1021,6 @@ class PendoClient(PooledClient):
         )
         self._answered = True
         return response
-
-    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
-        try:
-            return msgspec.json.decode(response.content)
-        except msgspec.DecodeError as exc:
-            raise self._shape(method, path, f"not JSON ({exc})") from None
-
-    def _shape(self, method: str, path: str, problem: str) -> PayloadShapeError:
-        return PayloadShapeError(
-            f"Pendo {method} {path}: {problem}",
-            service="pendo",
-            method=method,
-            url=self._redactor.url(self.base_url + path),
-        )
 
     def _paging_limit(self, max_pages: int) -> PagingLimitError:
         return PagingLimitError(

@@ -195,6 +195,8 @@ class PlanhatClient(PooledClient):
         ConfigError: Empty tokens, non-HTTP URLs or limits out of range.
     """
 
+    _service = "planhat"
+
     def __init__(
         self,
         *,
@@ -235,6 +237,10 @@ class PlanhatClient(PooledClient):
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._http = build_http_client(timeout=timeout, transport=transport)
+
+    @property
+    def _shape_base_url(self) -> str:
+        return self.api_url
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
@@ -631,20 +637,6 @@ class PlanhatClient(PooledClient):
             idempotent=idempotent,
             sleep=self._sleep,
             hooks=hooks,
-        )
-
-    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
-        try:
-            return msgspec.json.decode(response.content)
-        except msgspec.DecodeError as exc:
-            raise self._shape(method, path, f"not JSON ({exc})") from None
-
-    def _shape(self, method: str, path: str, problem: str) -> PayloadShapeError:
-        return PayloadShapeError(
-            f"Planhat {method} {path}: {problem}",
-            service="planhat",
-            method=method,
-            url=self._redactor.url(self.api_url + path),
         )
 
 
