@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 import duckdb
@@ -32,6 +32,19 @@ GIVE_UP_AFTER = 3
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+def daily_asset(
+    partitions: dg.DailyPartitionsDefinition, **kwargs: Any
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``@dg.asset`` for a daily-partitioned asset of the sync: a range of days runs as one run
+    (single-run backfill policy) and the step holds the warehouse pool."""
+    return dg.asset(  # type: ignore[no-any-return]
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+        **kwargs,
+    )
 
 
 def run_days(context: dg.AssetExecutionContext) -> list[date]:

@@ -10,7 +10,7 @@ from ..config import Config
 from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
 from ..warehouse import replace_days_in_transaction, transaction
-from ._common import WAREHOUSE_POOL, open_warehouse, run_days, window
+from ._common import daily_asset, open_warehouse, run_days, window
 
 
 def build_matching_assets(
@@ -23,13 +23,11 @@ def build_matching_assets(
 ) -> list[dg.AssetsDefinition]:
     feature_ids = [f.id for f in config.features]
 
-    @dg.asset(
+    @daily_asset(
+        partitions,
         name="matched_activities",
         group_name="matching",
         kinds={"polars", "duckdb"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
         deps=[feature_events, snapshot],
         description=(
             "One row per End User x Planhat action x day (Pendo row splits summed, features "
@@ -103,13 +101,11 @@ def build_matching_assets(
             }
         )
 
-    @dg.asset(
+    @daily_asset(
+        partitions,
         name="matched_metrics",
         group_name="matching",
         kinds={"polars", "duckdb"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
         deps=[pipeline_results, snapshot],
         description=(
             "One row per Planhat object x dimensionId x day in matched_metrics; every pipeline "

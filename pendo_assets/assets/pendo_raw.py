@@ -20,7 +20,7 @@ from ..landing import (
 from ..resources import PendoResource, WarehouseResource
 from ._common import (
     GIVE_UP_AFTER,
-    WAREHOUSE_POOL,
+    daily_asset,
     day_error,
     failure_description,
     open_warehouse,
@@ -56,13 +56,11 @@ def build_pendo_raw_assets(
     """The feature-events and pipeline-results assets for this configuration."""
     feature_ids = [f.id for f in config.features]
 
-    @dg.asset(
+    @daily_asset(
+        partitions,
         name="pendo_feature_events",
         group_name="pendo_raw",
         kinds={"pendo", "duckdb"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
         description=(
             "One row per Pendo feature-event row (visitor x account x feature x day x IP x user "
             "agent x server) for the configured features, in table raw_feature_events; "
@@ -164,13 +162,11 @@ def build_pendo_raw_assets(
             }
         )
 
-    @dg.asset(
+    @daily_asset(
+        partitions,
         name="pendo_pipeline_results",
         group_name="pendo_raw",
         kinds={"pendo", "duckdb"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
         description=(
             "One row per result row of each configured Pendo pipeline and day, run with its "
             "timeSeries set to that day (raw_pipeline_results); the metric values read from them "

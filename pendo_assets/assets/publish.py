@@ -6,7 +6,7 @@ import dagster as dg
 from ..delivery import DeliveryError, Publisher
 from ..resources import PlanhatResource, WarehouseResource
 from ..warehouse import export_views
-from ._common import WAREHOUSE_POOL, open_warehouse, run_days, window
+from ._common import daily_asset, open_warehouse, run_days, window
 
 
 class PublishConfig(dg.Config):
@@ -22,13 +22,11 @@ def build_publish_asset(
     activities: dg.AssetsDefinition,
     metrics: dg.AssetsDefinition,
 ) -> dg.AssetsDefinition:
-    @dg.asset(
+    @daily_asset(
+        partitions,
         name="planhat_publish",
         group_name="publish",
         kinds={"planhat", "duckdb"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
         deps=[activities, metrics],
         description=(
             "Sends Planhat only what it lacks: one activity item per (End User, action, day) "
