@@ -135,7 +135,7 @@ def test_verify_key_adds_the_region_hint_to_a_first_403() -> None:
     with pytest.raises(ApiStatusError) as caught:
         client(recorder).verify_key()
     assert "Pendo GET /api/v1/token/verify answered 403" in str(caught.value)
-    assert "pendo.region (a key is valid on one regional host only)" in str(caught.value)
+    assert "check PENDO_INTEGRATION_KEY and pendo.region" in str(caught.value)
 
 
 def test_region_hint_is_dropped_once_the_key_has_worked() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from pendo_assets.clients import PlanhatClient, RetryPolicy, encode_batches
 from pendo_assets.errors import (
+    ApiStatusError,
     BatchError,
     ConfigError,
     DeliveryUnknownError,
@@ -177,6 +178,24 @@ def test_iter_pages_honours_retry_after_on_429() -> None:
     )
     list(planhat(recorder, sleep=sleeps).iter_pages("Company", select=["_id"]))
     assert sleeps == [3.0]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_names_the_variable_to_check(status: int) -> None:
+    recorder = Recorder(httpx.Response(status, json={"message": "Unauthorized"}))
+    with pytest.raises(ApiStatusError) as caught:
+        list(planhat(recorder).iter_pages("Company", select=["_id"]))
+    message = str(caught.value)
+    assert f"Planhat GET /companies answered {status}" in message
+    assert "check PLANHAT_API_TOKEN" in message and TOKEN not in message
+    assert len(recorder.requests) == 1  # a refusal is not retried
+
+
+def test_other_refusals_carry_no_token_hint() -> None:
+    recorder = Recorder(httpx.Response(400, json={"message": "bad select"}))
+    with pytest.raises(ApiStatusError) as caught:
+        list(planhat(recorder).iter_pages("Company", select=["_id"]))
+    assert "answered 400" in str(caught.value) and "PLANHAT_API_TOKEN" not in str(caught.value)
 
 
 @pytest.mark.parametrize("payload", [{"data": []}, [1, 2], "text"])

@@ -396,6 +396,7 @@ def send_with_retries(
     idempotent: bool,
     sleep: Sleep = time.sleep,
     hint: str | None = None,
+    hint_statuses: tuple[int, ...] = (400, 403),
     hooks: AttemptHooks | None = None,
 ) -> httpx.Response:
     """Send ``request`` under ``policy`` and return a 2xx response, or raise a mapped error.
@@ -408,7 +409,9 @@ def send_with_retries(
         policy: Attempts and waits.
         idempotent: True when sending the request twice is harmless (see the module docstring).
         sleep: Called with each wait in seconds; tests pass a recorder.
-        hint: Appended to the message of a 400 or 403 (e.g. "check the region").
+        hint: Appended to the message of a refusal whose status is in ``hint_statuses``
+            (e.g. "check the region").
+        hint_statuses: The statuses ``hint`` explains.
         hooks: Told before each attempt is sent and when an attempt certainly did not land
             and another will follow (so a caller can record "not sent" while it waits).
 
@@ -463,7 +466,15 @@ def send_with_retries(
         state.retryable = status == 429 or status >= 500
         state.retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise _status_error(
-            response, name, service, method, safe_url, endpoint, after, redactor, hint
+            response,
+            name,
+            service,
+            method,
+            safe_url,
+            endpoint,
+            after,
+            redactor,
+            hint if status in hint_statuses else None,
         )
 
     def wait(retry_state: tenacity.RetryCallState) -> float:
@@ -576,7 +587,7 @@ def _status_error(
     excerpt = redactor.text(_readable(body, response.headers.get("Content-Type", "")))[:200]
     if excerpt:
         message += f": {excerpt}"
-    if hint and status in (400, 403):
+    if hint:
         message += f" ({hint})"
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -83,7 +83,7 @@ DEFAULT_MAX_PAGES: Final = 1_000
 # A key is valid on one regional host only; a wrong host answers 400 or 403 like a wrong key
 # (Estuary PR #4006; pendo_api.md section 1.2).
 _REGION_HINT: Final = (
-    "check the integration key and pendo.region (a key is valid on one regional host only)"
+    "check PENDO_INTEGRATION_KEY and pendo.region (a key is valid on one regional host only)"
 )
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PageT = TypeVar("_PageT")

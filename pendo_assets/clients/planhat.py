@@ -69,6 +69,7 @@ MAX_UPSERT_ITEMS: Final = 5_000
 MAX_ANALYTICS_BODY_BYTES: Final = 32_000_000
 DEFAULT_MAX_PAGES: Final = 10_000
 _DIMENSIONDATA_PAGE: Final = 2_000
+_TOKEN_HINT: Final = "check PLANHAT_API_TOKEN: a service-account token with access to this object"
 
 # decimal_format="number": Planhat wants numbers, and msgspec writes Decimal as a string otherwise.
 _ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
@@ -636,6 +637,8 @@ class PlanhatClient(PooledClient):
             policy=self._retry,
             idempotent=idempotent,
             sleep=self._sleep,
+            hint=_TOKEN_HINT if bearer else None,
+            hint_statuses=(401, 403),
             hooks=hooks,
         )
 
