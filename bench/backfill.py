@@ -5,8 +5,8 @@ configured range against a sandbox process, with a fresh warehouse and ``DAGSTER
 wall time is split into:
 
 * ``fetch_s`` / ``land_s``: time inside `landing`'s fetch and land functions (both sources),
-  measured by wrapping them before the asset modules import them (for a streamed day, its fetch
-  time, and what landing added after the last page);
+  measured by wrapping them before the asset modules import them (for a day of feature events,
+  streamed, its fetch time, and what landing added after the last page);
 * ``match_s`` / ``publish_s`` / ``snapshot_s`` / ``checks_s``: each step's compute time, from the
   run's event log (step start to its first materialization or check evaluation);
 * ``pendo_other_s``: the rest of the two Pendo steps' compute (feature names, per-day logging);
@@ -50,9 +50,7 @@ def _instrument() -> None:
     from pendo_assets import landing
 
     for name, bucket in (
-        ("fetch_feature_events", "fetch"),
         ("fetch_pipeline_day", "fetch"),
-        ("land_feature_events", "land"),
         ("land_pipeline_day", "land"),
         ("resolve_feature_actions", "land"),
     ):

@@ -1,10 +1,10 @@
 """One ingest measurement, or the parse-only reference for the same response bytes.
 
 ``ingest``: fetch one day from the sandbox and land it in a fresh warehouse with
-`pendo_assets.landing.ingest_feature_events`, the code the ``pendo_feature_events`` asset runs
-(``--path two-step``: `fetch_feature_events` then `land_feature_events`), through a
-`PendoClient` built like `PendoResource` builds it. ``parse``: fetch the same pages (same requests, same bytes) into memory, then time only
-decoding them with the fastest JSON decoder the package ships (msgspec, into typed structs).
+`pendo_assets.landing.ingest_feature_events`, the code the ``pendo_feature_events`` asset runs,
+through a `PendoClient` built like `PendoResource` builds it. ``parse``: fetch the same pages
+(same requests, same bytes) into memory, then time only decoding them with the fastest JSON
+decoder the package ships (msgspec, into typed structs).
 """
 
 from __future__ import annotations
@@ -24,12 +24,7 @@ from _harness import write_result
 from pendo_assets.clients import PendoClient, RetryPolicy
 from pendo_assets.clients import pendo as pendo_module
 from pendo_assets.config import Config, load_config
-from pendo_assets.landing import (
-    fetch_feature_events,
-    ingest_feature_events,
-    land_feature_events,
-    resolve_feature_actions,
-)
+from pendo_assets.landing import ingest_feature_events, resolve_feature_actions
 from pendo_assets.warehouse import Warehouse
 
 
@@ -46,26 +41,17 @@ def _client(env: dict[str, str], config: Config, **kwargs: Any) -> PendoClient:
     )
 
 
-def ingest(
-    env: dict[str, str], config: Config, day: date, workdir: Path, path: str
-) -> dict[str, Any]:
+def ingest(env: dict[str, str], config: Config, day: date, workdir: Path) -> dict[str, Any]:
     warehouse = Warehouse(workdir / "warehouse.duckdb")
     feature_ids = [f.id for f in config.features]
     staging = workdir / "staging"
     with _client(env, config) as client, warehouse.connect() as conn:
         resolve_feature_actions(conn, config=config, pendo_features=client.list_features())
         started = time.perf_counter()
-        if path == "stream":
-            staged = ingest_feature_events(
-                client, conn, day=day, config=config, feature_ids=feature_ids, staging_dir=staging
-            )
-            fetched = started + staged.fetch_seconds
-        else:
-            staged = fetch_feature_events(
-                client, day=day, config=config, feature_ids=feature_ids, staging_dir=staging
-            )
-            fetched = time.perf_counter()
-            land_feature_events(conn, staged)
+        staged = ingest_feature_events(
+            client, conn, day=day, config=config, feature_ids=feature_ids, staging_dir=staging
+        )
+        fetched = started + staged.fetch_seconds
         landed = time.perf_counter()
         row = conn.execute("SELECT COUNT(*) FROM raw_feature_events").fetchone()
         in_table = int(row[0]) if row else 0
@@ -74,7 +60,6 @@ def ingest(
     if in_table != staged.rows:
         raise SystemExit(f"landed {in_table} rows, fetched {staged.rows}")
     return {
-        "path": path,
         "rows": staged.rows,
         "quarantined": staged.quarantined,
         "pages": staged.pages,
@@ -157,7 +142,6 @@ def main() -> None:
     parser.add_argument("--day", required=True, type=date.fromisoformat)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--loops", type=int, default=3)
-    parser.add_argument("--path", choices=["stream", "two-step"], default="stream")
     parser.add_argument("--result", required=True)
     args = parser.parse_args()
     env = json.loads(Path(args.port_file).read_text(encoding="utf-8"))["env"]
@@ -165,7 +149,7 @@ def main() -> None:
     if args.mode == "ingest":
         if args.workdir is None:
             parser.error("ingest needs --workdir")
-        result = ingest(env, config, args.day, args.workdir, args.path)
+        result = ingest(env, config, args.day, args.workdir)
     else:
         result = parse_only(env, config, args.day, args.loops)
     write_result(args.result, result)

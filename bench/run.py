@@ -94,7 +94,7 @@ def warm_up(sandbox: SandboxProcess, config_path: Path, day: str) -> float:
 
 
 def ingest_at(
-    rows: int, *, repeat: int, scratch: Path, with_parse: bool, path: str = "stream"
+    rows: int, *, repeat: int, scratch: Path, with_parse: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Ingest samples (and parse-only samples, interleaved) for a day of about ``rows`` rows."""
     ingests: list[dict[str, Any]] = []
@@ -111,7 +111,7 @@ def ingest_at(
             workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=scratch))
             sample = measure(
                 "ingest.py",
-                ["ingest", *common, "--workdir", str(workdir), "--path", path],
+                ["ingest", *common, "--workdir", str(workdir)],
                 scratch=scratch,
                 label="ingest",
             )
@@ -258,6 +258,7 @@ def run_publish(activities: int, metrics: int, *, repeat: int, scratch: Path) ->
         "requests": first["requests"],
         "activity_requests": first["activity_requests"],
         "metric_requests": first["metric_requests"],
+        "items_received": min(s["items_received"] for s in samples),
         "items_per_s": round(median(s["items_per_s"] for s in samples)),
         "wall_s": round(median(s["wall_s"] for s in samples), 3),
         "sandbox_server_s": round(median(s["sandbox_server_s"] for s in samples), 3),
@@ -452,7 +453,11 @@ def render(results: dict[str, Any]) -> str:
             for name, t in results["targets"].items()
         ]
         out += ["", table(t_rows, ["target", "value", "goal", ""])]
-        if results["meta"].get("quick") or results["meta"].get("rows") != 1_000_000:
+        if (
+            results["meta"].get("quick")
+            or results["meta"].get("smoke")
+            or results["meta"].get("rows") != 1_000_000
+        ):
             out.append(
                 "(the targets are set for the full run, 1M rows/day; at other sizes the fixed "
                 "costs of a day weigh differently, so these checks are indicative)"
@@ -472,6 +477,11 @@ def main() -> int:
         "--quick", action="store_true", help="250k-row days; smaller match and publish"
     )
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, one run each: checks every section still runs (the test suite uses it)",
+    )
+    parser.add_argument(
         "--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS)
     )
     parser.add_argument(
@@ -487,27 +497,19 @@ def main() -> int:
         "--scratch", type=Path, help="keep scratch files here (default: a temp dir)"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the first backfill run")
-    parser.add_argument(
-        "--ingest-path",
-        choices=["stream", "two-step"],
-        default="stream",
-        help="landing code measured: ingest_feature_events (the asset's) or fetch + land",
-    )
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    repeat = args.repeat or (1 if args.quick else 3)
-    rows = args.rows or (250_000 if args.quick else 1_000_000)
-    scale = 4 if args.quick else 1
+    small = args.quick or args.smoke
+    repeat = args.repeat or (1 if small else 3)
+    rows = args.rows or (5_000 if args.smoke else 250_000 if args.quick else 1_000_000)
+    scale = 250 if args.smoke else 4 if args.quick else 1
     if args.out is None:
-        full = set(only) == set(SECTIONS) and not args.quick and not args.rows
-        args.out = (
-            BENCH / "results.json"
-            if full
-            else BENCH / "out" / ("results-quick.json" if args.quick else "results-partial.json")
-        )
+        full = set(only) == set(SECTIONS) and not small and not args.rows
+        name = "smoke" if args.smoke else "quick" if args.quick else "partial"
+        args.out = BENCH / "results.json" if full else BENCH / "out" / f"results-{name}.json"
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="pendo-planhat-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -516,6 +518,7 @@ def main() -> int:
             "command": "python bench/run.py " + " ".join(sys.argv[1:]),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "quick": args.quick,
+            "smoke": args.smoke,
             "repeat": repeat,
             "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(),
@@ -538,7 +541,6 @@ def main() -> int:
                     repeat=repeat,
                     scratch=scratch,
                     with_parse=with_parse,
-                    path=args.ingest_path,
                 )
                 points[size] = ingests
                 if with_parse:
@@ -554,7 +556,7 @@ def main() -> int:
             log(f"publish: {activities:,} activities + {metrics:,} metric values")
             results["publish"] = run_publish(activities, metrics, repeat=repeat, scratch=scratch)
         if "backfill" in only:
-            days = 30 if args.quick else 90
+            days = 3 if args.smoke else 30 if args.quick else 90
             log(f"backfill: {days} days at demo scale through Dagster")
             results["backfill"] = run_backfill(
                 days, repeat=repeat, scratch=scratch, profile=args.profile
