@@ -326,6 +326,10 @@ class _PageStream:
         self._thread.join(timeout=5)
 
 
+_BULK_INSERT_MB_BASE = 32
+_BULK_INSERT_MB_PER_THREAD = 16
+
+
 @contextmanager
 def _bulk_insert(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """DuckDB settings for a day's bulk ``INSERT`` of raw rows, restored afterwards.
@@ -336,11 +340,18 @@ def _bulk_insert(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
       table's size (the repetitive columns are dictionary-compressed either way).
     * Row groups are written as soon as each is full, instead of five at a time: otherwise a
       day of a few million rows holds several hundred MB more until the end of the insert.
+    * A small buffer pool: DuckDB keeps every block it writes cached up to its memory limit
+      (80 % of RAM by default), so without a cap the process grows with the size of the day
+      (about 90 MB more at 4M rows than at 1M). The blocks are already in the file, so dropping
+      them costs nothing; the cap leaves each thread room for the row group it is building.
     """
+    threads_row = conn.execute("SELECT current_setting('threads')").fetchone()
+    threads = int(threads_row[0]) if threads_row else 1
     settings = {
         "preserve_insertion_order": "false",
         "disabled_compression_methods": "'fsst'",
         "write_buffer_row_group_count": "1",
+        "memory_limit": f"'{_BULK_INSERT_MB_BASE + _BULK_INSERT_MB_PER_THREAD * threads}MB'",
     }
     previous = {
         name: conn.execute("SELECT current_setting(?)", [name]).fetchone() for name in settings
@@ -352,9 +363,13 @@ def _bulk_insert(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     finally:
         for name, row in previous.items():
             old = row[0] if row else None
+            conn.execute(f"RESET {name}")
             if old is None or old == "":
-                conn.execute(f"RESET {name}")
-            else:
+                continue
+            # A setting shown rounded (a memory limit in GiB) is put back by RESET when it was
+            # the default; only a value set before is set again.
+            now = conn.execute("SELECT current_setting(?)", [name]).fetchone()
+            if (now[0] if now else None) != old:
                 conn.execute(f"SET {name} = {_sql_literal(old)}")
 
 

@@ -297,15 +297,27 @@ def test_bulk_insert_settings_are_restored(conn: duckdb.DuckDBPyConnection) -> N
         return list(
             conn.execute(
                 "SELECT current_setting('preserve_insertion_order'), "
-                "current_setting('disabled_compression_methods')"
+                "current_setting('disabled_compression_methods'), "
+                "current_setting('memory_limit'), current_setting('threads')"
             ).fetchone()
             or []
         )
 
     before = settings()
     with _bulk_insert(conn):
-        assert settings()[0] is False
+        during = settings()
+        assert during[0] is False
+        # The buffer pool is capped for the insert, with room for each thread's row group.
+        assert during[2] != before[2]
+        assert during[2].endswith(("MiB", "MB")), during[2]
     assert settings() == before
+    # A limit set before is put back too (DuckDB shows it rounded to 0.1 MiB, so as shown).
+    conn.execute("SET memory_limit = '1GB'")
+    before = settings()
+    with _bulk_insert(conn):
+        assert settings()[2] != before[2]
+    after = settings()
+    assert after[:2] == before[:2] and after[2].startswith("953.") and after[2].endswith("MiB")
 
 
 # ---------------------------------------------------------------------------------------------
