@@ -269,6 +269,9 @@ def test_pendo_days_that_keep_failing_keep_their_data_and_the_run_names_them(fen
         for name in ("account_usage", "account_key_feature_clicks", "asset_usage")
     ]
     assert pipelines[4].startswith(f"{A}..{C}: not tried after 3 pipeline day(s) in a row failed")
+    # 4 days x 4 pipelines: GOOD's 4 landed, A's first 3 failed, the 9 after them not tried.
+    assert "(9 pipeline day(s) not tried; the next run tries them again)" in pipelines[4]
+    assert "(+11 more); 12 of 16 pipeline day(s) not landed" in pipelines[0]
     # Each failed day's data is exactly what it was; nothing new reached Planhat.
     assert {day: day_rows(fenv, day) for day in PERSISTENT} == before
     assert fenv.sandbox.received.activity_totals() == sent

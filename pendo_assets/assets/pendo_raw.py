@@ -3,6 +3,7 @@
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date
 
 import dagster as dg
@@ -23,6 +24,7 @@ from ._common import (
     daily_asset,
     day_error,
     failure_description,
+    is_api_failure,
     open_warehouse,
     reread,
     run_days,
@@ -74,9 +76,8 @@ def build_pendo_raw_assets(
         days = run_days(context)
         totals: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
-        failed: list[str] = []
+        attempts = _Attempts(what="day(s)")
         fetch_s = land_s = 0.0
-        streak = 0
         # One warehouse connection for the step: this run is the only writer, and reopening
         # the file per day costs a checkpoint each time.
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
@@ -98,9 +99,7 @@ def build_pendo_raw_assets(
                     context.log.warning(warning)
             todo = days if feature_ids else []
             for n, day in enumerate(todo, start=1):
-                if streak >= GIVE_UP_AFTER:
-                    rest = todo[n - 1 :]
-                    failed.append(_not_tried(rest, streak, count=len(rest), what="day(s)"))
+                if attempts.give_up(todo[n - 1 :], count=len(todo) - n + 1):
                     break
 
                 # Fetch and land in one pass: pages stream into the day's transaction as they
@@ -118,11 +117,9 @@ def build_pendo_raw_assets(
                 try:
                     staged = reread(ingest, settings=config.sync, what=f"{day} feature events")
                 except (ApiError, PendoAssetsError) as exc:
-                    streak = streak + 1 if isinstance(exc, ApiError) else 0
-                    failed.append(day_error(day, exc))
-                    context.log.error(f"feature events not landed: {failed[-1]}")
+                    context.log.error(f"feature events not landed: {attempts.failure(day, exc)}")
                     continue
-                streak = 0
+                attempts.success()
                 totals.update(
                     rows=staged.rows,
                     quarantined=staged.quarantined,
@@ -136,15 +133,15 @@ def build_pendo_raw_assets(
                     f"[{n}/{len(days)}] {day}: {staged.rows} rows landed, {staged.quarantined} "
                     f"quarantined, {staged.pages} page(s), {staged.body_bytes / 1e6:.1f} MB"
                 )
-        if failed:
+        if attempts.failed:
             raise dg.Failure(
                 description=failure_description(
-                    failed,
-                    count=_days_failed(failed),
-                    summary=f"feature events of {_days_failed(failed)} of {len(days)} day(s) not "
+                    attempts.failed,
+                    count=attempts.count,
+                    summary=f"feature events of {attempts.count} of {len(days)} day(s) not "
                     "landed, their previous data is unchanged",
                 ),
-                metadata={"failed_days": _days_failed(failed), "days": len(days)},
+                metadata={"failed_days": attempts.count, "days": len(days)},
                 allow_retries=False,
             )
         by_kind = _reason_counts(reasons)
@@ -179,16 +176,11 @@ def build_pendo_raw_assets(
         days = run_days(context)
         totals: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
-        failed: list[str] = []
-        streak = 0
+        attempts = _Attempts(what="pipeline day(s)")
         jobs = [(day, spec) for day in days for spec in config.pipelines]
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
             for i, (day, spec) in enumerate(jobs):
-                if streak >= GIVE_UP_AFTER:
-                    rest = sorted({d for d, _ in jobs[i:]})
-                    failed.append(
-                        _not_tried(rest, streak, count=len(jobs) - i, what="pipeline day(s)")
-                    )
+                if attempts.give_up(sorted({d for d, _ in jobs[i:]}), count=len(jobs) - i):
                     break
 
                 def fetch(day: date = day, spec: PipelineSpec = spec) -> PipelineDay:
@@ -198,11 +190,10 @@ def build_pendo_raw_assets(
                     result = reread(fetch, settings=config.sync, what=f"{day} pipeline {spec.name}")
                     land_pipeline_day(conn, result)
                 except (ApiError, PendoAssetsError) as exc:
-                    streak = streak + 1 if isinstance(exc, ApiError) else 0
-                    failed.append(day_error(day, exc, f" pipeline {spec.name!r}"))
-                    context.log.error(f"pipeline results not landed: {failed[-1]}")
+                    failure = attempts.failure(day, exc, f" pipeline {spec.name!r}")
+                    context.log.error(f"pipeline results not landed: {failure}")
                     continue
-                streak = 0
+                attempts.success()
                 totals.update(
                     rows=len(result.rows), values=result.values.height, rejected=len(result.rejects)
                 )
@@ -211,15 +202,15 @@ def build_pendo_raw_assets(
                     context.log.info(
                         f"[{days.index(day) + 1}/{len(days)}] {day}: {len(config.pipelines)} pipeline(s) run"
                     )
-        if failed:
+        if attempts.failed:
             raise dg.Failure(
                 description=failure_description(
-                    failed,
-                    count=_days_failed(failed),
-                    summary=f"{_days_failed(failed)} of {len(jobs)} pipeline day(s) not landed, "
+                    attempts.failed,
+                    count=attempts.count,
+                    summary=f"{attempts.count} of {len(jobs)} pipeline day(s) not landed, "
                     "their previous data is unchanged",
                 ),
-                metadata={"failed": _days_failed(failed), "pipeline_days": len(jobs)},
+                metadata={"failed": attempts.count, "pipeline_days": len(jobs)},
                 allow_retries=False,
             )
         return dg.MaterializeResult(
@@ -239,21 +230,38 @@ def build_pendo_raw_assets(
     return [pendo_feature_events, pendo_pipeline_results]
 
 
-_NOT_TRIED = "not tried after"
-_NOT_TRIED_COUNT = re.compile(rf"{_NOT_TRIED} .*\((\d+) [a-z ]*day\(s\) not tried;")
+@dataclass
+class _Attempts:
+    """A step's (pipeline) days that failed, and when to stop trying the rest.
 
+    After `GIVE_UP_AFTER` (pipeline) days in a row failed on the Pendo API, the API is taken to be
+    unusable for now: the rest is not tried and is reported as one failure that counts them all.
+    A failure of the data (not of the API) does not count towards that streak.
+    """
 
-def _not_tried(days: list[date], streak: int, *, count: int, what: str) -> str:
-    return (
-        f"{window(days)}: {_NOT_TRIED} {streak} {what} in a row failed on the Pendo API "
-        f"({count} {what} not tried; the next run tries them again)"
-    )
+    what: str
+    failed: list[str] = field(default_factory=list)
+    count: int = 0  # (pipeline) days failed or not tried
+    streak: int = 0
 
+    def give_up(self, rest: list[date], *, count: int) -> bool:
+        """True, recording ``count`` (pipeline) days over ``rest`` as not tried, if the API failed
+        too often in a row."""
+        if self.streak < GIVE_UP_AFTER:
+            return False
+        self.failed.append(
+            f"{window(rest)}: not tried after {self.streak} {self.what} in a row failed on the "
+            f"Pendo API ({count} {self.what} not tried; the next run tries them again)"
+        )
+        self.count += count
+        return True
 
-def _days_failed(failed: list[str]) -> int:
-    """How many (pipeline) days failed: a 'not tried' entry stands for several."""
-    count = 0
-    for entry in failed:
-        match = _NOT_TRIED_COUNT.search(entry)
-        count += int(match.group(1)) if match else 1
-    return count
+    def failure(self, day: date, exc: BaseException, label: str = "") -> str:
+        """Record a (pipeline) day that failed; returns its one-line description."""
+        self.streak = self.streak + 1 if is_api_failure(exc) else 0
+        self.failed.append(day_error(day, exc, label))
+        self.count += 1
+        return self.failed[-1]
+
+    def success(self) -> None:
+        self.streak = 0
