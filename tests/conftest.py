@@ -42,6 +42,7 @@ FAST_RETRIES = {
 # Tallies for the closing summary of a run of the suite (faults injected, bad rows served).
 FAULT_TALLY: Counter[str] = Counter()
 BAD_INPUT_TALLY: Counter[str] = Counter()
+KILL_REPORTS: list[str] = []  # the head of each kill-harness report that passed
 
 
 @pytest.fixture
@@ -205,3 +206,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if BAD_INPUT_TALLY:
         parts = ", ".join(f"{kind} {n}" for kind, n in sorted(BAD_INPUT_TALLY.items()))
         terminalreporter.write_line(f"bad Pendo input served: {parts}")
+    for report in KILL_REPORTS:
+        for line in report.splitlines():
+            terminalreporter.write_line(line)

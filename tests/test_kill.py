@@ -23,6 +23,8 @@ from pendo_assets.delivery import Publisher
 from pendo_assets.warehouse import replace_days
 from tests.kill_harness import APPLIED_LATE, PINNED, Settings, run_harness
 
+from .conftest import KILL_REPORTS
+
 # More rounds for a local soak: PENDO_PLANHAT_KILL_ROUNDS=100 make test PYTEST_ARGS=-k kill
 ROUNDS = int(os.environ.get("PENDO_PLANHAT_KILL_ROUNDS", Settings.kills))
 
@@ -59,6 +61,9 @@ def test_sync_killed_in_landing_and_publish_never_counts_twice_and_doubt_is_reso
     assert {b["kind"] for b in report.in_doubt} == {"activities", "metrics"}
     # A `last` metric batch left in flight was resent at the next start, never held.
     assert report.last_batches_resent >= 1
+    # The head of the report (kills, phases, batches in doubt and how each was settled) goes to
+    # the end of the suite's output.
+    KILL_REPORTS.append(report.summary().split("  final syncs exited")[0].rstrip())
 
 
 # --------------------------------------------------------------------------------------------
