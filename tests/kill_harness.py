@@ -149,7 +149,8 @@ class Report:
     def phases(self) -> Counter[str]:
         return Counter(k.phase for k in self.kills)
 
-    def summary(self) -> str:
+    def summary(self, *, rounds: bool = True) -> str:
+        """The report; without ``rounds``, only its head (no final exit codes, no round table)."""
         s = self.settings
         lines = [
             f"kill harness: {len(self.kills)} SIGKILLs survived in {self.seconds:.0f} s (seed "
@@ -170,6 +171,8 @@ class Report:
                 f"    batch {b['batch_id']} ({kind}, {b['items']} items): {b['evidence']}"
                 f" -> batches resolve {b['batch_id']} --{b['resolution']}"
             )
+        if not rounds:
+            return "\n".join(lines)
         lines.append(f"  final syncs exited {self.final_exit_codes}")
         lines.append(
             "  round  scenario                step hit                        at      outbox after"

@@ -63,7 +63,7 @@ def test_sync_killed_in_landing_and_publish_never_counts_twice_and_doubt_is_reso
     assert report.last_batches_resent >= 1
     # The head of the report (kills, phases, batches in doubt and how each was settled) goes to
     # the end of the suite's output.
-    KILL_REPORTS.append(report.summary().split("  final syncs exited")[0].rstrip())
+    KILL_REPORTS.append(report.summary(rounds=False))
 
 
 # --------------------------------------------------------------------------------------------
