@@ -79,6 +79,8 @@ PINNED = (
 STEP_LINE = re.compile(r" - (" + "|".join(PHASES) + r") - ")
 RUN_ID = re.compile(r" - sync_job - ([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}) - ")
 APPLIED_LATE = ("planhat_applies_late", "last_metrics_in_flight", "sum_metrics_in_flight")
+# The client's warning before it waits out a refusal (clients/_http.py, before_sleep).
+_RETRYING = "); retrying in "
 
 
 # A day's raw rows and its landed_days entry are written in one transaction, with one stamp.
@@ -679,6 +681,11 @@ class KillHarness:
                         f"the sync made no progress in {timeout:.0f} s:\n{sync.tail()}"
                     )
                 time.sleep(0.01)
+            if scenario == "retry_after_429":
+                # The moment is the client's wait, which begins once it has recorded the
+                # refused batch as not sent and said "retrying in": not the 429 itself.
+                self.aim += ", then 'retrying in'"
+                return until(lambda: any(_RETRYING in line for line in sync.lines[-50:]))
             return True
         if scenario == "landing":
             if self.rng.random() < 0.15:  # at startup or while the first day is fetched
