@@ -3,6 +3,7 @@
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
 import dagster as dg
 
+from . import queries
 from .assets._common import open_warehouse, tag_days, window
 from .config import Config
 from .resources import WarehouseResource
@@ -26,12 +27,7 @@ def build_checks(
     ) -> dg.AssetCheckResult:
         days = tag_days(context.run.tags, partitions)
         with open_warehouse(warehouse) as conn:
-            rows = conn.execute(
-                "SELECT day, COUNT(*) FROM quarantine_feature_events "
-                "WHERE day IN (SELECT UNNEST(?::DATE[])) AND reason ILIKE 'visitorId%' "
-                "GROUP BY day ORDER BY day",
-                [days],
-            ).fetchall()
+            rows = queries.quarantined_visitor_id_rows(conn, days=days)
         bad = sum(n for _, n in rows)
         return dg.AssetCheckResult(
             passed=bad == 0,
@@ -59,13 +55,7 @@ def build_checks(
     ) -> dg.AssetCheckResult:
         days = tag_days(context.run.tags, partitions)
         with open_warehouse(warehouse) as conn:
-            row = conn.execute(
-                "SELECT (SELECT COALESCE(SUM(count), 0) FROM matched_activities WHERE day IN (SELECT UNNEST(?::DATE[]))), "
-                "(SELECT COALESCE(SUM(num_events), 0) FROM unmatched_visitor_rows "
-                " WHERE day IN (SELECT UNNEST(?::DATE[])) AND reason <> 'anonymous')",
-                [days, days],
-            ).fetchone()
-        matched, unmatched = (int(row[0]), int(row[1])) if row else (0, 0)
+            matched, unmatched = queries.match_totals(conn, days=days)
         rate = matched / (matched + unmatched) if matched + unmatched else 1.0
         return dg.AssetCheckResult(
             passed=rate >= config.sync.min_match_rate,
@@ -88,9 +78,7 @@ def build_checks(
     )
     def no_batches_in_doubt(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
-            rows = conn.execute(
-                "SELECT batch_id, kind, items FROM batches_in_doubt ORDER BY batch_id"
-            ).fetchall()
+            rows = [(b, k, n) for b, k, _, n, _, _ in queries.select_batches_in_doubt(conn)]
         return dg.AssetCheckResult(
             passed=not rows,
             severity=dg.AssetCheckSeverity.ERROR,
@@ -112,10 +100,7 @@ def build_checks(
     )
     def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
-            row = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(sent - source), 0) FROM activity_drift"
-            ).fetchone()
-        keys, excess = (int(row[0]), int(row[1])) if row else (0, 0)
+            keys, excess = queries.activity_drift_totals(conn)
         return dg.AssetCheckResult(
             passed=keys == 0,
             severity=dg.AssetCheckSeverity.WARN,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
-from . import __version__
+from . import __version__, queries
 from .errors import ConfigError, PendoAssetsError
 
 __all__ = ["main"]
@@ -223,7 +223,7 @@ def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> 
     from .warehouse import Warehouse, warehouse_path_from_env
 
     with Warehouse(warehouse_path_from_env()).connect() as conn:
-        actions = dict(conn.execute("SELECT feature_id, action FROM feature_actions").fetchall())
+        actions = queries.feature_action_names(conn)
     truth = sandbox.dataset.truth_activities(days=days, actions=actions)
     received = sandbox.received.activity_totals()
     pipelines = [
@@ -274,9 +274,7 @@ def _batches(args: argparse.Namespace) -> int:
 
     with Warehouse(warehouse_path_from_env()).connect() as conn:
         if args.batches_command == "list":
-            rows = conn.execute(
-                "SELECT batch_id, kind, aggregation, items, sent_at, note FROM batches_in_doubt ORDER BY batch_id"
-            ).fetchall()
+            rows = queries.select_batches_in_doubt(conn)
             if not rows:
                 print("no batch is in doubt")
                 return EXIT_OK

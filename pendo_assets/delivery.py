@@ -31,13 +31,20 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from . import queries
 from .clients import AttemptHooks
-from .errors import ApiError, ApiStatusError, DeliveryUnknownError, PendoAssetsError
+from .errors import (
+    ApiError,
+    ApiStatusError,
+    BatchStateError,
+    DeliveryError,
+    DeliveryUnknownError,
+    ItemTooLargeError,
+)
+from .queries import replace_days, transaction
 from .transforms import ACTIVITY_KEY, METRIC_KEY, activity_deltas, metric_deltas
-from .warehouse import insert_frame, replace_days, transaction
 
 __all__ = [
-    "DeliveryError",
     "DimensionDataOutcome",
     "Plan",
     "PublishReport",
@@ -55,10 +62,6 @@ log = logging.getLogger(__name__)
 
 BatchKind = Literal["activities", "metrics"]
 SETTLED_DELIVERED = ("delivered", "resolved_delivered")
-
-
-class DeliveryError(PendoAssetsError):
-    """Publishing stopped because Planhat did not accept a batch after retries."""
 
 
 class DimensionDataOutcome(Protocol):
@@ -187,8 +190,7 @@ def pack_batches(
         return []
     too_big = np.flatnonzero(sizes + 2 > max_bytes)
     if too_big.size:
-        n = int(sizes[too_big[0]])
-        raise DeliveryError(f"one item is {n} bytes, over the {max_bytes}-byte body limit")
+        raise ItemTooLargeError(item_bytes=int(sizes[too_big[0]]), max_bytes=max_bytes)
     # ends[k]: bytes of items [0, k) with one comma each; a body [s, e) is 1 + ends[e] - ends[s].
     ends = np.zeros(sizes.size + 1, dtype=np.int64)
     np.cumsum(sizes + 1, out=ends[1:])
@@ -266,22 +268,18 @@ def resolve_batch(
         The new status.
 
     Raises:
-        PendoAssetsError: The batch does not exist or is not in doubt.
+        BatchStateError: The batch does not exist or is not in doubt.
     """
-    row = conn.execute(
-        "SELECT status FROM outbox_batches WHERE batch_id = ?", [batch_id]
-    ).fetchone()
-    if row is None:
-        raise PendoAssetsError(f"batch {batch_id} does not exist")
-    if row[0] != "in_doubt":
-        raise PendoAssetsError(f"batch {batch_id} is {row[0]}, not in doubt; nothing to resolve")
-    status = "resolved_delivered" if outcome == "delivered" else "resolved_resend"
-    conn.execute(
-        "UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, "
-        "note = coalesce(note || '; ', '') || ? WHERE batch_id = ?",
-        [status, f"resolved by user as {outcome}", batch_id],
+    status = queries.select_batch_status(conn, batch_id=batch_id)
+    if status is None:
+        raise BatchStateError(batch_id=batch_id, status=None)
+    if status != "in_doubt":
+        raise BatchStateError(batch_id=batch_id, status=status)
+    new: queries.BatchStatus = "resolved_delivered" if outcome == "delivered" else "resolved_resend"
+    queries.resolve_batch_status(
+        conn, batch_id=batch_id, status=new, note=f"resolved by user as {outcome}"
     )
-    return status
+    return new
 
 
 class Publisher:
@@ -318,18 +316,26 @@ class Publisher:
         report = RecoveryReport()
         c = self.conn
         with transaction(c):
-            report.discarded_prepared = self._set_status(
-                "status = 'prepared'", "discarded", "never sent: the run stopped before sending"
+            report.discarded_prepared = queries.settle_interrupted_batches(
+                c,
+                status="prepared",
+                to="discarded",
+                note="never sent: the run stopped before sending",
             )
-            report.resent_last = self._set_status(
-                "status = 'sending' AND kind = 'metrics' AND aggregation = 'last'",
-                "discarded",
-                "outcome unknown after an interruption; resent (harmless for a last metric)",
+            report.resent_last = queries.settle_interrupted_batches(
+                c,
+                status="sending",
+                kind="metrics",
+                aggregation="last",
+                to="discarded",
+                note="outcome unknown after an interruption; resent (harmless for a last metric)",
             )
-            report.new_in_doubt = self._set_status(
-                "status = 'sending'",
-                "in_doubt",
-                "outcome unknown: the run stopped after sending, before Planhat's answer was recorded",
+            report.new_in_doubt = queries.settle_interrupted_batches(
+                c,
+                status="sending",
+                to="in_doubt",
+                note="outcome unknown: the run stopped after sending, before Planhat's answer "
+                "was recorded",
             )
         if report.new_in_doubt:
             log.warning(
@@ -337,46 +343,18 @@ class Publisher:
             )
         return report
 
-    def _set_status(self, where: str, status: str, note: str) -> int:
-        rows = self.conn.execute(
-            f"UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, note = ? "
-            f"WHERE {where} RETURNING batch_id",
-            [status, note],
-        ).fetchall()
-        return len(rows)
-
     # -- planning ---------------------------------------------------------------------------
 
     def plan(self, days: Sequence[date]) -> Plan:
         """Compute the deltas for ``days`` against the ledger, holding back keys in doubt."""
         c = self.conn
-        day_list = list(days)
-        where = "WHERE day IN (SELECT UNNEST(?::DATE[]))"
-        current_a = c.execute(
-            "SELECT day, external_id, action, count, weight, company_external_id, feature_ids "
-            f"FROM matched_activities {where}",
-            [day_list],
-        ).pl()
-        sent_a = c.execute(f"SELECT * FROM ledger_activities {where}", [day_list]).pl()
-        held_a = c.execute(f"SELECT * FROM held_activity_keys {where}", [day_list]).pl()
+        current_a = queries.select_current_activities(c, days=days)
+        sent_a = queries.select_ledger_activities(c, days=days)
+        held_a = queries.select_held_activity_keys(c, days=days)
         to_send_a, drift = activity_deltas(current_a.lazy(), sent_a.lazy(), held_a.lazy())
-
-        current_m = c.execute(
-            "SELECT day, model, external_id, dimension_id, value, aggregation "
-            f"FROM matched_metrics {where}",
-            [day_list],
-        ).pl()
-        # A `last` batch sent without a recorded answer (then discarded at recovery) may hold the
-        # value Planhat shows now: until a later batch of the key is delivered, its last value is
-        # unknown, so the current value is sent again even if it equals the last one delivered.
-        sent_m = c.execute(
-            "SELECT l.day, l.model, l.external_id, l.dimension_id, "
-            "CASE WHEN u.day IS NULL THEN l.last_value END AS last_value, l.sum_value "
-            f"FROM (SELECT * FROM ledger_metrics {where}) AS l "
-            f"LEFT JOIN ({_UNKNOWN_LAST_SQL}) AS u USING (day, model, external_id, dimension_id)",
-            [day_list, day_list],
-        ).pl()
-        held_m = c.execute(f"SELECT * FROM held_metric_keys {where}", [day_list]).pl()
+        current_m = queries.select_current_metrics(c, days=days)
+        sent_m = queries.select_ledger_metrics(c, days=days)
+        held_m = queries.select_held_metric_keys(c, days=days)
         to_send_m = metric_deltas(current_m.lazy(), sent_m.lazy(), held_m.lazy())
         return Plan(
             activities=to_send_a.sort(ACTIVITY_KEY).collect(),
@@ -413,8 +391,7 @@ class Publisher:
             for aggregation in ("last", "sum"):
                 part = plan.metrics.filter(pl.col("aggregation") == aggregation)
                 self._send_all("metrics", part, report)
-        row = self.conn.execute("SELECT COUNT(*) FROM batches_in_doubt").fetchone()
-        report.batches_in_doubt_total = int(row[0]) if row else 0
+        report.batches_in_doubt_total = queries.count_batches_in_doubt(self.conn)
         return report
 
     def _store_plan(self, days: Sequence[date], plan: Plan) -> None:
@@ -501,8 +478,8 @@ class Publisher:
                 items.height,
             )
             return
-        except ApiStatusError as exc:
-            if exc.status_code == 413 and items.height > 1:
+        except ApiError as exc:
+            if isinstance(exc, ApiStatusError) and exc.status_code == 413 and items.height > 1:
                 self._mark(batch_id, "failed", note="413 body too large: split in two and resent")
                 report.batches_split += 1
                 half = items.height // 2
@@ -511,43 +488,35 @@ class Publisher:
                 return
             self._mark(batch_id, "failed", note=str(exc))
             raise DeliveryError(
-                f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}"
-            ) from exc
-        except ApiError as exc:
-            self._mark(batch_id, "failed", note=str(exc))
-            raise DeliveryError(
-                f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}"
+                f"Planhat did not accept batch {batch_id} ({kind}, {items.height} items): {exc}",
+                batch_id=batch_id,
+                kind=kind,
+                items=items.height,
+                status_code=exc.status_code if isinstance(exc, ApiStatusError) else None,
             ) from exc
         self._settle_delivered(batch_id, kind, items, errors, report)
 
     def _prepare(
         self, kind: BatchKind, aggregation: str | None, items: pl.DataFrame, body_bytes: int
     ) -> int:
-        c = self.conn
-        with transaction(c):
-            row = c.execute("SELECT nextval('outbox_batch_ids')").fetchone()
-            assert row is not None
-            batch_id = int(row[0])
-            c.execute(
-                "INSERT INTO outbox_batches (batch_id, kind, aggregation, status, items, body_bytes, "
-                "created_at, run_id) VALUES (?, ?, ?, 'prepared', ?, ?, current_timestamp, ?)",
-                [batch_id, kind, aggregation, items.height, body_bytes, self.run_id],
-            )
-            table = "outbox_activity_items" if kind == "activities" else "outbox_metric_items"
-            insert_frame(
-                c, table, items.with_columns(pl.lit(batch_id, dtype=pl.Int64).alias("batch_id"))
-            )
-        return batch_id
+        return queries.insert_batch(
+            self.conn,
+            kind=kind,
+            aggregation=aggregation,
+            items=items,
+            body_bytes=body_bytes,
+            run_id=self.run_id,
+        )
 
     def _mark(
-        self, batch_id: int, status: str, *, note: str | None = None, sent: bool = False
+        self,
+        batch_id: int,
+        status: queries.BatchStatus,
+        *,
+        note: str | None = None,
+        sent: bool = False,
     ) -> None:
-        stamp = "sent_at" if sent else "settled_at"
-        self.conn.execute(
-            f"UPDATE outbox_batches SET status = ?, {stamp} = current_timestamp, "
-            "note = coalesce(?, note) WHERE batch_id = ?",
-            [status, note, batch_id],
-        )
+        queries.mark_batch(self.conn, batch_id=batch_id, status=status, note=note, sent=sent)
 
     def _settle_delivered(
         self,
@@ -573,14 +542,7 @@ class Publisher:
                     {"k": list(rejected), "error": list(rejected.values())},
                     schema={"k": pl.String, "error": pl.String},
                 )
-                c.register("_rejected", frame)
-                c.execute(
-                    "UPDATE outbox_metric_items AS i SET error = r.error FROM _rejected AS r "
-                    "WHERE i.batch_id = ? AND r.k = i.dimension_id || chr(31) || i.external_id "
-                    "|| chr(31) || i.model || chr(31) || CAST(i.day AS VARCHAR)",
-                    [batch_id],
-                )
-                c.unregister("_rejected")
+                queries.record_item_errors(c, batch_id=batch_id, errors=frame)
             note = (
                 f"Planhat rejected {len(rejected)} item(s); they are sent again next run"
                 if rejected
@@ -594,18 +556,6 @@ class Publisher:
             report.activity_units_sent += int(items["count"].sum())
         else:
             report.metric_items_sent += items.height - len(rejected or {})
-
-
-# Keys whose newest sent `last` batch has an unknown outcome (status discarded, sent_at set).
-_UNKNOWN_LAST_SQL = """
-SELECT i.day, i.model, i.external_id, i.dimension_id
-FROM outbox_metric_items AS i JOIN outbox_batches AS b USING (batch_id)
-WHERE b.aggregation = 'last' AND b.sent_at IS NOT NULL AND i.day IN (SELECT UNNEST(?::DATE[]))
-GROUP BY ALL
-HAVING max(i.batch_id) FILTER (WHERE b.status = 'discarded')
-     > coalesce(max(i.batch_id) FILTER (
-           WHERE b.status IN ('delivered', 'resolved_delivered') AND i.error IS NULL), -1)
-"""
 
 
 def _map_item_errors(

@@ -14,6 +14,11 @@ The tree::
     │   └── PageDriftError            (the rows changed between two page requests)
     ├── BatchError                    (also a ValueError: refused before sending)
     ├── ConfigError                   (also a ValueError)
+    │   └── UsageError                (the command line asks for what cannot be done)
+    ├── DayRejectedError              (day, source, rejected, total, limit, top reasons)
+    ├── DeliveryError                 (publishing stopped: batch_id, kind, items, status_code)
+    │   └── ItemTooLargeError         (item_bytes, max_bytes: one item over the body limit)
+    ├── BatchStateError               (batch_id, status: not a batch in doubt)
     └── WarehouseError
         └── WarehouseLockedError      (another process holds the DuckDB file)
 
@@ -23,7 +28,10 @@ bodies are truncated to ``MAX_ERROR_BODY`` characters.
 
 from __future__ import annotations
 
-from .types import HttpMethod, Service
+from collections.abc import Sequence
+from datetime import date
+
+from .types import BatchKind, HttpMethod, Service
 
 __all__ = [
     "MAX_ERROR_BODY",
@@ -31,14 +39,19 @@ __all__ = [
     "ApiStatusError",
     "ApiTransportError",
     "BatchError",
+    "BatchStateError",
     "ConfigError",
+    "DayRejectedError",
+    "DeliveryError",
     "DeliveryUnknownError",
+    "ItemTooLargeError",
     "PageDriftError",
     "PagingLimitError",
     "PayloadShapeError",
     "PayloadTooLargeError",
     "PendoAssetsError",
     "RateLimitedError",
+    "UsageError",
     "WarehouseError",
     "WarehouseLockedError",
 ]
@@ -137,3 +150,104 @@ class WarehouseError(PendoAssetsError):
 
 class WarehouseLockedError(WarehouseError):
     """Another process holds the DuckDB warehouse file open."""
+
+
+class UsageError(ConfigError):
+    """The command line asks for something that cannot be done (bad range, missing variable)."""
+
+
+class DayRejectedError(PendoAssetsError):
+    """A day holds more malformed rows than the configured share; it was not landed.
+
+    Args:
+        day: The subscription-local day.
+        pipeline: The pipeline's name, or None for feature events.
+        rejected: Rows that could not be used.
+        total: Rows Pendo returned.
+        limit: ``sync.max_quarantine_share``.
+        top: The most frequent reasons, with their row counts.
+    """
+
+    def __init__(
+        self,
+        *,
+        day: date,
+        pipeline: str | None,
+        rejected: int,
+        total: int,
+        limit: float,
+        top: Sequence[tuple[str, int]],
+    ) -> None:
+        self.day = day
+        self.pipeline = pipeline
+        self.rejected = rejected
+        self.total = total
+        self.limit = limit
+        self.top = list(top)
+        where = "" if pipeline is None else f" pipeline {pipeline!r}:"
+        super().__init__(f"{day}:{where} {self.problem}")
+
+    @property
+    def problem(self) -> str:
+        """What is wrong, without the day and pipeline that the message starts with."""
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in self.top)
+        if self.pipeline is None:
+            what = (
+                f"{self.rejected} of {self.total} Pendo rows are malformed "
+                f"({self.rejected / self.total:.1%}, "
+            )
+        else:
+            what = f"{self.rejected} of {self.total} result rows cannot be sent ("
+        return (
+            f"{what}over sync.max_quarantine_share {self.limit:.1%}): {reasons}. The day was "
+            "not landed; its previous data is unchanged."
+        )
+
+
+class DeliveryError(PendoAssetsError):
+    """Publishing stopped because Planhat did not accept a batch after retries.
+
+    Args:
+        message: What happened.
+        batch_id: The outbox batch, when one was written.
+        kind: ``activities`` or ``metrics``.
+        items: Items in the batch.
+        status_code: Planhat's HTTP status, when it answered with one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch_id: int | None = None,
+        kind: BatchKind | None = None,
+        items: int | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
+        self.kind = kind
+        self.items = items
+        self.status_code = status_code
+
+
+class ItemTooLargeError(DeliveryError):
+    """One item alone is over the body limit, so no batch can carry it."""
+
+    def __init__(self, *, item_bytes: int, max_bytes: int) -> None:
+        super().__init__(f"one item is {item_bytes} bytes, over the {max_bytes}-byte body limit")
+        self.item_bytes = item_bytes
+        self.max_bytes = max_bytes
+
+
+class BatchStateError(PendoAssetsError):
+    """A batch a user asked to resolve does not exist or is not in doubt."""
+
+    def __init__(self, *, batch_id: int, status: str | None) -> None:
+        if status is None:
+            message = f"batch {batch_id} does not exist"
+        else:
+            message = f"batch {batch_id} is {status}, not in doubt; nothing to resolve"
+        super().__init__(message)
+        self.batch_id = batch_id
+        self.status = status

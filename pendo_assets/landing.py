@@ -28,14 +28,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import queries
 from .config import Config, PipelineSpec
-from .errors import PageDriftError, PendoAssetsError
+from .errors import DayRejectedError, PageDriftError
 from .models import FEATURE_EVENT_SCHEMA, FeatureEventPage
+from .queries import insert_frame, transaction
 from .transforms import MetricFieldSpec, extract_metric_values
-from .warehouse import insert_frame, transaction
 
 __all__ = [
-    "DayRejectedError",
     "FeatureEventsDay",
     "PipelineDay",
     "fetch_pipeline_day",
@@ -52,10 +52,6 @@ DRIFT_ATTEMPTS = 3
 _QUARANTINE_SCHEMA = pa.schema(
     [("reason", pa.string()), ("raw", pa.string()), ("page", pa.int32())]
 )
-
-
-class DayRejectedError(PendoAssetsError):
-    """A day holds more malformed rows than the configured share; it was not landed."""
 
 
 class _Feature(Protocol):
@@ -160,34 +156,36 @@ def _ingest_feature_events_once(
     # The first page is on its way while the day's old rows are deleted.
     stream = _PageStream(pages, out)
     try:
-        conn.execute("BEGIN TRANSACTION")
-    except BaseException:
-        stream.abort()
-        raise
-    try:
-        _replace_day(conn, "raw_feature_events", day)
-        _replace_day(conn, "quarantine_feature_events", day)
-        reader = pa.RecordBatchReader.from_batches(FEATURE_EVENT_SCHEMA, stream.batches())
-        conn.register(_STREAM_VIEW, reader)
-        try:
-            with _bulk_insert(conn):
-                conn.execute(
-                    "INSERT INTO raw_feature_events BY NAME "
-                    f"SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM {_STREAM_VIEW}",
-                    [day, now],
+        with transaction(conn):
+            queries.delete_raw_feature_events_day(conn, day=day)
+            reader = pa.RecordBatchReader.from_batches(FEATURE_EVENT_SCHEMA, stream.batches())
+            conn.register(_STREAM_VIEW, reader)
+            try:
+                with _bulk_insert(conn):
+                    queries.insert_raw_feature_events_stream(
+                        conn, view=_STREAM_VIEW, day=day, now=now
+                    )
+            finally:
+                conn.unregister(_STREAM_VIEW)
+            stream.finish()  # raises what the fetch raised
+            out.fetch_seconds = stream.fetch_seconds
+            if out.quarantine_share > config.sync.max_quarantine_share:
+                raise _day_rejected(out, config)
+            if out.quarantined:
+                queries.insert_quarantined_feature_events(
+                    conn, day=day, now=now, path=out.rejects_path
                 )
-        finally:
-            conn.unregister(_STREAM_VIEW)
-        stream.finish()  # raises what the fetch raised
-        out.fetch_seconds = stream.fetch_seconds
-        if out.quarantine_share > config.sync.max_quarantine_share:
-            raise _day_rejected(out, config)
-        _land_rejects(conn, out, now)
-        _record_landed(conn, "feature_events", day, out.rows, out.quarantined, out.pages, now)
-        conn.execute("COMMIT")
+            queries.record_landed_day(
+                conn,
+                source="feature_events",
+                day=day,
+                rows=out.rows,
+                quarantined=out.quarantined,
+                pages=out.pages,
+                now=now,
+            )
     except BaseException:
         stream.abort()
-        conn.execute("ROLLBACK")
         raise
     finally:
         out.cleanup()
@@ -345,93 +343,41 @@ def _bulk_insert(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
       (about 90 MB more at 4M rows than at 1M). The blocks are already in the file, so dropping
       them costs nothing; the cap leaves each thread room for the row group it is building.
     """
-    threads_row = conn.execute("SELECT current_setting('threads')").fetchone()
-    threads = int(threads_row[0]) if threads_row else 1
+    threads = int(queries.duckdb_setting(conn, "threads") or 1)
     settings = {
         "preserve_insertion_order": "false",
         "disabled_compression_methods": "'fsst'",
         "write_buffer_row_group_count": "1",
         "memory_limit": f"'{_BULK_INSERT_MB_BASE + _BULK_INSERT_MB_PER_THREAD * threads}MB'",
     }
-    previous = {
-        name: conn.execute("SELECT current_setting(?)", [name]).fetchone() for name in settings
-    }
+    previous = {name: queries.duckdb_setting(conn, name) for name in settings}
     for name, value in settings.items():
-        conn.execute(f"SET {name} = {value}")
+        queries.set_duckdb_setting(conn, name, value)
     try:
         yield
     finally:
-        for name, row in previous.items():
-            old = row[0] if row else None
-            conn.execute(f"RESET {name}")
-            if old is None or old == "":
+        for name, old in previous.items():
+            queries.set_duckdb_setting(conn, name, None)
+            if not old:
                 continue
             # A setting shown rounded (a memory limit in GiB) is put back by RESET when it was
             # the default; only a value set before is set again.
-            now = conn.execute("SELECT current_setting(?)", [name]).fetchone()
-            if (now[0] if now else None) != old:
-                conn.execute(f"SET {name} = {_sql_literal(old)}")
+            if queries.duckdb_setting(conn, name) != old:
+                queries.set_duckdb_setting(conn, name, _sql_literal(old))
 
 
-def _sql_literal(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _land_rejects(conn: duckdb.DuckDBPyConnection, staged: FeatureEventsDay, now: datetime) -> None:
-    if staged.quarantined:
-        conn.execute(
-            "INSERT INTO quarantine_feature_events BY NAME "
-            "SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM read_parquet(?)",
-            [staged.day, now, str(staged.rejects_path)],
-        )
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _day_rejected(out: FeatureEventsDay, config: Config) -> DayRejectedError:
-    top = ", ".join(f"{reason} ({n})" for reason, n in out.reasons.most_common(3))
     return DayRejectedError(
-        f"{out.day}: {out.quarantined} of {out.rows + out.quarantined} Pendo rows are malformed "
-        f"({out.quarantine_share:.1%}, over sync.max_quarantine_share "
-        f"{config.sync.max_quarantine_share:.1%}): {top}. The day was not landed; its "
-        "previous data is unchanged."
-    )
-
-
-def _replace_day(
-    conn: duckdb.DuckDBPyConnection,
-    table: str,
-    day: date,
-    frame: pl.DataFrame | None = None,
-    *,
-    pipeline: str | None = None,
-) -> None:
-    """Delete one day's rows of ``table`` (of one pipeline) and insert ``frame``, in the caller's
-    transaction. ``day = ?`` rather than a list of days lets DuckDB skip row groups of other days.
-    ``table`` is one of this module's constants."""
-    if pipeline is None:
-        conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
-    else:
-        conn.execute(f"DELETE FROM {table} WHERE day = ? AND pipeline = ?", [day, pipeline])
-    if frame is not None:
-        insert_frame(conn, table, frame)
-
-
-def _record_landed(
-    conn: duckdb.DuckDBPyConnection,
-    source: str,
-    day: date,
-    rows: int,
-    quarantined: int,
-    pages: int,
-    now: datetime,
-) -> None:
-    # Delete then insert, in the caller's transaction: DuckDB's INSERT OR REPLACE (an upsert on
-    # the primary key) costs twice as much, once per landed (pipeline) day.
-    conn.execute("DELETE FROM landed_days WHERE source = ? AND day = ?", [source, day])
-    conn.execute(
-        "INSERT INTO landed_days VALUES (?, ?, ?, ?, ?, ?)",
-        [source, day, rows, quarantined, pages, now],
+        day=out.day,
+        pipeline=None,
+        rejected=out.quarantined,
+        total=out.rows + out.quarantined,
+        limit=config.sync.max_quarantine_share,
+        top=out.reasons.most_common(3),
     )
 
 
@@ -478,12 +424,13 @@ def fetch_pipeline_day(
     values, rejects = extract_metric_values(rows, day=day, spec=field_spec)
     bad_rows = len({id(row) for _, row in rejects})
     if rows and bad_rows / len(rows) > config.sync.max_quarantine_share:
-        top = Counter(reason for reason, _ in rejects).most_common(3)
         raise DayRejectedError(
-            f"{day}: pipeline {spec.name!r}: {bad_rows} of {len(rows)} result rows cannot be sent "
-            f"(over sync.max_quarantine_share {config.sync.max_quarantine_share:.1%}): "
-            + ", ".join(f"{r} ({n})" for r, n in top)
-            + ". The day was not landed; its previous data is unchanged."
+            day=day,
+            pipeline=spec.name,
+            rejected=bad_rows,
+            total=len(rows),
+            limit=config.sync.max_quarantine_share,
+            top=Counter(reason for reason, _ in rejects).most_common(3),
         )
     return PipelineDay(
         day=day, pipeline=spec.name, rows=rows, values=values, rejects=rejects, pages=pages
@@ -536,20 +483,18 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
         },
     )
     with transaction(conn):
-        for table, frame in (
-            ("raw_pipeline_results", raw),
-            ("pipeline_values", result.values),
-            ("quarantine_pipeline_results", rejects),
-        ):
-            _replace_day(conn, table, result.day, frame, pipeline=result.pipeline)
-        _record_landed(
+        queries.delete_pipeline_day(conn, day=result.day, pipeline=result.pipeline)
+        insert_frame(conn, "raw_pipeline_results", raw)
+        insert_frame(conn, "pipeline_values", result.values)
+        insert_frame(conn, "quarantine_pipeline_results", rejects)
+        queries.record_landed_day(
             conn,
-            f"pipeline:{result.pipeline}",
-            result.day,
-            len(result.rows),
-            len({id(r) for _, r in result.rejects}),
-            result.pages,
-            now,
+            source=f"pipeline:{result.pipeline}",
+            day=result.day,
+            rows=len(result.rows),
+            quarantined=len({id(r) for _, r in result.rejects}),
+            pages=result.pages,
+            now=now,
         )
 
 
@@ -571,11 +516,7 @@ def resolve_feature_actions(
         Pendo does not list (their id stands in for the name until Pendo lists them).
     """
     names = {f.id: f.name for f in pendo_features}
-    known = dict(
-        conn.execute(
-            "SELECT feature_id, action FROM feature_actions WHERE source = 'pendo'"
-        ).fetchall()
-    )
+    known = queries.feature_action_names(conn, source="pendo")
     warnings: list[str] = []
     rows: list[tuple[str, str, str | None, str]] = []
     for feature in config.features:
@@ -615,9 +556,6 @@ def resolve_feature_actions(
     )
     with transaction(conn):
         # Keep the first name of features no longer configured, for history (drift view).
-        conn.execute(
-            "DELETE FROM feature_actions WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
-            [frame["feature_id"].to_list()],
-        )
+        queries.delete_feature_actions(conn, feature_ids=frame["feature_id"].to_list())
         insert_frame(conn, "feature_actions", frame)
     return frame.select("feature_id", "action", "weight"), warnings

@@ -21,12 +21,14 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from . import queries
 from .build import build_definitions
 from .config import Config
-from .errors import ConfigError, WarehouseError
+from .errors import UsageError, WarehouseError
 from .jobs import SYNC_JOB
 from .partitions import last_complete_day
-from .warehouse import Warehouse, export_views, warehouse_path_from_env
+from .queries import export_views
+from .warehouse import Warehouse, warehouse_path_from_env
 
 __all__ = [
     "REQUIRED_ENV",
@@ -34,7 +36,6 @@ __all__ = [
     "UsageError",
     "ensure_dagster_home",
     "run_sync",
-    "sync_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ concurrency:
     default_limit: 1
     granularity: op
 """
-
-
-class UsageError(ConfigError):
-    """The command line asks for something that cannot be done (bad range, missing variable)."""
 
 
 @dataclass
@@ -225,18 +222,11 @@ def _read_back(outcome: SyncOutcome, warehouse: Warehouse, *, exports: bool) -> 
     exported here, so ``data/exports/`` always reflects the last run.
     """
     with warehouse.connect() as conn:
-        row = conn.execute("SELECT COUNT(*) FROM batches_in_doubt").fetchone()
-        outcome.batches_in_doubt = int(row[0]) if row else 0
-        outcome.summary = sync_summary(conn, days=outcome.days, run_id=outcome.run_id)
-        rejected = conn.execute(
-            "SELECT COUNT(*), min(i.error) FROM outbox_metric_items AS i "
-            "JOIN outbox_batches AS b USING (batch_id) "
-            "WHERE b.run_id = ? AND i.error IS NOT NULL",
-            [outcome.run_id],
-        ).fetchone()
-        if rejected:
-            outcome.items_rejected = int(rejected[0])
-            outcome.first_rejection = rejected[1]
+        outcome.batches_in_doubt = queries.count_batches_in_doubt(conn)
+        outcome.summary = queries.sync_summary(conn, days=outcome.days, run_id=outcome.run_id)
+        outcome.items_rejected, outcome.first_rejection = queries.rejected_items_of_run(
+            conn, run_id=outcome.run_id
+        )
         if exports:
             export_views(conn, warehouse.path.parent / "exports")
 
@@ -344,73 +334,3 @@ def _console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     handler.addFilter(_NoFailureStack())
     console.addHandler(handler)
     return console
-
-
-def sync_summary(conn: object, *, days: list[date], run_id: str | None) -> dict[str, int | float]:
-    """Headline numbers of a run, read back from the warehouse."""
-    import duckdb
-
-    assert isinstance(conn, duckdb.DuckDBPyConnection)
-
-    def one(sql: str, params: list[object]) -> int | float:
-        row = conn.execute(sql, params).fetchone()
-        return row[0] if row and row[0] is not None else 0
-
-    in_days = "day IN (SELECT UNNEST(?::DATE[]))"
-    return {
-        "days": len(days),
-        "events_landed": one(
-            f"SELECT SUM(num_events) FROM raw_feature_events WHERE {in_days}", [days]
-        ),
-        "rows_landed": one(
-            f"SELECT SUM(rows) FROM landed_days WHERE source = 'feature_events' AND {in_days}",
-            [days],
-        ),
-        "rows_quarantined": one(
-            f"SELECT SUM(quarantined) FROM landed_days WHERE {in_days}", [days]
-        ),
-        "activity_keys_matched": one(
-            f"SELECT COUNT(*) FROM matched_activities WHERE {in_days}", [days]
-        ),
-        "events_matched": one(f"SELECT SUM(count) FROM matched_activities WHERE {in_days}", [days]),
-        "unmatched_anonymous": one(
-            f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'anonymous' AND {in_days}",
-            [days],
-        ),
-        "unmatched_no_enduser": one(
-            f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'no_enduser' AND {in_days}",
-            [days],
-        ),
-        "unmatched_ambiguous": one(
-            f"SELECT SUM(num_events) FROM unmatched_visitors WHERE reason = 'ambiguous' AND {in_days}",
-            [days],
-        ),
-        "unmatched_visitors": one(
-            f"SELECT COUNT(DISTINCT visitor_id) FROM unmatched_visitors WHERE {in_days}", [days]
-        ),
-        "metric_values_matched": one(
-            f"SELECT COUNT(*) FROM matched_metrics WHERE {in_days}", [days]
-        ),
-        "unmatched_account_ids": one(
-            f"SELECT COUNT(DISTINCT id) FROM unmatched_accounts WHERE {in_days}", [days]
-        ),
-        "activity_items_sent": one(
-            "SELECT COUNT(*) FROM outbox_activity_items JOIN outbox_batches USING (batch_id) "
-            "WHERE run_id = ? AND status = 'delivered'",
-            [run_id],
-        ),
-        "activity_events_sent": one(
-            "SELECT SUM(count) FROM outbox_activity_items JOIN outbox_batches USING (batch_id) "
-            "WHERE run_id = ? AND status = 'delivered'",
-            [run_id],
-        ),
-        "metric_items_sent": one(
-            "SELECT COUNT(*) FROM outbox_metric_items JOIN outbox_batches USING (batch_id) "
-            "WHERE run_id = ? AND status = 'delivered' AND error IS NULL",
-            [run_id],
-        ),
-        "requests": one(
-            "SELECT COUNT(*) FROM outbox_batches WHERE run_id = ? AND sent_at IS NOT NULL", [run_id]
-        ),
-        "drift_keys": one("SELECT COUNT(*) FROM activity_drift", []),
-    }

@@ -1,64 +1,40 @@
-"""The DuckDB warehouse: connection, migrations, and the few write patterns the assets use.
+"""The DuckDB warehouse file: opening it, and its numbered migrations.
 
 DuckDB lets one process write a database file at a time, and a reader in another process
-blocks writers. So connections here are short, a lock held by someone else is reported at
-once with what to do about it, and every partition write replaces its days in one transaction.
+blocks writers. So connections here are short, and a lock held by someone else is reported at
+once with what to do about it. The statements run on the warehouse live in `pendo_assets.queries`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeAlias
 
 import duckdb
-import polars as pl
-import pyarrow as pa
 
+from . import queries
 from .errors import WarehouseError, WarehouseLockedError
 
-__all__ = [
-    "DEFAULT_WAREHOUSE",
-    "EXPORTED_VIEWS",
-    "Warehouse",
-    "apply_migrations",
-    "export_views",
-    "insert_frame",
-    "replace_days",
-    "replace_days_in_transaction",
-    "transaction",
-    "warehouse_path_from_env",
-]
+__all__ = ["DEFAULT_WAREHOUSE", "Warehouse", "apply_migrations", "warehouse_path_from_env"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WAREHOUSE = "data/warehouse.duckdb"
 
-# Views exported as Parquet after each run, so they can be queried without the warehouse lock.
-EXPORTED_VIEWS = (
-    "unmatched_visitors",
-    "unmatched_accounts",
-    "batches_in_doubt",
-    "activity_drift",
-    "sent_activities",
-    "sent_metrics",
-)
-
 _LOCK_PID = re.compile(r"PID (\d+)")
-# Table and view names are package constants; anything else is refused before it reaches SQL.
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
-_migrated: set[str] = set()
+# One migration at a time in this process: two connections to one file must not both create.
 _migrate_lock = threading.Lock()
 
 
-def warehouse_path_from_env(environ: dict[str, str] | None = None) -> Path:
+def warehouse_path_from_env(environ: Mapping[str, str] | None = None) -> Path:
     """The warehouse path: ``PENDO_PLANHAT_WAREHOUSE`` or ``data/warehouse.duckdb``.
 
     Args:
@@ -67,8 +43,6 @@ def warehouse_path_from_env(environ: dict[str, str] | None = None) -> Path:
     Returns:
         The path, relative paths taken from the working directory.
     """
-    import os
-
     env = os.environ if environ is None else environ
     return Path(env.get("PENDO_PLANHAT_WAREHOUSE") or DEFAULT_WAREHOUSE)
 
@@ -107,11 +81,10 @@ class Warehouse:
         conn = self._open(read_only=read_only)
         try:
             if not read_only:
-                key = str(self.path.resolve())
+                # Checked at every open (two short statements), never remembered per path: a
+                # file deleted and created again in the same process needs them again.
                 with _migrate_lock:
-                    if key not in _migrated:
-                        apply_migrations(conn)
-                        _migrated.add(key)
+                    apply_migrations(conn)
             yield conn
         finally:
             conn.close()
@@ -139,6 +112,7 @@ class Warehouse:
                 time.sleep(0.2)
 
 
+@cache
 def _migration_files() -> list[tuple[int, str, str]]:
     out = []
     for entry in resources.files("pendo_assets.sql").iterdir():
@@ -160,149 +134,12 @@ def apply_migrations(conn: duckdb.DuckDBPyConnection) -> list[int]:
     Returns:
         The versions applied by this call.
     """
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations "
-        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
-    )
-    done = {row[0] for row in conn.execute("SELECT version FROM _migrations").fetchall()}
+    done = queries.applied_migrations(conn)
     applied: list[int] = []
     for version, name, sql in _migration_files():
         if version in done:
             continue
-        with transaction(conn):
-            conn.execute(sql)
-            conn.execute(
-                "INSERT INTO _migrations VALUES (?, ?, current_timestamp)", [version, name]
-            )
+        queries.apply_migration(conn, version=version, name=name, sql=sql)
         applied.append(version)
         log.info("applied warehouse migration %s", name)
     return applied
-
-
-Frame: TypeAlias = pl.DataFrame | pa.Table
-
-
-@contextmanager
-def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on any exception.
-
-    Args:
-        conn: An open connection, not already inside a transaction.
-
-    Yields:
-        The same connection.
-    """
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def insert_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: Frame) -> int:
-    """Insert a Polars or Arrow frame into ``table`` by column name.
-
-    Args:
-        conn: An open connection (inside the caller's transaction, if any).
-        table: Target table; a trusted identifier from this package, never user input.
-        frame: Rows to insert; columns are matched by name.
-
-    Returns:
-        The number of rows inserted.
-    """
-    _check_identifier(table)
-    rows = frame.height if isinstance(frame, pl.DataFrame) else int(frame.num_rows)
-    if rows == 0:
-        return 0
-    conn.register("_insert_frame", frame)
-    try:
-        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _insert_frame")
-    finally:
-        conn.unregister("_insert_frame")
-    return rows
-
-
-def replace_days(
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    table: str,
-    days: Sequence[date],
-    frames: Sequence[Frame],
-    where: str = "",
-    params: Sequence[Any] = (),
-) -> int:
-    """Replace the rows of ``days`` in ``table`` with ``frames``, in one transaction.
-
-    On any error the transaction is rolled back, so the previous rows of those days stay.
-
-    Args:
-        conn: An open read-write connection, not inside a transaction.
-        table: Target table with a ``day`` column; a trusted identifier.
-        days: The days to replace.
-        frames: The new rows (may be empty: the days are then cleared).
-        where: Extra SQL condition on the delete, with ``?`` placeholders (e.g. one pipeline).
-        params: Values for the placeholders in ``where``.
-
-    Returns:
-        Rows inserted.
-    """
-    with transaction(conn):
-        n = replace_days_in_transaction(
-            conn, table=table, days=days, frames=frames, where=where, params=params
-        )
-    return n
-
-
-def replace_days_in_transaction(
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    table: str,
-    days: Sequence[date],
-    frames: Sequence[Frame],
-    where: str = "",
-    params: Sequence[Any] = (),
-) -> int:
-    """`replace_days` for a caller that manages the transaction itself."""
-    _check_identifier(table)
-    if "'" in where or '"' in where or ";" in where:
-        raise ValueError("where must hold ? placeholders, never quoted values")
-    extra = f" AND ({where})" if where else ""
-    conn.execute(
-        f"DELETE FROM {table} WHERE day IN (SELECT UNNEST(?::DATE[])){extra}",
-        [list(days), *params],
-    )
-    return sum(insert_frame(conn, table, frame) for frame in frames)
-
-
-def _check_identifier(name: str) -> None:
-    if not _IDENTIFIER.fullmatch(name):
-        raise ValueError(f"not a table name of this package: {name!r}")
-
-
-def export_views(
-    conn: duckdb.DuckDBPyConnection, directory: Path, views: Sequence[str] = EXPORTED_VIEWS
-) -> dict[str, int]:
-    """Write each view to ``directory/<view>.parquet`` (atomically replacing the old file).
-
-    Args:
-        conn: An open connection.
-        directory: Export folder, created on demand.
-        views: View names (trusted identifiers).
-
-    Returns:
-        Rows written per view.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    for view in views:
-        _check_identifier(view)
-        final = directory / f"{view}.parquet"
-        tmp = directory / f".{view}.parquet.tmp"
-        # The file name goes through the Python API, never into SQL text.
-        conn.sql(f"SELECT * FROM {view}").write_parquet(str(tmp))
-        tmp.replace(final)
-        row = conn.execute(f"SELECT COUNT(*) FROM {view}").fetchone()
-        counts[view] = int(row[0]) if row else 0
-    return counts

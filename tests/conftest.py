@@ -19,9 +19,10 @@ import duckdb
 import pytest
 
 from pendo_assets.config import Config, load_config
+from pendo_assets.queries import EXPORTED_VIEWS
 from pendo_assets.runner import SyncOutcome, run_sync
 from pendo_assets.sandbox import Sandbox, SandboxSpec
-from pendo_assets.warehouse import EXPORTED_VIEWS, Warehouse
+from pendo_assets.warehouse import Warehouse
 
 START = date(2026, 10, 27)
 END = date(2026, 11, 9)  # 14 days, across the end of daylight saving time in New York (Nov 1)

@@ -21,6 +21,7 @@ DAGSTER_FREE = [
     "pendo_assets.errors",
     "pendo_assets.landing",
     "pendo_assets.models",
+    "pendo_assets.queries",
     "pendo_assets.transforms",
     "pendo_assets.types",
     "pendo_assets.warehouse",
@@ -56,3 +57,19 @@ def test_public_names_are_listed_in_all(module):
     missing = public - set(mod.__all__)
     assert not missing, f"{module}: public but not in __all__: {sorted(missing)}"
     assert set(mod.__all__) <= set(dir(mod))
+
+
+def test_only_the_query_layer_runs_sql():
+    """Every statement lives in `pendo_assets.queries` (the sandbox, a separate program, aside)."""
+    runs_sql = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "sandbox" in path.parts or path.name == "queries.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"execute", "executemany", "sql", "query"}
+            ):
+                runs_sql.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert runs_sql == []

@@ -12,15 +12,14 @@ import duckdb
 import polars as pl
 import pytest
 
-from pendo_assets.delivery import (
+from pendo_assets.delivery import Publisher, PublishSettings, pack_batches, resolve_batch
+from pendo_assets.errors import (
+    ApiStatusError,
+    ApiTransportError,
     DeliveryError,
-    Publisher,
-    PublishSettings,
-    pack_batches,
-    resolve_batch,
+    DeliveryUnknownError,
 )
-from pendo_assets.errors import ApiStatusError, ApiTransportError, DeliveryUnknownError
-from pendo_assets.warehouse import insert_frame, replace_days
+from pendo_assets.queries import insert_frame, replace_days
 
 D1 = date(2026, 11, 1)
 D2 = date(2026, 11, 2)

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from pendo_assets.delivery import Publisher
-from pendo_assets.warehouse import replace_days
+from pendo_assets.queries import replace_days
 from tests.kill_harness import APPLIED_LATE, PINNED, Settings, run_harness
 
 from .conftest import KILL_REPORTS

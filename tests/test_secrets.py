@@ -301,7 +301,7 @@ def test_sql_text_interpolates_only_package_constants() -> None:
 
 
 def test_the_warehouse_refuses_identifiers_that_are_not_names(tmp_path: Path) -> None:
-    from pendo_assets.warehouse import export_views, insert_frame, replace_days
+    from pendo_assets.queries import export_views, insert_frame, replace_days
 
     with Warehouse(tmp_path / "w.duckdb").connect() as conn:
         hostile = "landed_days; DROP TABLE landed_days"
@@ -311,8 +311,6 @@ def test_the_warehouse_refuses_identifiers_that_are_not_names(tmp_path: Path) ->
             insert_frame(conn, hostile, __import__("polars").DataFrame({"a": [1]}))
         with pytest.raises(ValueError, match="not a table name"):
             export_views(conn, tmp_path / "exports", views=[hostile])
-        with pytest.raises(ValueError, match="placeholders"):
-            replace_days(conn, table="landed_days", days=[DAYS[0]], frames=[], where="source = 'x'")
         assert conn.execute("SELECT COUNT(*) FROM landed_days").fetchone() == (0,)
 
 

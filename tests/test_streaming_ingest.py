@@ -23,13 +23,9 @@ import pytest
 from pendo_assets.clients import PendoClient, RetryPolicy
 from pendo_assets.clients._http import Redactor, send_with_retries
 from pendo_assets.config import Config, parse_config
-from pendo_assets.delivery import DeliveryError, Publisher, PublishSettings, pack_batches
-from pendo_assets.errors import ApiStatusError, PageDriftError
-from pendo_assets.landing import (
-    DayRejectedError,
-    _bulk_insert,
-    ingest_feature_events,
-)
+from pendo_assets.delivery import Publisher, PublishSettings, pack_batches
+from pendo_assets.errors import ApiStatusError, DayRejectedError, DeliveryError, PageDriftError
+from pendo_assets.landing import _bulk_insert, ingest_feature_events
 from pendo_assets.transforms import daily_usage, match_activities
 
 from .test_http import Recorder, Sleeps

@@ -14,7 +14,7 @@ import dagster as dg
 import duckdb
 
 from ..config import SyncSettings
-from ..errors import ApiError, PayloadShapeError, WarehouseError
+from ..errors import DayRejectedError, PayloadShapeError, WarehouseError
 from ..partitions import partition_days
 from ..resources import WarehouseResource
 
@@ -133,17 +133,10 @@ def _malformed_after(exc: PayloadShapeError, attempts: int) -> PayloadShapeError
 
 
 def day_error(day: date, exc: BaseException, label: str = "") -> str:
-    """``2026-11-03[ label]: message`` on one line, not repeating what the message starts with."""
-    text = " ".join(str(exc).split())
-    for lead in (f"{day.isoformat()}: ", f"{label.strip()}: " if label else None):
-        if lead and text.startswith(lead):
-            text = text[len(lead) :]
-    return f"{day.isoformat()}{label}: {text}"
-
-
-def is_api_failure(exc: BaseException) -> bool:
-    """Errors that say the API is unusable now (every following day would fail the same)."""
-    return isinstance(exc, ApiError)
+    """``2026-11-03[ label]: problem`` on one line; the day and label come from the caller, the
+    problem from the error's own fields where it has them."""
+    text = exc.problem if isinstance(exc, DayRejectedError) else str(exc)
+    return f"{day.isoformat()}{label}: {' '.join(text.split())}"
 
 
 def failure_description(failures: Sequence[str], *, count: int, summary: str) -> str:

@@ -6,10 +6,11 @@ from collections import Counter
 import dagster as dg
 import polars as pl
 
+from .. import queries
 from ..config import Config
+from ..queries import replace_days_in_transaction, transaction
 from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
-from ..warehouse import replace_days_in_transaction, transaction
 from ._common import daily_asset, open_warehouse, run_days, window
 
 
@@ -43,20 +44,10 @@ def build_matching_assets(
         visitors_by_reason: Counter[str] = Counter()
         matched_keys = matched_events = 0
         with open_warehouse(warehouse) as conn:
-            objects = conn.execute(
-                "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
-            ).pl()
-            actions = conn.execute(
-                "SELECT feature_id, action, weight FROM feature_actions "
-                "WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
-                [feature_ids],
-            ).pl()
+            objects = queries.select_planhat_objects(conn)
+            actions = queries.select_feature_actions(conn, feature_ids=feature_ids)
             for day in days:
-                events = conn.execute(
-                    "SELECT day, visitor_id, account_id, feature_id, num_events "
-                    "FROM raw_feature_events WHERE day = ?",
-                    [day],
-                ).pl()
+                events = queries.select_feature_events(conn, day=day)
                 matched, unmatched = match_activities(
                     daily_usage(events.lazy()), objects.lazy(), actions.lazy()
                 )
@@ -119,14 +110,8 @@ def build_matching_assets(
         days = run_days(context)
         pipelines = [p.name for p in config.pipelines]
         with open_warehouse(warehouse) as conn:
-            objects = conn.execute(
-                "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
-            ).pl()
-            values = conn.execute(
-                "SELECT day, pipeline, model, id, dimension_id, value, aggregation FROM pipeline_values "
-                "WHERE day IN (SELECT UNNEST(?::DATE[])) AND pipeline IN (SELECT UNNEST(?::VARCHAR[]))",
-                [days, pipelines],
-            ).pl()
+            objects = queries.select_planhat_objects(conn)
+            values = queries.select_pipeline_values(conn, days=days, pipelines=pipelines)
             matched, unmatched = match_metrics(values.lazy(), objects.lazy())
             m, u = pl.collect_all([matched, unmatched])
             with transaction(conn):

@@ -24,7 +24,6 @@ from ._common import (
     daily_asset,
     day_error,
     failure_description,
-    is_api_failure,
     open_warehouse,
     reread,
     run_days,
@@ -258,7 +257,8 @@ class _Attempts:
 
     def failure(self, day: date, exc: BaseException, label: str = "") -> str:
         """Record a (pipeline) day that failed; returns its one-line description."""
-        self.streak = self.streak + 1 if is_api_failure(exc) else 0
+        # A failure of the data, not of the API, does not count towards the streak.
+        self.streak = self.streak + 1 if isinstance(exc, ApiError) else 0
         self.failed.append(day_error(day, exc, label))
         self.count += 1
         return self.failed[-1]

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from .. import queries
 from ..config import Config, SyncSettings
 from ..errors import ApiError
 from ..models import PlanhatSnapshot
 from ..resources import PlanhatResource, WarehouseResource
-from ..warehouse import insert_frame, transaction
 from ._common import WAREHOUSE_POOL, open_warehouse, reread
 
 MODEL_NAMES = {
@@ -76,9 +76,8 @@ def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefin
                 allow_retries=False,
             ) from None
         objects = snapshot_objects(snapshot, taken_at=datetime.now(UTC).replace(tzinfo=None))
-        with open_warehouse(warehouse) as conn, transaction(conn):
-            conn.execute("DELETE FROM planhat_objects")
-            insert_frame(conn, "planhat_objects", objects)
+        with open_warehouse(warehouse) as conn:
+            queries.replace_planhat_objects(conn, objects)
         metadata: dict[str, int] = {}
         for model in MODEL_NAMES.values():
             part = objects.filter(pl.col("model") == model)

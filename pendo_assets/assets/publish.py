@@ -3,9 +3,10 @@
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
 import dagster as dg
 
-from ..delivery import DeliveryError, Publisher
+from ..delivery import Publisher
+from ..errors import DeliveryError
+from ..queries import export_views
 from ..resources import PlanhatResource, WarehouseResource
-from ..warehouse import export_views
 from ._common import daily_asset, open_warehouse, run_days, window
 
 

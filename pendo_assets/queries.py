@@ -1,0 +1,647 @@
+"""Every statement the product runs on the warehouse, each a named function, typed in and out.
+
+Assets, checks, the runner and the CLI call these; nothing else in the package writes SQL
+(``tests/test_architecture.py`` holds to that). The tables and views are created by the numbered
+files in ``sql/``, which `pendo_assets.warehouse` applies with `apply_migration` when it opens
+the file. Every transaction goes through `transaction`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from .types import BatchKind
+
+__all__ = [
+    "EXPORTED_VIEWS",
+    "BatchStatus",
+    "Frame",
+    "activity_drift_totals",
+    "applied_migrations",
+    "apply_migration",
+    "count_batches_in_doubt",
+    "delete_feature_actions",
+    "delete_pipeline_day",
+    "delete_raw_feature_events_day",
+    "duckdb_setting",
+    "export_views",
+    "feature_action_names",
+    "insert_batch",
+    "insert_frame",
+    "insert_quarantined_feature_events",
+    "insert_raw_feature_events_stream",
+    "mark_batch",
+    "match_totals",
+    "next_batch_id",
+    "quarantined_visitor_id_rows",
+    "record_item_errors",
+    "record_landed_day",
+    "rejected_items_of_run",
+    "replace_days",
+    "replace_days_in_transaction",
+    "replace_planhat_objects",
+    "resolve_batch_status",
+    "select_batch_status",
+    "select_batches_in_doubt",
+    "select_current_activities",
+    "select_current_metrics",
+    "select_feature_actions",
+    "select_feature_events",
+    "select_held_activity_keys",
+    "select_held_metric_keys",
+    "select_ledger_activities",
+    "select_ledger_metrics",
+    "select_pipeline_values",
+    "select_planhat_objects",
+    "set_duckdb_setting",
+    "settle_interrupted_batches",
+    "sync_summary",
+    "transaction",
+]
+
+Conn: TypeAlias = duckdb.DuckDBPyConnection
+Frame: TypeAlias = pl.DataFrame | pa.Table
+
+# Views exported as Parquet after each run, so they can be queried without the warehouse lock.
+EXPORTED_VIEWS = (
+    "unmatched_visitors",
+    "unmatched_accounts",
+    "batches_in_doubt",
+    "activity_drift",
+    "sent_activities",
+    "sent_metrics",
+)
+# Table and view names are package constants; anything else is refused before it reaches SQL.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+BatchStatus = Literal[
+    "prepared",
+    "sending",
+    "delivered",
+    "failed",
+    "discarded",
+    "in_doubt",
+    "resolved_delivered",
+    "resolved_resend",
+]
+
+_IN_DAYS = "day IN (SELECT UNNEST(?::DATE[]))"
+
+
+def _scalar(conn: Conn, sql: str, params: Sequence[object] = ()) -> int | float:
+    row = conn.execute(sql, list(params)).fetchone()
+    return row[0] if row and row[0] is not None else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Transactions, generic writes, migrations and exports
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def transaction(conn: Conn) -> Iterator[Conn]:
+    """``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on any exception.
+
+    Every transaction of the product goes through here.
+
+    Args:
+        conn: An open connection, not already inside a transaction.
+
+    Yields:
+        The same connection.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def insert_frame(conn: Conn, table: str, frame: Frame) -> int:
+    """Insert a Polars or Arrow frame into ``table`` by column name.
+
+    Args:
+        conn: An open connection (inside the caller's transaction, if any).
+        table: Target table; a trusted identifier from this package, never user input.
+        frame: Rows to insert; columns are matched by name.
+
+    Returns:
+        The number of rows inserted.
+    """
+    _check_identifier(table)
+    rows = frame.height if isinstance(frame, pl.DataFrame) else int(frame.num_rows)
+    if rows == 0:
+        return 0
+    conn.register("_insert_frame", frame)
+    try:
+        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _insert_frame")
+    finally:
+        conn.unregister("_insert_frame")
+    return rows
+
+
+def replace_days(conn: Conn, *, table: str, days: Sequence[date], frames: Sequence[Frame]) -> int:
+    """Replace the rows of ``days`` in ``table`` with ``frames``, in one transaction.
+
+    On any error the transaction is rolled back, so the previous rows of those days stay.
+
+    Args:
+        conn: An open read-write connection, not inside a transaction.
+        table: Target table with a ``day`` column; a trusted identifier.
+        days: The days to replace.
+        frames: The new rows (may be empty: the days are then cleared).
+
+    Returns:
+        Rows inserted.
+    """
+    with transaction(conn):
+        return replace_days_in_transaction(conn, table=table, days=days, frames=frames)
+
+
+def replace_days_in_transaction(
+    conn: Conn, *, table: str, days: Sequence[date], frames: Sequence[Frame]
+) -> int:
+    """`replace_days` inside the caller's transaction."""
+    _check_identifier(table)
+    conn.execute(f"DELETE FROM {table} WHERE {_IN_DAYS}", [list(days)])
+    return sum(insert_frame(conn, table, frame) for frame in frames)
+
+
+def _check_identifier(name: str) -> None:
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a table name of this package: {name!r}")
+
+
+def applied_migrations(conn: Conn) -> set[int]:
+    """The versions recorded in ``_migrations`` (the table is created when missing)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    return {row[0] for row in conn.execute("SELECT version FROM _migrations").fetchall()}
+
+
+def apply_migration(conn: Conn, *, version: int, name: str, sql: str) -> None:
+    """Run one migration's DDL and record it, in one transaction."""
+    with transaction(conn):
+        conn.execute(sql)
+        conn.execute("INSERT INTO _migrations VALUES (?, ?, current_timestamp)", [version, name])
+
+
+def export_views(
+    conn: Conn, directory: Path, views: Sequence[str] = EXPORTED_VIEWS
+) -> dict[str, int]:
+    """Write each view to ``directory/<view>.parquet`` (atomically replacing the old file).
+
+    Args:
+        conn: An open connection.
+        directory: Export folder, created on demand.
+        views: View names (trusted identifiers).
+
+    Returns:
+        Rows written per view.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for view in views:
+        _check_identifier(view)
+        final = directory / f"{view}.parquet"
+        tmp = directory / f".{view}.parquet.tmp"
+        # The file name goes through the Python API, never into SQL text.
+        conn.sql(f"SELECT * FROM {view}").write_parquet(str(tmp))
+        tmp.replace(final)
+        counts[view] = int(_scalar(conn, f"SELECT COUNT(*) FROM {view}"))
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Landing
+# --------------------------------------------------------------------------------------------
+
+
+def delete_raw_feature_events_day(conn: Conn, *, day: date) -> None:
+    """Delete one day of raw and quarantined feature events (in the caller's transaction).
+
+    ``day = ?`` rather than a list of days lets DuckDB skip row groups of other days.
+    """
+    conn.execute("DELETE FROM raw_feature_events WHERE day = ?", [day])
+    conn.execute("DELETE FROM quarantine_feature_events WHERE day = ?", [day])
+
+
+def insert_raw_feature_events_stream(conn: Conn, *, view: str, day: date, now: datetime) -> None:
+    """Insert the decoded rows registered as ``view`` (an Arrow stream) into raw_feature_events."""
+    conn.execute(
+        "INSERT INTO raw_feature_events BY NAME "
+        f"SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM {view}",
+        [day, now],
+    )
+
+
+def insert_quarantined_feature_events(conn: Conn, *, day: date, now: datetime, path: Path) -> None:
+    """Insert a day's rejected rows, staged as Parquet at ``path``, into the quarantine."""
+    conn.execute(
+        "INSERT INTO quarantine_feature_events BY NAME "
+        "SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM read_parquet(?)",
+        [day, now, str(path)],
+    )
+
+
+def delete_pipeline_day(conn: Conn, *, day: date, pipeline: str) -> None:
+    """Delete one pipeline's raw results, values and quarantined rows of one day."""
+    for table in ("raw_pipeline_results", "pipeline_values", "quarantine_pipeline_results"):
+        conn.execute(f"DELETE FROM {table} WHERE day = ? AND pipeline = ?", [day, pipeline])
+
+
+def record_landed_day(
+    conn: Conn,
+    *,
+    source: str,
+    day: date,
+    rows: int,
+    quarantined: int,
+    pages: int,
+    now: datetime,
+) -> None:
+    """Replace the ``landed_days`` entry of a source and day (in the caller's transaction).
+
+    Delete then insert: DuckDB's INSERT OR REPLACE (an upsert on the primary key) costs twice as
+    much, once per landed (pipeline) day.
+    """
+    conn.execute("DELETE FROM landed_days WHERE source = ? AND day = ?", [source, day])
+    conn.execute(
+        "INSERT INTO landed_days VALUES (?, ?, ?, ?, ?, ?)",
+        [source, day, rows, quarantined, pages, now],
+    )
+
+
+def duckdb_setting(conn: Conn, name: str) -> str | None:
+    """The current value of a DuckDB setting, as text."""
+    row = conn.execute("SELECT current_setting(?)", [name]).fetchone()
+    value = None if row is None else row[0]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return None if value is None else str(value)
+
+
+def set_duckdb_setting(conn: Conn, name: str, value: str | None) -> None:
+    """``SET name = value`` (``value`` a SQL literal from this package), or ``RESET`` for None."""
+    if value is None:
+        conn.execute(f"RESET {name}")
+    else:
+        conn.execute(f"SET {name} = {value}")
+
+
+def feature_action_names(conn: Conn, *, source: str | None = None) -> dict[str, str]:
+    """``feature_id -> action`` of the known features (of one naming ``source``, or all)."""
+    if source is None:
+        rows = conn.execute("SELECT feature_id, action FROM feature_actions").fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT feature_id, action FROM feature_actions WHERE source = ?", [source]
+        ).fetchall()
+    return dict(rows)
+
+
+def delete_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> None:
+    """Forget the actions of these features (in the caller's transaction)."""
+    conn.execute(
+        "DELETE FROM feature_actions WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
+        [list(feature_ids)],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshot and matching
+# --------------------------------------------------------------------------------------------
+
+
+def replace_planhat_objects(conn: Conn, objects: pl.DataFrame) -> None:
+    """Replace the whole Planhat snapshot in one transaction."""
+    with transaction(conn):
+        conn.execute("DELETE FROM planhat_objects")
+        insert_frame(conn, "planhat_objects", objects)
+
+
+def select_planhat_objects(conn: Conn) -> pl.DataFrame:
+    """The snapshot's objects as matching needs them."""
+    return conn.execute(
+        "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
+    ).pl()
+
+
+def select_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> pl.DataFrame:
+    """``feature_id, action, weight`` of the configured features."""
+    return conn.execute(
+        "SELECT feature_id, action, weight FROM feature_actions "
+        "WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
+        [list(feature_ids)],
+    ).pl()
+
+
+def select_feature_events(conn: Conn, *, day: date) -> pl.DataFrame:
+    """One day's raw feature-event rows, with the columns matching needs."""
+    return conn.execute(
+        "SELECT day, visitor_id, account_id, feature_id, num_events "
+        "FROM raw_feature_events WHERE day = ?",
+        [day],
+    ).pl()
+
+
+def select_pipeline_values(
+    conn: Conn, *, days: Sequence[date], pipelines: Sequence[str]
+) -> pl.DataFrame:
+    """The metric values of these pipelines and days."""
+    return conn.execute(
+        "SELECT day, pipeline, model, id, dimension_id, value, aggregation FROM pipeline_values "
+        f"WHERE {_IN_DAYS} AND pipeline IN (SELECT UNNEST(?::VARCHAR[]))",
+        [list(days), list(pipelines)],
+    ).pl()
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def quarantined_visitor_id_rows(conn: Conn, *, days: Sequence[date]) -> list[tuple[date, int]]:
+    """Per day, the rows quarantined for a missing or bad visitorId."""
+    rows = conn.execute(
+        "SELECT day, COUNT(*) FROM quarantine_feature_events "
+        f"WHERE {_IN_DAYS} AND reason ILIKE 'visitorId%' GROUP BY day ORDER BY day",
+        [list(days)],
+    ).fetchall()
+    return [(d, int(n)) for d, n in rows]
+
+
+def match_totals(conn: Conn, *, days: Sequence[date]) -> tuple[int, int]:
+    """Events matched, and identified events not matched, over ``days``."""
+    day_list = list(days)
+    matched = _scalar(
+        conn, f"SELECT SUM(count) FROM matched_activities WHERE {_IN_DAYS}", [day_list]
+    )
+    unmatched = _scalar(
+        conn,
+        f"SELECT SUM(num_events) FROM unmatched_visitor_rows WHERE {_IN_DAYS} "
+        "AND reason <> 'anonymous'",
+        [day_list],
+    )
+    return int(matched), int(unmatched)
+
+
+def select_batches_in_doubt(conn: Conn) -> list[tuple[int, str, str | None, int, datetime, str]]:
+    """``batch_id, kind, aggregation, items, sent_at, note`` of every batch in doubt."""
+    return conn.execute(
+        "SELECT batch_id, kind, aggregation, items, sent_at, note FROM batches_in_doubt "
+        "ORDER BY batch_id"
+    ).fetchall()
+
+
+def count_batches_in_doubt(conn: Conn) -> int:
+    """How many batches have an unknown outcome."""
+    return int(_scalar(conn, "SELECT COUNT(*) FROM batches_in_doubt"))
+
+
+def activity_drift_totals(conn: Conn) -> tuple[int, int]:
+    """Keys in ``activity_drift`` and the events Planhat holds beyond Pendo's counts."""
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(sent - source), 0) FROM activity_drift"
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The outbox and the ledger
+# --------------------------------------------------------------------------------------------
+
+
+def select_current_activities(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
+    """What Pendo says now, per activity key."""
+    return conn.execute(
+        "SELECT day, external_id, action, count, weight, company_external_id, feature_ids "
+        f"FROM matched_activities WHERE {_IN_DAYS}",
+        [list(days)],
+    ).pl()
+
+
+def select_ledger_activities(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
+    """What Planhat holds, per activity key."""
+    return conn.execute(f"SELECT * FROM ledger_activities WHERE {_IN_DAYS}", [list(days)]).pl()
+
+
+def select_held_activity_keys(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
+    """Activity keys held back by a batch in doubt."""
+    return conn.execute(f"SELECT * FROM held_activity_keys WHERE {_IN_DAYS}", [list(days)]).pl()
+
+
+def select_current_metrics(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
+    """What Pendo says now, per metric key."""
+    return conn.execute(
+        "SELECT day, model, external_id, dimension_id, value, aggregation "
+        f"FROM matched_metrics WHERE {_IN_DAYS}",
+        [list(days)],
+    ).pl()
+
+
+# Keys whose newest sent `last` batch has an unknown outcome (status discarded, sent_at set).
+_UNKNOWN_LAST = f"""
+SELECT i.day, i.model, i.external_id, i.dimension_id
+FROM outbox_metric_items AS i JOIN outbox_batches AS b USING (batch_id)
+WHERE b.aggregation = 'last' AND b.sent_at IS NOT NULL AND i.{_IN_DAYS}
+GROUP BY ALL
+HAVING max(i.batch_id) FILTER (WHERE b.status = 'discarded')
+     > coalesce(max(i.batch_id) FILTER (
+           WHERE b.status IN ('delivered', 'resolved_delivered') AND i.error IS NULL), -1)
+"""
+
+
+def select_ledger_metrics(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
+    """What Planhat holds, per metric key: ``last_value`` (null when unknown) and ``sum_value``.
+
+    A `last` batch sent without a recorded answer (then discarded at recovery) may hold the value
+    Planhat shows now: until a later batch of the key is delivered, its last value is unknown,
+    so the current value is sent again even if it equals the last one delivered.
+    """
+    day_list = list(days)
+    return conn.execute(
+        "SELECT l.day, l.model, l.external_id, l.dimension_id, "
+        "CASE WHEN u.day IS NULL THEN l.last_value END AS last_value, l.sum_value "
+        f"FROM (SELECT * FROM ledger_metrics WHERE {_IN_DAYS}) AS l "
+        f"LEFT JOIN ({_UNKNOWN_LAST}) AS u USING (day, model, external_id, dimension_id)",
+        [day_list, day_list],
+    ).pl()
+
+
+def select_held_metric_keys(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
+    """Metric keys held back by a batch in doubt."""
+    return conn.execute(f"SELECT * FROM held_metric_keys WHERE {_IN_DAYS}", [list(days)]).pl()
+
+
+def select_batch_status(conn: Conn, *, batch_id: int) -> str | None:
+    """A batch's status, or None when there is no such batch."""
+    row = conn.execute(
+        "SELECT status FROM outbox_batches WHERE batch_id = ?", [batch_id]
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def settle_interrupted_batches(
+    conn: Conn,
+    *,
+    status: BatchStatus,
+    to: BatchStatus,
+    note: str,
+    kind: BatchKind | None = None,
+    aggregation: str | None = None,
+) -> int:
+    """Move every batch in ``status`` (of ``kind`` and ``aggregation`` when given) to ``to``.
+
+    Returns:
+        How many batches moved.
+    """
+    rows = conn.execute(
+        "UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, note = ? "
+        "WHERE status = ? AND (?::VARCHAR IS NULL OR kind = ?) "
+        "AND (?::VARCHAR IS NULL OR aggregation = ?) RETURNING batch_id",
+        [to, note, status, kind, kind, aggregation, aggregation],
+    ).fetchall()
+    return len(rows)
+
+
+def next_batch_id(conn: Conn) -> int:
+    """A new batch id from the outbox's sequence."""
+    return int(_scalar(conn, "SELECT nextval('outbox_batch_ids')"))
+
+
+def insert_batch(
+    conn: Conn,
+    *,
+    kind: BatchKind,
+    aggregation: str | None,
+    items: pl.DataFrame,
+    body_bytes: int,
+    run_id: str | None,
+) -> int:
+    """Write a batch and its items to the outbox as ``prepared``, in one transaction.
+
+    Returns:
+        The new batch id.
+    """
+    with transaction(conn):
+        batch_id = next_batch_id(conn)
+        conn.execute(
+            "INSERT INTO outbox_batches (batch_id, kind, aggregation, status, items, body_bytes, "
+            "created_at, run_id) VALUES (?, ?, ?, 'prepared', ?, ?, current_timestamp, ?)",
+            [batch_id, kind, aggregation, items.height, body_bytes, run_id],
+        )
+        table = "outbox_activity_items" if kind == "activities" else "outbox_metric_items"
+        insert_frame(
+            conn, table, items.with_columns(pl.lit(batch_id, dtype=pl.Int64).alias("batch_id"))
+        )
+    return batch_id
+
+
+def mark_batch(
+    conn: Conn, *, batch_id: int, status: BatchStatus, note: str | None = None, sent: bool = False
+) -> None:
+    """Set a batch's status, stamping ``sent_at`` (``sent``) or ``settled_at``; keeps the note
+    when ``note`` is None."""
+    stamp = "sent_at" if sent else "settled_at"
+    conn.execute(
+        f"UPDATE outbox_batches SET status = ?, {stamp} = current_timestamp, "
+        "note = coalesce(?, note) WHERE batch_id = ?",
+        [status, note, batch_id],
+    )
+
+
+def resolve_batch_status(conn: Conn, *, batch_id: int, status: BatchStatus, note: str) -> None:
+    """A user's decision on a batch in doubt, appended to its note."""
+    conn.execute(
+        "UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, "
+        "note = coalesce(note || '; ', '') || ? WHERE batch_id = ?",
+        [status, note, batch_id],
+    )
+
+
+def record_item_errors(conn: Conn, *, batch_id: int, errors: pl.DataFrame) -> None:
+    """Set ``error`` on the metric items of a batch that Planhat named in its answer.
+
+    Args:
+        conn: An open connection (inside the caller's transaction).
+        batch_id: The batch.
+        errors: ``k`` (dimension_id, external_id, model and day joined by chr(31)) and ``error``.
+    """
+    conn.register("_rejected", errors)
+    try:
+        conn.execute(
+            "UPDATE outbox_metric_items AS i SET error = r.error FROM _rejected AS r "
+            "WHERE i.batch_id = ? AND r.k = i.dimension_id || chr(31) || i.external_id "
+            "|| chr(31) || i.model || chr(31) || CAST(i.day AS VARCHAR)",
+            [batch_id],
+        )
+    finally:
+        conn.unregister("_rejected")
+
+
+def rejected_items_of_run(conn: Conn, *, run_id: str | None) -> tuple[int, str | None]:
+    """Metric items of a run that Planhat answered 200 to but listed as failed, and the first
+    error."""
+    row = conn.execute(
+        "SELECT COUNT(*), min(i.error) FROM outbox_metric_items AS i "
+        "JOIN outbox_batches AS b USING (batch_id) WHERE b.run_id = ? AND i.error IS NOT NULL",
+        [run_id],
+    ).fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Run summary
+# --------------------------------------------------------------------------------------------
+
+_SUMMARY_BY_DAYS = {
+    "events_landed": f"SELECT SUM(num_events) FROM raw_feature_events WHERE {_IN_DAYS}",
+    "rows_landed": "SELECT SUM(rows) FROM landed_days "
+    f"WHERE source = 'feature_events' AND {_IN_DAYS}",
+    "rows_quarantined": f"SELECT SUM(quarantined) FROM landed_days WHERE {_IN_DAYS}",
+    "activity_keys_matched": f"SELECT COUNT(*) FROM matched_activities WHERE {_IN_DAYS}",
+    "events_matched": f"SELECT SUM(count) FROM matched_activities WHERE {_IN_DAYS}",
+    "unmatched_anonymous": "SELECT SUM(num_events) FROM unmatched_visitors "
+    f"WHERE reason = 'anonymous' AND {_IN_DAYS}",
+    "unmatched_no_enduser": "SELECT SUM(num_events) FROM unmatched_visitors "
+    f"WHERE reason = 'no_enduser' AND {_IN_DAYS}",
+    "unmatched_ambiguous": "SELECT SUM(num_events) FROM unmatched_visitors "
+    f"WHERE reason = 'ambiguous' AND {_IN_DAYS}",
+    "unmatched_visitors": "SELECT COUNT(DISTINCT visitor_id) FROM unmatched_visitors "
+    f"WHERE {_IN_DAYS}",
+    "metric_values_matched": f"SELECT COUNT(*) FROM matched_metrics WHERE {_IN_DAYS}",
+    "unmatched_account_ids": f"SELECT COUNT(DISTINCT id) FROM unmatched_accounts WHERE {_IN_DAYS}",
+}
+_DELIVERED_OF_RUN = "JOIN outbox_batches USING (batch_id) WHERE run_id = ? AND status = 'delivered'"
+_SUMMARY_BY_RUN = {
+    "activity_items_sent": f"SELECT COUNT(*) FROM outbox_activity_items {_DELIVERED_OF_RUN}",
+    "activity_events_sent": f"SELECT SUM(count) FROM outbox_activity_items {_DELIVERED_OF_RUN}",
+    "metric_items_sent": f"SELECT COUNT(*) FROM outbox_metric_items {_DELIVERED_OF_RUN} "
+    "AND error IS NULL",
+    "requests": "SELECT COUNT(*) FROM outbox_batches WHERE run_id = ? AND sent_at IS NOT NULL",
+}
+
+
+def sync_summary(conn: Conn, *, days: Sequence[date], run_id: str | None) -> dict[str, int | float]:
+    """Headline numbers of a run: what its days landed and matched, and what the run sent."""
+    day_list = list(days)
+    summary: dict[str, int | float] = {"days": len(day_list)}
+    for name, sql in _SUMMARY_BY_DAYS.items():
+        summary[name] = _scalar(conn, sql, [day_list])
+    for name, sql in _SUMMARY_BY_RUN.items():
+        summary[name] = _scalar(conn, sql, [run_id])
+    summary["drift_keys"] = _scalar(conn, "SELECT COUNT(*) FROM activity_drift")
+    return summary

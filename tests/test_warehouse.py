@@ -1,0 +1,57 @@
+"""The warehouse file: migrations on open, and the one transaction helper."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from pendo_assets import queries
+from pendo_assets.warehouse import Warehouse, apply_migrations
+
+DAY = date(2026, 11, 2)
+
+
+def _tables(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = conn.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    return {name for (name,) in rows}
+
+
+def test_migrations_are_recorded_and_applying_them_again_is_a_no_op(tmp_path: Path) -> None:
+    with Warehouse(tmp_path / "w.duckdb").connect() as conn:
+        versions = queries.applied_migrations(conn)
+        assert versions and min(versions) == 1
+        assert apply_migrations(conn) == []
+        assert {"raw_feature_events", "outbox_batches", "unmatched_visitors"} <= _tables(conn)
+
+
+def test_a_warehouse_deleted_and_created_again_in_one_process_is_migrated_again(
+    tmp_path: Path,
+) -> None:
+    # Two in-process `demo` runs do this: the first warehouse is removed, a new one opened at
+    # the same path. Remembering "already migrated" per path for the process left it empty.
+    path = tmp_path / "w.duckdb"
+    with Warehouse(path).connect() as conn:
+        assert "raw_feature_events" in _tables(conn)
+    path.unlink()
+    with Warehouse(path).connect() as conn:
+        assert "raw_feature_events" in _tables(conn)
+        assert conn.execute("SELECT COUNT(*) FROM raw_feature_events").fetchone() == (0,)
+
+
+def test_a_failed_transaction_leaves_the_previous_rows(tmp_path: Path) -> None:
+    frame = pl.DataFrame(
+        {"day": [DAY], "pipeline": ["p"], "model": ["Company"], "id": ["a"]},
+        schema={"day": pl.Date, "pipeline": pl.String, "model": pl.String, "id": pl.String},
+    ).with_columns(reason=pl.lit("no_object"))
+    with Warehouse(tmp_path / "w.duckdb").connect() as conn:
+        queries.replace_days(conn, table="unmatched_account_rows", days=[DAY], frames=[frame])
+        with pytest.raises(RuntimeError), queries.transaction(conn):
+            queries.replace_days_in_transaction(
+                conn, table="unmatched_account_rows", days=[DAY], frames=[]
+            )
+            raise RuntimeError("stop")
+        assert conn.execute("SELECT id FROM unmatched_account_rows").fetchall() == [("a",)]
