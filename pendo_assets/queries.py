@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -452,33 +454,10 @@ def select_current_metrics(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
     ).pl()
 
 
-# Keys whose newest sent `last` batch has an unknown outcome (status discarded, sent_at set).
-_UNKNOWN_LAST = f"""
-SELECT i.day, i.model, i.external_id, i.dimension_id
-FROM outbox_metric_items AS i JOIN outbox_batches AS b USING (batch_id)
-WHERE b.aggregation = 'last' AND b.sent_at IS NOT NULL AND i.{_IN_DAYS}
-GROUP BY ALL
-HAVING max(i.batch_id) FILTER (WHERE b.status = 'discarded')
-     > coalesce(max(i.batch_id) FILTER (
-           WHERE b.status IN ('delivered', 'resolved_delivered') AND i.error IS NULL), -1)
-"""
-
-
 def select_ledger_metrics(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
-    """What Planhat holds, per metric key: ``last_value`` (null when unknown) and ``sum_value``.
-
-    A `last` batch sent without a recorded answer (then discarded at recovery) may hold the value
-    Planhat shows now: until a later batch of the key is delivered, its last value is unknown,
-    so the current value is sent again even if it equals the last one delivered.
-    """
-    day_list = list(days)
-    return conn.execute(
-        "SELECT l.day, l.model, l.external_id, l.dimension_id, "
-        "CASE WHEN u.day IS NULL THEN l.last_value END AS last_value, l.sum_value "
-        f"FROM (SELECT * FROM ledger_metrics WHERE {_IN_DAYS}) AS l "
-        f"LEFT JOIN ({_UNKNOWN_LAST}) AS u USING (day, model, external_id, dimension_id)",
-        [day_list, day_list],
-    ).pl()
+    """What Planhat holds, per metric key: ``last_value`` (null when unknown) and ``sum_value``
+    (``sql/select_ledger_metrics.sql``)."""
+    return conn.execute(_sql_file("select_ledger_metrics"), {"days": list(days)}).pl()
 
 
 def select_held_metric_keys(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
@@ -603,45 +582,15 @@ def rejected_items_of_run(conn: Conn, *, run_id: str | None) -> tuple[int, str |
     return (int(row[0]), row[1]) if row else (0, None)
 
 
-# --------------------------------------------------------------------------------------------
-# Run summary
-# --------------------------------------------------------------------------------------------
-
-_SUMMARY_BY_DAYS = {
-    "events_landed": f"SELECT SUM(num_events) FROM raw_feature_events WHERE {_IN_DAYS}",
-    "rows_landed": "SELECT SUM(rows) FROM landed_days "
-    f"WHERE source = 'feature_events' AND {_IN_DAYS}",
-    "rows_quarantined": f"SELECT SUM(quarantined) FROM landed_days WHERE {_IN_DAYS}",
-    "activity_keys_matched": f"SELECT COUNT(*) FROM matched_activities WHERE {_IN_DAYS}",
-    "events_matched": f"SELECT SUM(count) FROM matched_activities WHERE {_IN_DAYS}",
-    "unmatched_anonymous": "SELECT SUM(num_events) FROM unmatched_visitors "
-    f"WHERE reason = 'anonymous' AND {_IN_DAYS}",
-    "unmatched_no_enduser": "SELECT SUM(num_events) FROM unmatched_visitors "
-    f"WHERE reason = 'no_enduser' AND {_IN_DAYS}",
-    "unmatched_ambiguous": "SELECT SUM(num_events) FROM unmatched_visitors "
-    f"WHERE reason = 'ambiguous' AND {_IN_DAYS}",
-    "unmatched_visitors": "SELECT COUNT(DISTINCT visitor_id) FROM unmatched_visitors "
-    f"WHERE {_IN_DAYS}",
-    "metric_values_matched": f"SELECT COUNT(*) FROM matched_metrics WHERE {_IN_DAYS}",
-    "unmatched_account_ids": f"SELECT COUNT(DISTINCT id) FROM unmatched_accounts WHERE {_IN_DAYS}",
-}
-_DELIVERED_OF_RUN = "JOIN outbox_batches USING (batch_id) WHERE run_id = ? AND status = 'delivered'"
-_SUMMARY_BY_RUN = {
-    "activity_items_sent": f"SELECT COUNT(*) FROM outbox_activity_items {_DELIVERED_OF_RUN}",
-    "activity_events_sent": f"SELECT SUM(count) FROM outbox_activity_items {_DELIVERED_OF_RUN}",
-    "metric_items_sent": f"SELECT COUNT(*) FROM outbox_metric_items {_DELIVERED_OF_RUN} "
-    "AND error IS NULL",
-    "requests": "SELECT COUNT(*) FROM outbox_batches WHERE run_id = ? AND sent_at IS NOT NULL",
-}
-
-
 def sync_summary(conn: Conn, *, days: Sequence[date], run_id: str | None) -> dict[str, int | float]:
-    """Headline numbers of a run: what its days landed and matched, and what the run sent."""
-    day_list = list(days)
-    summary: dict[str, int | float] = {"days": len(day_list)}
-    for name, sql in _SUMMARY_BY_DAYS.items():
-        summary[name] = _scalar(conn, sql, [day_list])
-    for name, sql in _SUMMARY_BY_RUN.items():
-        summary[name] = _scalar(conn, sql, [run_id])
-    summary["drift_keys"] = _scalar(conn, "SELECT COUNT(*) FROM activity_drift")
-    return summary
+    """Headline numbers of a run: what its days landed and matched, and what the run sent
+    (``sql/select_sync_summary.sql``); a sum over no rows is 0."""
+    cursor = conn.execute(_sql_file("select_sync_summary"), {"days": list(days), "run_id": run_id})
+    row = cursor.fetchone()
+    assert row is not None  # one row, always
+    return {d[0]: 0 if v is None else v for d, v in zip(cursor.description, row, strict=True)}
+
+
+@cache
+def _sql_file(name: str) -> str:
+    return resources.files("pendo_assets.sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
