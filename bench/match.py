@@ -16,34 +16,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 import duckdb
 import numpy as np
 import polars as pl
 from _harness import write_result
 
+from pendo_assets.models import MATCHED_ACTIVITY_SCHEMA, UNMATCHED_VISITOR_SCHEMA
 from pendo_assets.transforms import daily_usage, match_activities
 
 N_FEATURES = 24
 N_DAYS = 10
-
-MATCHED_SCHEMA = {
-    "day": pl.Date,
-    "external_id": pl.String,
-    "action": pl.String,
-    "count": pl.Int64,
-    "weight": pl.Float64,
-    "company_external_id": pl.String,
-    "feature_ids": pl.String,
-}
-UNMATCHED_SCHEMA = {
-    "day": pl.Date,
-    "visitor_id": pl.String,
-    "account_id": pl.String,
-    "reason": pl.String,
-    "num_events": pl.Int64,
-}
 
 
 def _ids(prefix: str, numbers: np.ndarray, width: int) -> pl.Series:
@@ -216,7 +199,7 @@ def run_duckdb(
     return elapsed, m, u
 
 
-def checksum(frame: pl.DataFrame, schema: dict[str, Any]) -> dict[str, int]:
+def checksum(frame: pl.DataFrame, schema: pl.Schema) -> dict[str, int]:
     """Order-independent summary of a frame (rows, sum of counts, sum of row hashes mod p)."""
     cast = frame.select(*(pl.col(name).cast(dtype) for name, dtype in schema.items()))
     hashes = cast.hash_rows(seed=0) % 1_000_000_007
@@ -245,8 +228,8 @@ def main() -> None:
             "keys": events.height,
             "endusers": args.endusers,
             "seconds": round(elapsed, 3),
-            "matched": checksum(matched, MATCHED_SCHEMA),
-            "unmatched": checksum(unmatched, UNMATCHED_SCHEMA),
+            "matched": checksum(matched, MATCHED_ACTIVITY_SCHEMA),
+            "unmatched": checksum(unmatched, UNMATCHED_VISITOR_SCHEMA),
         },
     )
 

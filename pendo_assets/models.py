@@ -22,8 +22,12 @@ __all__ = [
     "COMPANY_SCHEMA",
     "ENDUSER_SCHEMA",
     "FEATURE_EVENT_SCHEMA",
+    "MATCHED_ACTIVITY_SCHEMA",
+    "MATCHED_METRIC_SCHEMA",
+    "PIPELINE_VALUE_SCHEMA",
     "PROJECT_SCHEMA",
     "SNAPSHOT_SCHEMAS",
+    "UNMATCHED_VISITOR_SCHEMA",
     "ActivityItem",
     "DimensionDataResult",
     "EncodedBatch",
@@ -225,3 +229,55 @@ class MetricItem(TypedDict):
     externalId: str
     model: Model
     date: str
+
+
+# --------------------------------------------------------------------------------------------
+# Warehouse frames (the columns of the tables of the same name in sql/)
+# --------------------------------------------------------------------------------------------
+
+#: ``pipeline_values``: one row per (day, pipeline, id, dimensionId) read from pipeline results.
+PIPELINE_VALUE_SCHEMA: Final = pl.Schema(
+    {
+        "day": pl.Date,
+        "pipeline": pl.String,
+        "model": pl.String,
+        "id": pl.String,
+        "dimension_id": pl.String,
+        "value": pl.Float64,
+        "aggregation": pl.String,
+    }
+)
+#: ``matched_activities``: one row per End User x Planhat action x day.
+MATCHED_ACTIVITY_SCHEMA: Final = pl.Schema(
+    {
+        "day": pl.Date,
+        "external_id": pl.String,
+        "action": pl.String,
+        "count": pl.Int64,
+        "weight": pl.Float64,
+        "company_external_id": pl.String,
+        "feature_ids": pl.String,
+    }
+)
+#: ``unmatched_visitor_rows``: one row per (day, visitor, account) not matched, with why.
+UNMATCHED_VISITOR_SCHEMA: Final = pl.Schema(
+    {
+        "day": pl.Date,
+        "visitor_id": pl.String,
+        "account_id": pl.String,
+        "reason": pl.String,
+        "num_events": pl.Int64,
+    }
+)
+#: ``matched_metrics``: one row per Planhat object x dimensionId x day.
+MATCHED_METRIC_SCHEMA: Final = pl.Schema(
+    {
+        "day": pl.Date,
+        "pipeline": pl.String,
+        "model": pl.String,
+        "external_id": pl.String,
+        "dimension_id": pl.String,
+        "value": pl.Float64,
+        "aggregation": pl.String,
+    }
+)

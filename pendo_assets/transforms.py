@@ -17,6 +17,13 @@ from typing import Any
 
 import polars as pl
 
+from .models import (
+    MATCHED_ACTIVITY_SCHEMA,
+    MATCHED_METRIC_SCHEMA,
+    PIPELINE_VALUE_SCHEMA,
+    UNMATCHED_VISITOR_SCHEMA,
+)
+
 __all__ = [
     "ACTIVITY_KEY",
     "ANONYMOUS_PREFIX",
@@ -141,21 +148,13 @@ def match_activities(
     matched = (
         grouped.join(_feature_names(grouped, bits, words), on=[f"_w{w}" for w in range(words)])
         .rename({"visitor_id": "external_id"})
-        .select(
-            "day",
-            "external_id",
-            "action",
-            "count",
-            "weight",
-            "company_external_id",
-            "feature_ids",
-        )
+        .select(*MATCHED_ACTIVITY_SCHEMA)
     )
     unmatched = (
         labelled.filter(pl.col("reason").is_not_null())
         .group_by(["day", "visitor_id", "account_id", "reason"])
         .agg(pl.col("num_events").sum().cast(pl.Int64))
-        .select("day", "visitor_id", "account_id", "reason", "num_events")
+        .select(*UNMATCHED_VISITOR_SCHEMA)
     )
     return matched, unmatched
 
@@ -284,15 +283,7 @@ def extract_metric_values(
             "value": out["value"],
             "aggregation": [spec.aggregation] * len(out["id"]),
         },
-        schema={
-            "day": pl.Date,
-            "pipeline": pl.String,
-            "model": pl.String,
-            "id": pl.String,
-            "dimension_id": pl.String,
-            "value": pl.Float64,
-            "aggregation": pl.String,
-        },
+        schema=PIPELINE_VALUE_SCHEMA,
     )
     return frame, rejects
 
@@ -336,14 +327,10 @@ def match_metrics(values: pl.LazyFrame, objects: pl.LazyFrame) -> tuple[pl.LazyF
         .otherwise(pl.lit(None, dtype=pl.String))
         .alias("reason")
     )
-    matched = labelled.filter(pl.col("reason").is_null()).select(
-        "day",
-        "pipeline",
-        "model",
-        pl.col("id").alias("external_id"),
-        "dimension_id",
-        "value",
-        "aggregation",
+    matched = (
+        labelled.filter(pl.col("reason").is_null())
+        .rename({"id": "external_id"})
+        .select(*MATCHED_METRIC_SCHEMA)
     )
     unmatched = (
         labelled.filter(pl.col("reason").is_not_null())

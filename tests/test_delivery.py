@@ -19,6 +19,7 @@ from pendo_assets.errors import (
     DeliveryError,
     DeliveryUnknownError,
 )
+from pendo_assets.models import MATCHED_ACTIVITY_SCHEMA, MATCHED_METRIC_SCHEMA
 from pendo_assets.queries import insert_frame, replace_days
 
 D1 = date(2026, 11, 1)
@@ -89,15 +90,7 @@ def _set_activities(
 ) -> None:
     frame = pl.DataFrame(
         [(d, e, a, c, 1.0, company, "f1") for d, e, a, c in rows],
-        schema={
-            "day": pl.Date,
-            "external_id": pl.String,
-            "action": pl.String,
-            "count": pl.Int64,
-            "weight": pl.Float64,
-            "company_external_id": pl.String,
-            "feature_ids": pl.String,
-        },
+        schema=MATCHED_ACTIVITY_SCHEMA,
         orient="row",
     )
     replace_days(
@@ -108,15 +101,7 @@ def _set_activities(
 def _set_metrics(conn, rows: list[tuple[date, str, str, float, str]]) -> None:
     frame = pl.DataFrame(
         [(d, "p", "Company", e, dim, v, agg) for d, e, dim, v, agg in rows],
-        schema={
-            "day": pl.Date,
-            "pipeline": pl.String,
-            "model": pl.String,
-            "external_id": pl.String,
-            "dimension_id": pl.String,
-            "value": pl.Float64,
-            "aggregation": pl.String,
-        },
+        schema=MATCHED_METRIC_SCHEMA,
         orient="row",
     )
     replace_days(conn, table="matched_metrics", days=sorted({r[0] for r in rows}), frames=[frame])

@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 
 from pendo_assets.delivery import Publisher
+from pendo_assets.models import MATCHED_METRIC_SCHEMA
 from pendo_assets.queries import replace_days
 from tests.kill_harness import APPLIED_LATE, PINNED, Settings, run_harness
 
@@ -109,15 +110,7 @@ KEY = ("pendo_active_visitors", "Company", "acme", DAY.isoformat())
 def _metric(conn: duckdb.DuckDBPyConnection, value: float) -> None:
     frame = pl.DataFrame(
         [(DAY, "p", "Company", "acme", "pendo_active_visitors", value, "last")],
-        schema={
-            "day": pl.Date,
-            "pipeline": pl.String,
-            "model": pl.String,
-            "external_id": pl.String,
-            "dimension_id": pl.String,
-            "value": pl.Float64,
-            "aggregation": pl.String,
-        },
+        schema=MATCHED_METRIC_SCHEMA,
         orient="row",
     )
     replace_days(conn, table="matched_metrics", days=[DAY], frames=[frame])

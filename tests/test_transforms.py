@@ -6,6 +6,7 @@ from datetime import date
 import polars as pl
 import pytest
 
+from pendo_assets.models import MATCHED_ACTIVITY_SCHEMA
 from pendo_assets.transforms import (
     MetricFieldSpec,
     activity_deltas,
@@ -179,15 +180,7 @@ def test_match_metrics_uses_the_pipeline_model_namespace():
 def _current(rows: list[tuple[date, str, str, int]]) -> pl.LazyFrame:
     return pl.DataFrame(
         [(*r, 1.0, None, "f1") for r in rows],
-        schema={
-            "day": pl.Date,
-            "external_id": pl.String,
-            "action": pl.String,
-            "count": pl.Int64,
-            "weight": pl.Float64,
-            "company_external_id": pl.String,
-            "feature_ids": pl.String,
-        },
+        schema=MATCHED_ACTIVITY_SCHEMA,
         orient="row",
     ).lazy()
 
