@@ -132,17 +132,12 @@ def build_pendo_raw_assets(
                     f"[{n}/{len(days)}] {day}: {staged.rows} rows landed, {staged.quarantined} "
                     f"quarantined, {staged.pages} page(s), {staged.body_bytes / 1e6:.1f} MB"
                 )
-        if attempts.failed:
-            raise dg.Failure(
-                description=failure_description(
-                    attempts.failed,
-                    count=attempts.count,
-                    summary=f"feature events of {attempts.count} of {len(days)} day(s) not "
-                    "landed, their previous data is unchanged",
-                ),
-                metadata={"failed_days": attempts.count, "days": len(days)},
-                allow_retries=False,
-            )
+        attempts.raise_failure(
+            f"feature events of {attempts.count} of {len(days)} day(s) not landed, their "
+            "previous data is unchanged",
+            failed_days=attempts.count,
+            days=len(days),
+        )
         by_kind = _reason_counts(reasons)
         return dg.MaterializeResult(
             metadata={
@@ -201,17 +196,12 @@ def build_pendo_raw_assets(
                     context.log.info(
                         f"[{days.index(day) + 1}/{len(days)}] {day}: {len(config.pipelines)} pipeline(s) run"
                     )
-        if attempts.failed:
-            raise dg.Failure(
-                description=failure_description(
-                    attempts.failed,
-                    count=attempts.count,
-                    summary=f"{attempts.count} of {len(jobs)} pipeline day(s) not landed, "
-                    "their previous data is unchanged",
-                ),
-                metadata={"failed": attempts.count, "pipeline_days": len(jobs)},
-                allow_retries=False,
-            )
+        attempts.raise_failure(
+            f"{attempts.count} of {len(jobs)} pipeline day(s) not landed, their previous data "
+            "is unchanged",
+            failed=attempts.count,
+            pipeline_days=len(jobs),
+        )
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),
@@ -265,3 +255,13 @@ class _Attempts:
 
     def success(self) -> None:
         self.streak = 0
+
+    def raise_failure(self, summary: str, **metadata: int) -> None:
+        """Fail the step if any (pipeline) day failed, naming the first; ``summary`` says what
+        the step did not do."""
+        if self.failed:
+            raise dg.Failure(
+                description=failure_description(self.failed, count=self.count, summary=summary),
+                metadata=metadata,
+                allow_retries=False,
+            )
