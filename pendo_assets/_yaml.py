@@ -28,6 +28,25 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
 
+__all__ = [
+    "FLOAT",
+    "INT",
+    "NULL",
+    "STR",
+    "TIMESTAMP",
+    "Handler",
+    "Loc",
+    "Reader",
+    "Scalar",
+    "check",
+    "fail",
+    "path",
+    "repeats",
+    "show",
+    "suggest",
+    "validate_with",
+]
+
 Loc: TypeAlias = tuple[str | int, ...]  # a key path, as pydantic's error ``loc``
 Handler: TypeAlias = Callable[[Any], Any]  # pydantic's own validation, in a wrap validator
 _Problem: TypeAlias = tuple[int, str, str]  # line, key path, message
@@ -112,12 +131,91 @@ def fail(problems: str | Sequence[tuple[Loc, str]]) -> NoReturn:
     raise PydanticCustomError("config", "; ".join(m for _, m in problems), {"problems": problems})
 
 
+def validate_with(
+    handler: Handler, data: Any, problems: Sequence[tuple[Loc, str]], *, skip: Loc = ()
+) -> Any:
+    """Run pydantic's validation of ``data``; raise its errors and ``problems`` together.
+
+    ``problems`` are (place in this model, message) pairs; errors at or below ``skip`` are dropped.
+    """
+    errors: list[Any] = []
+    try:
+        result = handler(data)
+    except ValidationError as exc:
+        for e in exc.errors():
+            if not skip or e["loc"][: len(skip)] != skip:
+                error = PydanticCustomError(e["type"], e["msg"], e.get("ctx"))
+                errors.append({"type": error, "loc": e["loc"], "input": e["input"]})
+    for loc, message in problems:
+        error = PydanticCustomError("config", message, {"problems": [((), message)]})
+        errors.append({"type": error, "loc": loc, "input": None})
+    if errors:
+        raise ValidationError.from_exception_data("Config", errors)
+    return result
+
+
+def repeats(
+    entries: Sequence[tuple[Loc, str, str]], info: ValidationInfo, noun: str, verb: str
+) -> list[tuple[Loc, str]]:
+    """Report each (place, owner, value) whose value an earlier entry has already."""
+    lines: Mapping[Loc, int] = (info.context or {}).get("lines", {})
+    seen: dict[str, tuple[Loc, str]] = {}
+    problems: list[tuple[Loc, str]] = []
+    for loc, owner, value in entries:
+        if value in seen:
+            first, other = seen[value]
+            line = lines.get((str(info.field_name), *first))
+            where = f"{other} (line {line})" if line else other
+            message = f"{noun} {show(value)} is already {verb} {where}; each {noun} may appear once"
+            problems.append((loc, message))
+        seen.setdefault(value, (loc, owner))
+    return problems
+
+
+def path(loc: Loc) -> str:
+    """``("pipelines", 0, "metrics", "a b")`` -> ``pipelines[0].metrics["a b"]``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return text
+
+
+def show(value: object) -> str:
+    """A value as messages quote it: ``'usa'``, ``a list``, ``an empty value``."""
+    if isinstance(value, Mapping):
+        keys = ", ".join(map(str, list(value)[:5]))
+        return f"a mapping with {len(value)} keys ({keys})" if value else "an empty mapping"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if isinstance(value, str) and value:
+        return repr(str(value) if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, str):
+        return "an empty text"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "an empty value" if value is None else repr(value)
+
+
+def suggest(value: str, choices: Sequence[str] | frozenset[str]) -> str:
+    """Return ``"did you mean 'X'? "`` for a case-only difference or a close typo, else ``""``."""
+    by_case = {c.casefold(): c for c in choices}
+    close = [by_case[value.casefold()]] if value.casefold() in by_case else []
+    close = close or difflib.get_close_matches(value, list(choices), n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 class Reader:
     """Turns a composed YAML node tree into plain Python, recording each key path's lines.
 
     Scalars other than strings become :class:`Scalar`, so that a field can take them as written
     (an id) or as YAML read them (a number). What YAML allows but the config does not is reported
-    here, in :attr:`problems`.
+    here, in :attr:`problems`; a bad scalar's path goes in :attr:`replaced`, so that what the
+    model then says about its stand-in value is not reported twice.
     """
 
     def __init__(self, secret: str) -> None:
@@ -129,6 +227,7 @@ class Reader:
         self._loader = yaml.SafeLoader("")
 
     def read(self, node: Node, loc: Loc, depth: int = 0) -> Any:
+        """Return ``node`` as plain Python; ``loc`` is its key path."""
         self.lines[loc] = _line(node)
         if depth > _MAX_DEPTH:
             return self._bad(node, loc, f"is nested over {_MAX_DEPTH} levels (a recursive alias?)")
@@ -203,29 +302,6 @@ def _is_secret_key(key: str) -> bool:
     return normalised in _SECRET_NAMES or normalised.endswith(_SECRET_ENDINGS)
 
 
-def validate_with(
-    handler: Handler, data: Any, problems: Sequence[tuple[Loc, str]], *, skip: Loc = ()
-) -> Any:
-    """Run pydantic's validation of ``data``; raise its errors and ``problems`` together.
-
-    ``problems`` are (place in this model, message) pairs; errors at or below ``skip`` are dropped.
-    """
-    errors: list[Any] = []
-    try:
-        result = handler(data)
-    except ValidationError as exc:
-        for e in exc.errors():
-            if not skip or e["loc"][: len(skip)] != skip:
-                error = PydanticCustomError(e["type"], e["msg"], e.get("ctx"))
-                errors.append({"type": error, "loc": e["loc"], "input": e["input"]})
-    for loc, message in problems:
-        error = PydanticCustomError("config", message, {"problems": [((), message)]})
-        errors.append({"type": error, "loc": loc, "input": None})
-    if errors:
-        raise ValidationError.from_exception_data("Config", errors)
-    return result
-
-
 def _problems(exc: ValidationError, reader: Reader, root: type[BaseModel]) -> list[_Problem]:
     """Turn pydantic's errors into problems, each with its line, key path and message."""
     found: list[_Problem] = []
@@ -255,7 +331,8 @@ def _message(kind: str, root: type[BaseModel], loc: Loc, value: Any, ctx: dict[s
     match kind:
         case "extra_forbidden":
             allowed, key = list(_fields(_field_at(root, loc[:-1])[0])), str(loc[-1])
-            return f"unknown key {key!r}; {suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
+            hint = f"{suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
+            return f"unknown key {key!r}; {hint}"
         case "missing":
             return f"is required but missing; expected {what}"
         case "model_type" | "model_attributes_type":
@@ -310,43 +387,18 @@ def _hint(field: FieldInfo) -> str:
     """What a number field takes, e.g. ``seconds to wait from 1 to 3600 (default 60)``."""
     low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
     high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
-    span = (
-        ""
-        if low is None
-        else f" ≥ {_plain(low)}"
-        if high is None
-        else f" from {_plain(low)} to {_plain(high)}"
-    )
+    span = f" from {_plain(low)} to {_plain(high)}" if high is not None else ""
+    span = f" ≥ {_plain(low)}" if low is not None and high is None else span
     default = "" if field.default is PydanticUndefined else f" (default {_plain(field.default)})"
     return f"{field.description}{span}{default}"
-
-
-def repeats(
-    entries: Sequence[tuple[Loc, str, str]], info: ValidationInfo, noun: str, verb: str
-) -> list[tuple[Loc, str]]:
-    """Report each (place, owner, value) whose value an earlier entry has already."""
-    lines: Mapping[Loc, int] = (info.context or {}).get("lines", {})
-    seen: dict[str, tuple[Loc, str]] = {}
-    problems: list[tuple[Loc, str]] = []
-    for loc, owner, value in entries:
-        if value in seen:
-            first, other = seen[value]
-            line = lines.get((str(info.field_name), *first))
-            where = f"{other} (line {line})" if line else other
-            problems.append(
-                (
-                    loc,
-                    f"{noun} {show(value)} is already {verb} {where}; each {noun} may appear once",
-                )
-            )
-        seen.setdefault(value, (loc, owner))
-    return problems
 
 
 def _format(source: str, problems: Sequence[_Problem]) -> str:
     ordered = sorted(problems, key=lambda p: p[0])  # stable: same-line problems keep order
     lines = [f"{source}: {len(ordered)} problem{'s' * (len(ordered) != 1)} in the config file:"]
-    lines += [f"  {source}:{line}: {path or '(top level)'}: {text}" for line, path, text in ordered]
+    lines += [
+        f"  {source}:{line}: {where or '(top level)'}: {text}" for line, where, text in ordered
+    ]
     return "\n".join(lines)
 
 
@@ -365,44 +417,6 @@ def _syntax_problem(exc: yaml.MarkedYAMLError) -> _Problem:
     return (line, "", message)
 
 
-def path(loc: Loc) -> str:
-    """``("pipelines", 0, "metrics", "a b")`` -> ``pipelines[0].metrics["a b"]``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
-            text += f".{part}" if text else part
-        else:
-            text += f"[{json.dumps(part, ensure_ascii=False)}]"
-    return text
-
-
-def show(value: object) -> str:
-    if isinstance(value, Mapping):
-        keys = ", ".join(map(str, list(value)[:5]))
-        return f"a mapping with {len(value)} keys ({keys})" if value else "an empty mapping"
-    if isinstance(value, list | tuple):
-        return "a list" if value else "an empty list"
-    if isinstance(value, str):
-        return (
-            repr(str(value) if len(value) <= 60 else value[:57] + "...")
-            if value
-            else "an empty text"
-        )
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "an empty value" if value is None else repr(value)
-
-
 def _plain(number: object) -> str:
     """1000000 rather than 1e+06 or 1000000.0 in messages."""
     return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
-
-
-def suggest(value: str, choices: Sequence[str] | frozenset[str]) -> str:
-    """Return ``"did you mean 'X'? "`` for a case-only difference or a close typo, else ``""``."""
-    by_case = {c.casefold(): c for c in choices}
-    close = [by_case[value.casefold()]] if value.casefold() in by_case else []
-    close = close or difflib.get_close_matches(value, list(choices), n=1, cutoff=0.75)
-    return f"did you mean {close[0]!r}? " if close else ""

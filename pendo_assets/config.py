@@ -105,8 +105,9 @@ def _text(value: object) -> object:
 
 def _number(value: object) -> object:
     """Unwrap a YAML number; anything else is left for the (strict) number field to refuse."""
-    number = isinstance(value, Scalar) and value.tag in (_yaml.INT, _yaml.FLOAT)
-    return value.value if isinstance(value, Scalar) and number else value
+    if isinstance(value, Scalar) and value.tag in (_yaml.INT, _yaml.FLOAT):
+        return value.value
+    return value
 
 
 def _none_as(empty: object) -> BeforeValidator:
@@ -130,15 +131,15 @@ def _timezone(name: str) -> str:
 def _date(value: object) -> object:
     if isinstance(value, date) or not isinstance(value, str):
         return value  # a date already, or what pydantic refuses
-    hint = "a date written YYYY-MM-DD, e.g. 2026-09-01"
-    if isinstance(value, Scalar) and value.tag == _yaml.TIMESTAMP and " " in value.strip():
-        fail(f"{show(value)} has a time; give only {hint}")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
-        fail(f"{show(value)} is not {hint}")
+    text = value.strip()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        has_time = isinstance(value, Scalar) and value.tag == _yaml.TIMESTAMP
+        problem = "has a time; give only" if has_time else "is not"
+        fail(f"{show(text)} {problem} a date written YYYY-MM-DD, e.g. 2026-09-01")
     try:
-        return date.fromisoformat(value.strip())
+        return date.fromisoformat(text)
     except ValueError:
-        fail(f"{show(value)} is not a real date (check month and day)")
+        fail(f"{show(text)} is not a real date (check month and day)")
 
 
 def _app_ids(value: object) -> object:
@@ -148,9 +149,8 @@ def _app_ids(value: object) -> object:
     if value == "all":
         return value
     if not isinstance(value, list | tuple):
-        fail(
-            f"{hint}; {_yaml.suggest(value, ['all']) if isinstance(value, str) else ''}got {show(value)}"
-        )
+        typo = _yaml.suggest(value, ["all"]) if isinstance(value, str) else ""
+        fail(f"{hint}; {typo}got {show(value)}")
     if not value:
         fail("is an empty list; use `all` for every app, or list at least one app id")
     ids = [_number(item) for item in value]
@@ -200,7 +200,7 @@ _Number = Annotated[float, BeforeValidator(_number), Field(strict=True, allow_in
 _WholeNumber = Annotated[int, BeforeValidator(_number), Field(strict=True)]
 
 
-# The config. Each field's description words its problems (see _message); keep it a noun phrase.
+# The config. A field's description words its problems (see _yaml._message): a noun phrase.
 
 
 class _Model(BaseModel):
@@ -525,45 +525,35 @@ def _source_problems(args: object) -> list[str]:
     return problems
 
 
-def _read_stages_file(
-    name: str, base_dir: Path | None
-) -> tuple[list[Any] | None, Sequence[tuple[Loc, str]]]:
+def _read_stages_file(name: str, base_dir: Path | None) -> tuple[Any, list[tuple[Loc, str]]]:
     """Read a ``pipeline_file``: its stages and no problems, or None and the problems."""
     file = Path(name).expanduser()
     file = base_dir / file if base_dir is not None and not file.is_absolute() else file
+    at: Loc = ("pipeline_file",)
     try:
         data = _strict_json(file.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        return None, [
-            (
-                ("pipeline_file",),
-                f"pipeline file not found: {file} (looked for "
-                f"{file.absolute()}; a relative path is read from the config's directory)",
-            )
-        ]
+        where = f"looked for {file.absolute()}; a relative path is read from the config's directory"
+        return None, [(at, f"pipeline file not found: {file} ({where})")]
     except json.JSONDecodeError as exc:
         where = f"at line {exc.lineno}, column {exc.colno}"
-        return None, [(("pipeline_file",), f"{file} is not valid JSON: {exc.msg} {where}")]
+        return None, [(at, f"{file} is not valid JSON: {exc.msg} {where}")]
     except UnicodeDecodeError:
-        return None, [(("pipeline_file",), f"{file} is not UTF-8 text")]
+        return None, [(at, f"{file} is not UTF-8 text")]
     except ValueError as exc:  # from _strict_json
-        return None, [(("pipeline_file",), f"{file} is not valid JSON: {exc}")]
+        return None, [(at, f"{file} is not valid JSON: {exc}")]
     except OSError as exc:
-        return None, [(("pipeline_file",), f"cannot read {file}: {exc.strerror}")]
+        return None, [(at, f"cannot read {file}: {exc.strerror}")]
     stages = data
     if isinstance(data, dict):  # a whole aggregation request body: keep only its pipeline
         stages = data["request"].get("pipeline") if isinstance(data.get("request"), dict) else None
     if not isinstance(stages, list):
+        shapes = 'a whole Pendo aggregation body {"response": ..., "request": {"pipeline": [...]}}'
         return None, [
-            (
-                ("pipeline_file",),
-                f"{file} must hold a list of pipeline stages or a whole "
-                'Pendo aggregation body {"response": ..., "request": {"pipeline": [...]}}; '
-                f"got {show(data)}",
-            )
+            (at, f"{file} must hold a list of pipeline stages or {shapes}; got {show(data)}")
         ]
     problems = [
-        (("pipeline_file",) if i is None else ("pipeline_file", i), f"in {file}: {message}")
+        (at if i is None else (*at, i), f"in {file}: {message}")
         for i, message in _stage_problems(stages)
     ]
     return (None, problems) if problems else (stages, [])
