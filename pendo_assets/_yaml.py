@@ -225,21 +225,31 @@ class Reader:
         self.anchors: dict[Loc, int] = {(): 1}  # key path -> the line of its key or list item
         self.replaced: set[Loc] = set()  # paths whose value was reported here and replaced
         self._loader = yaml.SafeLoader("")
+        self._open: set[int] = set()  # id() of the nodes being read: an alias loop comes back
 
-    def read(self, node: Node, loc: Loc, depth: int = 0) -> Any:
+    def read(self, node: Node, loc: Loc) -> Any:
         """Return ``node`` as plain Python; ``loc`` is its key path."""
         self.lines[loc] = _line(node)
-        if depth > _MAX_DEPTH:
-            return self._bad(node, loc, f"is nested over {_MAX_DEPTH} levels (a recursive alias?)")
-        if isinstance(node, SequenceNode):
-            for index, item in enumerate(node.value):
-                self.anchors[(*loc, index)] = _line(item)
-            return [self.read(item, (*loc, i), depth + 1) for i, item in enumerate(node.value)]
-        if not isinstance(node, MappingNode):
+        if id(node) in self._open:
+            self.replaced.add(loc)
+            self._bad(node, loc, "is an alias of a node that holds it; remove the loop")
+            return None
+        self._open.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                for index, item in enumerate(node.value):
+                    self.anchors[(*loc, index)] = _line(item)
+                return [self.read(item, (*loc, i)) for i, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                return self._mapping(node, loc)
             return self._scalar(cast(ScalarNode, node), loc)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: MappingNode, loc: Loc) -> dict[str, Any]:
         result: dict[str, Any] = {}
         own: dict[str, int] = {}  # key -> line; a key merged in with `<<` may be overridden
-        for key_node, value_node, merged in self._pairs(node, loc, depth):
+        for key_node, value_node, merged in self._pairs(node, loc, 0):
             if not isinstance(key_node, ScalarNode) or key_node.tag not in _SCALAR_TAGS - {NULL}:
                 self._bad(key_node, loc, "keys must be text, e.g. `name: value`")
                 continue
@@ -254,7 +264,7 @@ class Reader:
                     continue
                 own[key] = _line(key_node)
             self.anchors[where] = _line(key_node)
-            result[key] = self.read(value_node, where, depth + 1)
+            result[key] = self.read(value_node, where)
         return result
 
     def _pairs(self, node: MappingNode, loc: Loc, depth: int) -> list[tuple[Node, Node, bool]]:
@@ -267,7 +277,7 @@ class Reader:
                 continue
             sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
             if depth > _MAX_DEPTH or not all(isinstance(s, MappingNode) for s in sources):
-                self._bad(key_node, loc, "`<<` must merge a mapping or a list of mappings")
+                self._bad(key_node, loc, "`<<` must merge other mappings: one, or a list of them")
                 continue
             for source in reversed(sources):  # the first mapping listed wins, so it comes last
                 merged.extend((k, v, True) for k, v, _ in self._pairs(source, loc, depth + 1))

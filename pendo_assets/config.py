@@ -165,12 +165,12 @@ def _app_ids(value: object) -> object:
     return tuple(ids) if not problems else fail(problems)
 
 
-def _dimension_id(value: str) -> str:
+def _dimension_id(value: object) -> object:
+    rule = "letters, digits, _ and - only (no spaces), as Planhat documents"
+    if not isinstance(value, str):
+        fail(f"must be a Planhat dimensionId, {rule}; got {show(value)}")
     if not re.fullmatch(_NAME, value):
-        fail(
-            f"dimensionId {show(value)} may contain only letters, digits, _ and - (no spaces), "
-            "as Planhat documents"
-        )
+        fail(f"dimensionId {show(value)} may contain {rule}")
     return value
 
 
@@ -258,7 +258,7 @@ class PipelineSpec(_Model):
         default="accountId", description="the result field matched to externalId"
     )
     metrics: Annotated[
-        Mapping[str, Annotated[_Text, AfterValidator(_dimension_id)]],
+        Mapping[str, Annotated[str, BeforeValidator(_dimension_id)]],
         AfterValidator(MappingProxyType),
     ] = Field(
         min_length=1,

@@ -7,8 +7,9 @@ import re
 from datetime import date
 from pathlib import Path
 
+import annotated_types
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pendo_assets.config import (
     CONFIG_ENV_VAR,
@@ -203,6 +204,15 @@ def test_config_objects_are_frozen() -> None:
     with pytest.raises(TypeError):
         config.pipelines[0].metrics["x"] = "y"  # type: ignore[index]
     assert hash(config) == hash(parse_config(EXAMPLE))
+    # Equality is about content, not where the config was read from.
+    assert config == parse_config(EXAMPLE, source="elsewhere.yaml")
+
+
+def test_parse_config_reads_empty_optional_sections_as_empty() -> None:
+    config = parse_config(EXAMPLE + "sync:\n", source="cfg.yaml")
+
+    assert config.sync == SyncSettings()
+    assert parse_config(edit(FEATURES, "features:\n#\n#\n#")).features == ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,6 +430,82 @@ def test_parse_config_rejects_a_document_that_is_not_a_mapping() -> None:
             "must be a mapping with the keys pendo, features, pipelines, sync; got a list",
         )
     }
+
+
+def test_parse_config_reports_an_alias_loop_once() -> None:
+    text = "pendo: {timezone: UTC, start_date: 2026-01-01}\nfeatures: &x\n  - id: a\n  - *x\n"
+
+    # An alias is the node it names: its line is the anchor's.
+    assert problems(text) == {
+        "features[1]": (2, "is an alias of a node that holds it; remove the loop")
+    }
+
+
+def test_parse_config_reports_an_unsupported_tag_on_a_required_key_once() -> None:
+    found = problems(edit("id: 4qxwyooqP_s_hHt8meR8lWDxSfo", "id: !!binary aGVsbG8="))
+
+    assert list(found) == ["features[0].id"]
+    assert "YAML tag" in found["features[0].id"][1]
+
+
+# Every key of every section, upper-cased into an unknown key: the message names the key meant
+# and every key allowed there, all read from the models (a new field needs no list of keys).
+SECTIONS = {
+    "": Config,
+    "pendo": PendoSettings,
+    "features[0]": FeatureSpec,
+    "pipelines[0]": PipelineSpec,
+    "sync": SyncSettings,
+}
+SECTION_TEMPLATE = """\
+pendo: {timezone: UTC, start_date: 2026-01-01<pendo>}
+features: [{id: a<features[0]>}]
+pipelines: [{name: p, model: Asset, metrics: {n: d}, pipeline: [{source: {accounts: null}}]<pipelines[0]>}]
+sync: {page_size: 1000<sync>}
+<>
+"""
+
+
+def keys_of(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [(section, key) for section, model in SECTIONS.items() for key in keys_of(model)],
+)
+def test_parse_config_suggests_the_nearest_key_in_every_section(section: str, key: str) -> None:
+    text = SECTION_TEMPLATE
+    for marker in SECTIONS:
+        extra = f"{key.upper()}: 1" if marker == section else ""
+        text = text.replace(f"<{marker}>", f", {extra}" if extra and marker else extra)
+
+    found = problems(text)
+
+    line, message = found[f"{section}.{key.upper()}" if section else key.upper()]
+    assert line == (list(SECTIONS).index(section) or 5)  # the template's line for the section
+    assert f"unknown key '{key.upper()}'; did you mean '{key}'?" in message
+    assert message.endswith(f"allowed keys here: {', '.join(keys_of(SECTIONS[section]))}")
+
+
+def plain(number: object) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", list(SyncSettings.model_fields))
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_every_sync_range_error_names_the_bounds_and_the_default(key: str, side: str) -> None:
+    field = SyncSettings.model_fields[key]
+    low = next(m.ge for m in field.metadata if isinstance(m, annotated_types.Ge))
+    high = next(m.le for m in field.metadata if isinstance(m, annotated_types.Le))
+
+    found = problems(EXAMPLE + f"sync:\n  {key}: {low - 1 if side == 'below' else high + 1}\n")
+
+    line, message = found[f"sync.{key}"]
+    assert line == 22
+    assert "is out of range" in message
+    assert f"from {plain(low)} to {plain(high)} (default {plain(field.default)})" in message
+    assert message.startswith(f"{low - 1 if side == 'below' else high + 1} is out of range: ")
 
 
 # --------------------------------------------------------------------------------------------
