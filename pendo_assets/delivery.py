@@ -20,8 +20,7 @@ sent, or a ``last`` batch to be resent), in_doubt, resolved_delivered, resolved_
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal, Protocol
@@ -291,7 +290,6 @@ class Publisher:
         sender: The Planhat analytics client; not needed for a dry run.
         run_id: Recorded on each batch so it can be traced to its Dagster run.
         settings: Batch limits.
-        clock: Monotonic clock for timings (injectable for tests).
     """
 
     def __init__(
@@ -301,13 +299,11 @@ class Publisher:
         sender: Sender | None,
         run_id: str | None = None,
         settings: PublishSettings | None = None,
-        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.conn = conn
         self.sender = sender
         self.run_id = run_id
         self.settings = settings or PublishSettings()
-        self.clock = clock
 
     # -- recovery ---------------------------------------------------------------------------
 

@@ -157,16 +157,8 @@ class UsageError(ConfigError):
 
 
 class DayRejectedError(PendoAssetsError):
-    """A day holds more malformed rows than the configured share; it was not landed.
-
-    Args:
-        day: The subscription-local day.
-        pipeline: The pipeline's name, or None for feature events.
-        rejected: Rows that could not be used.
-        total: Rows Pendo returned.
-        limit: ``sync.max_quarantine_share``.
-        top: The most frequent reasons, with their row counts.
-    """
+    """A day (of feature events, or of one ``pipeline``) holds more malformed rows than
+    ``sync.max_quarantine_share`` (``limit``); it was not landed."""
 
     def __init__(
         self,
@@ -205,15 +197,7 @@ class DayRejectedError(PendoAssetsError):
 
 
 class DeliveryError(PendoAssetsError):
-    """Publishing stopped because Planhat did not accept a batch after retries.
-
-    Args:
-        message: What happened.
-        batch_id: The outbox batch, when one was written.
-        kind: ``activities`` or ``metrics``.
-        items: Items in the batch.
-        status_code: Planhat's HTTP status, when it answered with one.
-    """
+    """Publishing stopped because Planhat did not accept a batch (``batch_id``) after retries."""
 
     def __init__(
         self,
