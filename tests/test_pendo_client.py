@@ -653,3 +653,89 @@ def test_bench_decode_one_million_rows(request: pytest.FixtureRequest) -> None:
         size = sum(len(b) for b in batch) / 1e6
         print(f"\n1M rows / {size:.0f} MB, {label}: {elapsed:.2f} s (cpus={os.cpu_count()})")
         assert total == 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps read by user pipelines (pendo.app_ids)
+# ---------------------------------------------------------------------------------------------
+
+_WINDOW = {"period": "dayRange", "first": "now()", "count": -1}
+
+
+@pytest.mark.parametrize(
+    ("row_source", "app_ids", "sent"),
+    [
+        (None, "all", {"appId": 'expandAppIds("*")'}),
+        (None, [-323232, 5], {"appId": [-323232, 5]}),
+        ({"featureId": "f1"}, "all", {"featureId": "f1", "appId": 'expandAppIds("*")'}),
+        ({"appId": 7}, "all", {"appId": 7}),
+    ],
+)
+def test_pipeline_pages_reads_the_configured_apps_unless_the_pipeline_names_them(
+    row_source: Any, app_ids: Any, sent: Any
+) -> None:
+    stages = [{"source": {"featureEvents": row_source, "timeSeries": _WINDOW}}, *PIPELINE[1:]]
+    recorder = Recorder(results([]))
+    list(
+        client(recorder).pipeline_pages(
+            stages=stages, day=DAY, timezone=TZ, sort_field="accountId", app_ids=app_ids
+        )
+    )
+    source = _pipeline(recorder.requests[0])[0]["source"]
+    assert source == {
+        "featureEvents": sent,
+        "timeSeries": {"period": "dayRange", "first": DAY_MS, "count": 1},
+    }
+    assert stages[0]["source"]["featureEvents"] == row_source  # the caller's stages unchanged
+
+
+def test_fetch_pipeline_day_reads_the_apps_of_the_config() -> None:
+    from pendo_assets.config import parse_config
+    from pendo_assets.landing import fetch_pipeline_day
+
+    config = parse_config(
+        f"""
+pendo:
+  timezone: {TZ}
+  start_date: 2026-09-01
+  app_ids: [-323232, 5]
+pipelines:
+  - name: clicks
+    model: Company
+    metrics: {{totalEvents: pendo_clicks}}
+    pipeline:
+      - source: {{featureEvents: null, timeSeries: {{period: dayRange, first: now(), count: -1}}}}
+      - group: {{group: [accountId], fields: {{totalEvents: {{sum: numEvents}}}}}}
+"""
+    )
+    recorder = Recorder(results([{"accountId": "a", "totalEvents": 2}]))
+    day = fetch_pipeline_day(client(recorder), spec=config.pipelines[0], day=DAY, config=config)
+    assert day.rows == [{"accountId": "a", "totalEvents": 2}]
+    source = _pipeline(recorder.requests[0])[0]["source"]
+    assert source["featureEvents"] == {"appId": [-323232, 5]}
+
+
+def test_sandbox_config_pipelines_read_every_app_like_the_ground_truth() -> None:
+    # The sandbox answers a row source without appId with the default app only, as Pendo does;
+    # its config's pipelines name no app (as the README's), so only pendo.app_ids reads them all.
+    import yaml
+
+    from pendo_assets.config import parse_config
+    from pendo_assets.landing import fetch_pipeline_day
+    from pendo_assets.sandbox import Sandbox
+
+    day = date(2026, 11, 2)
+    with Sandbox(now=datetime(2026, 11, 3, 12, tzinfo=UTC)) as sb:
+        assert sb.dataset.feature_events(day)["appId"].n_unique() > 1
+        settings = sb.demo_config(start_date=day)
+        config = parse_config(yaml.safe_dump(settings))
+        [spec] = [p for p in config.pipelines if p.name == "account_usage"]
+        with PendoClient(integration_key=sb.pendo_key, base_url=sb.pendo_url) as pendo:
+            fetched = fetch_pipeline_day(pendo, spec=spec, day=day, config=config)
+        [pipeline] = [p for p in settings["pipelines"] if p["name"] == "account_usage"]
+        truth = sb.dataset.truth_metrics(days=[day], pipelines=[pipeline])
+    values = {(r["dimension_id"], r["id"]): r["value"] for r in fetched.values.to_dicts()}
+    assert truth
+    assert {(dim, ext): values.get((dim, ext)) for dim, _, ext, _ in truth} == {
+        (dim, ext): value for (dim, _, ext, _), value in truth.items()
+    }
