@@ -3,7 +3,7 @@
 The tree::
 
     PendoAssetsError
-    ├── ApiError                      (service, method, url: always redacted)
+    ├── ApiError                      (service, method, url: always redacted; endpoint, problem)
     │   ├── ApiStatusError            (status_code, body: truncated)
     │   │   ├── RateLimitedError      (retry_after)
     │   │   └── PayloadTooLargeError  (413: split the batch, then send again)
@@ -23,7 +23,9 @@ bodies are truncated to ``MAX_ERROR_BODY`` characters.
 
 from __future__ import annotations
 
-from .types import HttpMethod, Service
+from urllib.parse import urlsplit
+
+from .types import SERVICE_NAMES, HttpMethod, Service
 
 __all__ = [
     "MAX_ERROR_BODY",
@@ -51,15 +53,30 @@ class PendoAssetsError(Exception):
 
 
 class ApiError(PendoAssetsError):
-    """A call to Pendo or Planhat failed."""
+    """A call to Pendo or Planhat failed.
+
+    Besides the message, the error carries its parts, so nothing needs to parse the message:
+    ``endpoint`` (``Pendo GET /api/v1/feature``: service, method, redacted path) and
+    ``problem`` (what went wrong there, e.g. ``not JSON (...)`` or ``answered 503``). When not
+    given, ``endpoint`` is built from service, method and url, and ``problem`` is the message.
+    """
 
     def __init__(
-        self, message: str, *, service: Service, method: HttpMethod | str, url: str
+        self,
+        message: str,
+        *,
+        service: Service,
+        method: HttpMethod | str,
+        url: str,
+        endpoint: str | None = None,
+        problem: str | None = None,
     ) -> None:
         super().__init__(message)
         self.service = service
         self.method = method
         self.url = url
+        self.endpoint = endpoint or f"{SERVICE_NAMES[service]} {method} {urlsplit(url).path}"
+        self.problem = message if problem is None else problem
 
 
 class ApiStatusError(ApiError):
@@ -74,8 +91,12 @@ class ApiStatusError(ApiError):
         url: str,
         status_code: int,
         body: str = "",
+        endpoint: str | None = None,
+        problem: str | None = None,
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url)
+        super().__init__(
+            message, service=service, method=method, url=url, endpoint=endpoint, problem=problem
+        )
         self.status_code = status_code
         self.body = body[:MAX_ERROR_BODY]
 
@@ -92,9 +113,18 @@ class RateLimitedError(ApiStatusError):
         url: str,
         body: str = "",
         retry_after: float | None = None,
+        endpoint: str | None = None,
+        problem: str | None = None,
     ) -> None:
         super().__init__(
-            message, service=service, method=method, url=url, status_code=429, body=body
+            message,
+            service=service,
+            method=method,
+            url=url,
+            status_code=429,
+            body=body,
+            endpoint=endpoint,
+            problem=problem,
         )
         self.retry_after = retry_after
 

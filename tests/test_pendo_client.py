@@ -464,13 +464,37 @@ def test_decoder_rejects_a_bad_row_with_a_reason(overrides: dict[str, Any], reas
     assert page.row_count == 3
 
 
+# The kind of each reason: a stable label holding no value from Pendo.
+_VALUED = {
+    "visitorId is longer than 1024 characters (1025)": "visitorId is longer than 1024 characters",
+    "featureId 'feat-z' is not one of the requested features": (
+        "featureId is not one of the requested features"
+    ),
+    f"day {DAY_MS - 3_600_000} is not the requested local midnight": (
+        "day is not the requested local midnight"
+    ),
+}
+
+
+@pytest.mark.parametrize(("overrides", "reason"), REJECTS, ids=[r for _, r in REJECTS])
+def test_decoder_gives_each_rejected_row_its_kinds(overrides: dict[str, Any], reason: str) -> None:
+    strict_bad = pendo_event(visitorId="")  # a second page shape: read permissively or not
+    for rows in ([pendo_event(**overrides)], [pendo_event(**overrides), strict_bad]):
+        reject = decode(rows).rejects[0]
+        assert reject.kinds == (_VALUED.get(reason, reason.split(":")[0]),)
+        assert reject.kind == reject.kinds[0]
+
+
 def test_decoder_lists_every_problem_of_a_row() -> None:
     page = decode([pendo_event(visitorId=None, numEvents="12")])
     assert page.rejects[0].reason == "visitorId is null; numEvents is a string: '12'"
+    assert page.rejects[0].kinds == ("visitorId is null", "numEvents is a string")
+    assert page.rejects[0].kind == "visitorId is null; numEvents is a string"
 
 
 def test_decoder_rejects_rows_that_are_not_objects() -> None:
     page = decode([pendo_event(), None, 3, "row"])
+    assert {r.kinds for r in page.rejects} == {("row is not a JSON object",)}
     assert [(r.index, r.reason, r.raw) for r in page.rejects] == [
         (1, "row is not a JSON object", "null"),
         (2, "row is not a JSON object", "3"),
@@ -580,7 +604,7 @@ def test_pipeline_pages_sets_the_day_window_and_pages() -> None:
     ]
     sent = _pipeline(recorder.requests[0])
     assert sent[0]["source"] == {
-        "featureEvents": None,
+        "featureEvents": {"appId": 'expandAppIds("*")'},  # pendo.app_ids defaults to all
         "timeSeries": {"period": "dayRange", "first": DAY_MS, "count": 1},
     }
     assert sent[1:3] == PIPELINE[1:]
