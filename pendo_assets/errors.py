@@ -23,6 +23,7 @@ bodies are truncated to ``MAX_ERROR_BODY`` characters.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from .types import SERVICE_NAMES, HttpMethod, Service
@@ -82,21 +83,8 @@ class ApiError(PendoAssetsError):
 class ApiStatusError(ApiError):
     """The service answered with an error status."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        service: Service,
-        method: HttpMethod | str,
-        url: str,
-        status_code: int,
-        body: str = "",
-        endpoint: str | None = None,
-        problem: str | None = None,
-    ) -> None:
-        super().__init__(
-            message, service=service, method=method, url=url, endpoint=endpoint, problem=problem
-        )
+    def __init__(self, message: str, *, status_code: int, body: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
         self.status_code = status_code
         self.body = body[:MAX_ERROR_BODY]
 
@@ -105,27 +93,9 @@ class RateLimitedError(ApiStatusError):
     """The service answered 429 Too Many Requests, and retries ran out."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        service: Service,
-        method: HttpMethod | str,
-        url: str,
-        body: str = "",
-        retry_after: float | None = None,
-        endpoint: str | None = None,
-        problem: str | None = None,
+        self, message: str, *, retry_after: float | None = None, body: str = "", **context: Any
     ) -> None:
-        super().__init__(
-            message,
-            service=service,
-            method=method,
-            url=url,
-            status_code=429,
-            body=body,
-            endpoint=endpoint,
-            problem=problem,
-        )
+        super().__init__(message, status_code=429, body=body, **context)
         self.retry_after = retry_after
 
 
