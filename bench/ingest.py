@@ -22,7 +22,7 @@ import msgspec
 from _harness import write_result
 
 from pendo_assets.clients import PendoClient, RetryPolicy
-from pendo_assets.clients import pendo as pendo_module
+from pendo_assets.clients import _pendo_rows as pendo_rows
 from pendo_assets.config import Config, load_config
 from pendo_assets.landing import ingest_feature_events, resolve_feature_actions
 from pendo_assets.warehouse import Warehouse
@@ -106,7 +106,7 @@ def parse_only(env: dict[str, str], config: Config, day: date, loops: int) -> di
     size = sum(len(b) for b in bodies)
     decoders = {
         # The decoder the client ships for the fast path: msgspec into typed, gc-free structs.
-        "msgspec_typed": pendo_module._STRICT_DECODER.decode,
+        "msgspec_typed": pendo_rows._STRICT_DECODER.decode,
         "msgspec_untyped": msgspec.json.decode,
     }
     rates: dict[str, float] = {}

@@ -3,7 +3,7 @@
 The tree::
 
     PendoAssetsError
-    ├── ApiError                      (service, method, url: always redacted)
+    ├── ApiError                      (service, method, url: always redacted; endpoint, problem)
     │   ├── ApiStatusError            (status_code, body: truncated)
     │   │   ├── RateLimitedError      (retry_after)
     │   │   └── PayloadTooLargeError  (413: split the batch, then send again)
@@ -30,8 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
+from urllib.parse import urlsplit
 
-from .types import BatchKind, HttpMethod, Service
+from .types import SERVICE_NAMES, BatchKind, HttpMethod, Service
 
 __all__ = [
     "MAX_ERROR_BODY",
@@ -64,19 +66,13 @@ class PendoAssetsError(Exception):
 
 
 class ApiError(PendoAssetsError):
-    """A call to Pendo or Planhat failed."""
+    """A call to Pendo or Planhat failed.
 
-    def __init__(
-        self, message: str, *, service: Service, method: HttpMethod | str, url: str
-    ) -> None:
-        super().__init__(message)
-        self.service = service
-        self.method = method
-        self.url = url
-
-
-class ApiStatusError(ApiError):
-    """The service answered with an error status."""
+    Besides the message, the error carries its parts, so nothing needs to parse the message:
+    ``endpoint`` (``Pendo GET /api/v1/feature``: service, method, redacted path) and
+    ``problem`` (what went wrong there, e.g. ``not JSON (...)`` or ``answered 503``). When not
+    given, ``endpoint`` is built from service, method and url, and ``problem`` is the message.
+    """
 
     def __init__(
         self,
@@ -85,10 +81,22 @@ class ApiStatusError(ApiError):
         service: Service,
         method: HttpMethod | str,
         url: str,
-        status_code: int,
-        body: str = "",
+        endpoint: str | None = None,
+        problem: str | None = None,
     ) -> None:
-        super().__init__(message, service=service, method=method, url=url)
+        super().__init__(message)
+        self.service = service
+        self.method = method
+        self.url = url
+        self.endpoint = endpoint or f"{SERVICE_NAMES[service]} {method} {urlsplit(url).path}"
+        self.problem = message if problem is None else problem
+
+
+class ApiStatusError(ApiError):
+    """The service answered with an error status."""
+
+    def __init__(self, message: str, *, status_code: int, body: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
         self.status_code = status_code
         self.body = body[:MAX_ERROR_BODY]
 
@@ -97,18 +105,9 @@ class RateLimitedError(ApiStatusError):
     """The service answered 429 Too Many Requests, and retries ran out."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        service: Service,
-        method: HttpMethod | str,
-        url: str,
-        body: str = "",
-        retry_after: float | None = None,
+        self, message: str, *, retry_after: float | None = None, body: str = "", **context: Any
     ) -> None:
-        super().__init__(
-            message, service=service, method=method, url=url, status_code=429, body=body
-        )
+        super().__init__(message, status_code=429, body=body, **context)
         self.retry_after = retry_after
 
 

@@ -11,8 +11,6 @@ transaction is rolled back and the day's previous data stays as it was.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import queries
+from .clients import prefetch
 from .config import Config, PipelineSpec
 from .errors import DayRejectedError, PageDriftError
 from .models import FEATURE_EVENT_SCHEMA, FeatureEventPage
@@ -254,74 +253,55 @@ class _RejectStage:
 
 
 class _PageStream:
-    """Decoded pages of one day as an Arrow batch stream, produced in a background thread.
+    """Decoded pages of one day as an Arrow batch stream, produced in a worker thread.
 
-    DuckDB pulls the batches from its own thread while the producer fetches and decodes the next
+    DuckDB pulls the batches from its own thread while the worker fetches and decodes the next
     page (the client requests the one after that meanwhile), so network, decoding and DuckDB's
     writing overlap. At most two decoded pages wait between them. An error of the fetch ends the
     stream early; `finish` raises it once DuckDB is done, so the caller rolls back.
     """
 
-    _END = None
-
     def __init__(self, pages: Iterator[FeatureEventPage], out: FeatureEventsDay) -> None:
-        self._pages = pages
         self._rejects = _RejectStage(out)
-        self._tables: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
-        self._stop = threading.Event()
         self._started = time.perf_counter()
         self.fetch_seconds = 0.0
-        self._thread = threading.Thread(target=self._produce, name="pendo-pages", daemon=True)
-        self._thread.start()
+        self._tables = prefetch(self._produce(pages), ahead=2, name="pendo-pages")
 
-    def _produce(self) -> None:
+    def _produce(self, pages: Iterator[FeatureEventPage]) -> Iterator[pa.Table]:
         try:
-            for page in self._pages:
+            for page in pages:
                 self._rejects.add(page)
-                if page.table.num_rows and not self._put(page.table):
-                    return
+                if page.table.num_rows:
+                    yield page.table
                 del page
-        except BaseException as exc:  # raised in the caller's thread by finish()
-            self._error = exc
         finally:
             self.fetch_seconds = time.perf_counter() - self._started
-            close = getattr(self._pages, "close", None)
+            close = getattr(pages, "close", None)
             if close is not None:
                 close()  # stops the client's prefetching
             self._rejects.close()
-            self._put(self._END)
-
-    def _put(self, item: pa.Table | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._tables.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows, in batches of `_STREAM_BATCH_ROWS` (runs in DuckDB's scan thread)."""
-        while (table := self._tables.get()) is not None:
-            yield from table.to_batches(max_chunksize=_STREAM_BATCH_ROWS)
-            del table
+        try:
+            for table in self._tables:
+                yield from table.to_batches(max_chunksize=_STREAM_BATCH_ROWS)
+                del table
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # raised in the caller's thread by finish()
+            self._error = exc
 
     def finish(self) -> None:
-        """Wait for the producer and raise the error that ended the stream, if any."""
-        self._thread.join()
+        """Wait for the worker and raise the error that ended the stream, if any."""
+        self._tables.close()
         if self._error is not None:
             raise self._error
 
     def abort(self) -> None:
-        """Stop the producer (DuckDB failed, or the caller is unwinding)."""
-        self._stop.set()
-        while True:  # unblock a producer waiting for room
-            try:
-                self._tables.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=5)
+        """Stop the worker (DuckDB failed, or the caller is unwinding)."""
+        self._tables.close()
 
 
 _BULK_INSERT_MB_BASE = 32
@@ -409,6 +389,7 @@ def fetch_pipeline_day(
                 day=day,
                 timezone=config.pendo.timezone,
                 sort_field=spec.id_field,
+                app_ids=config.pendo.app_ids,
             )
         )
         return [row for page in pages for row in page], len(pages)

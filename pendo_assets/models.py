@@ -2,15 +2,15 @@
 
 Pendo side: `Feature`, a `FeatureEventPage` of decoded feature events (`FEATURE_EVENT_SCHEMA`)
 with the `RejectedRow` list of rows that could not be used. Planhat side: the snapshot frames
-(`ENDUSER_SCHEMA`, `COMPANY_SCHEMA`, `ASSET_SCHEMA`, `PROJECT_SCHEMA`), `UpsertReport`,
-`DimensionDataResult`, `EncodedBatch`, and `TypedDict` shapes of the items sent to Planhat.
+(`ENDUSER_SCHEMA`, `COMPANY_SCHEMA`, `ASSET_SCHEMA`, `PROJECT_SCHEMA`) and
+`DimensionDataResult`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, NotRequired, TypedDict
+from typing import Any, Final
 
 import polars as pl
 import pyarrow as pa
@@ -28,15 +28,11 @@ __all__ = [
     "PROJECT_SCHEMA",
     "SNAPSHOT_SCHEMAS",
     "UNMATCHED_VISITOR_SCHEMA",
-    "ActivityItem",
     "DimensionDataResult",
-    "EncodedBatch",
     "Feature",
     "FeatureEventPage",
-    "MetricItem",
     "PlanhatSnapshot",
     "RejectedRow",
-    "UpsertReport",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -88,11 +84,26 @@ class Feature:
 
 @dataclass(frozen=True, slots=True)
 class RejectedRow:
-    """A row of a Pendo page that was not used, with why and its JSON text for the quarantine."""
+    """A row of a Pendo page that was not used, with why and its JSON text for the quarantine.
+
+    Attributes:
+        index: The row's position in the response body.
+        reason: Every problem of the row, for people, with the values at fault:
+            ``visitorId is null; numEvents is a string: '12'``.
+        raw: The row's JSON text as sent.
+        kinds: One short stable label per problem, in the order of ``reason``, never holding a
+            value from Pendo: ``("visitorId is null", "numEvents is a string")``.
+    """
 
     index: int
     reason: str
     raw: str
+    kinds: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        """The row's kinds as one label (``"; "``-joined), e.g. for a quarantine column."""
+        return "; ".join(self.kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,25 +175,6 @@ class PlanhatSnapshot:
 
 
 @dataclass(frozen=True)
-class UpsertReport:
-    """Summed outcome of a chunked bulk upsert (``PUT /endusers``)."""
-
-    created: int = 0
-    updated: int = 0
-    nonupdates: int = 0
-    created_errors: list[Any] = field(default_factory=list)
-    updated_errors: list[Any] = field(default_factory=list)
-    permission_errors: list[Any] = field(default_factory=list)
-    requests: int = 0
-    partial: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when no item failed."""
-        return not (self.created_errors or self.updated_errors or self.permission_errors)
-
-
-@dataclass(frozen=True)
 class DimensionDataResult:
     """Planhat's answer to a metrics post.
 
@@ -193,42 +185,6 @@ class DimensionDataResult:
 
     processed: int | None
     errors: list[JSONDict] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedBatch:
-    """A JSON array of items ``[start, stop)`` of the input, ready to send as one request."""
-
-    body: bytes = field(repr=False)
-    start: int
-    stop: int
-
-    @property
-    def items(self) -> int:
-        """Number of items in the batch."""
-        return self.stop - self.start
-
-
-class ActivityItem(TypedDict):
-    """One User Activity for ``POST /analytics/bulk/{tenant}`` (DESIGN.md section 5)."""
-
-    externalId: str
-    action: str
-    date: str
-    count: int
-    weight: float
-    info: JSONDict
-    companyExternalId: NotRequired[str]
-
-
-class MetricItem(TypedDict):
-    """One Custom Metric value for ``POST /dimensiondata/{tenant}`` (DESIGN.md section 5)."""
-
-    dimensionId: str
-    value: float
-    externalId: str
-    model: Model
-    date: str
 
 
 # --------------------------------------------------------------------------------------------

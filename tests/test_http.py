@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -12,7 +13,13 @@ import httpx
 import pytest
 
 from pendo_assets import __version__
-from pendo_assets.clients import PendoClient, PlanhatClient, RetryPolicy, build_http_client
+from pendo_assets.clients import (
+    PendoClient,
+    PlanhatClient,
+    RetryPolicy,
+    build_http_client,
+    prefetch,
+)
 from pendo_assets.clients._http import Redactor, parse_retry_after, send_with_retries
 from pendo_assets.errors import (
     MAX_ERROR_BODY,
@@ -20,6 +27,8 @@ from pendo_assets.errors import (
     ApiTransportError,
     ConfigError,
     DeliveryUnknownError,
+    PagingLimitError,
+    PayloadShapeError,
     PayloadTooLargeError,
     RateLimitedError,
 )
@@ -455,3 +464,121 @@ def test_pendo_key_stays_out_of_errors_logs_and_repr(debug_logs: pytest.LogCaptu
 def test_library_loggers_are_quiet_by_default() -> None:
     assert logging.getLogger("httpx").level == logging.WARNING
     assert logging.getLogger("httpcore").level == logging.WARNING
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors carry their parts as fields
+# ---------------------------------------------------------------------------------------------
+
+
+def test_status_errors_carry_endpoint_and_problem() -> None:
+    recorder = Recorder(httpx.Response(400, text="Cannot parse filter expression"))
+    with pytest.raises(ApiStatusError) as caught:
+        _send(recorder)
+    error = caught.value
+    assert error.endpoint == "Pendo POST /api/v1/aggregation"
+    assert error.problem == "answered 400: Cannot parse filter expression"
+    assert str(error) == f"{error.endpoint} {error.problem}"
+
+
+def test_transport_errors_carry_endpoint_and_problem() -> None:
+    with pytest.raises(ApiTransportError) as caught:
+        _send(Recorder(httpx.ConnectError("refused")), policy=RetryPolicy(attempts=1))
+    assert caught.value.endpoint == "Pendo POST /api/v1/aggregation"
+    assert caught.value.problem == "failed (ConnectError: refused)"
+    with pytest.raises(DeliveryUnknownError) as unknown:
+        _send(Recorder(httpx.ReadTimeout("slow")), idempotent=False)
+    assert unknown.value.problem.startswith("the request may have been sent but no answer came")
+    assert str(unknown.value) == f"{unknown.value.endpoint}: {unknown.value.problem}"
+
+
+def test_shape_and_paging_errors_carry_endpoint_and_problem() -> None:
+    pendo = PendoClient(
+        integration_key=SECRET_KEY,
+        transport=Recorder(httpx.Response(200, json={"not": "a list"})).transport,
+    )
+    with pytest.raises(PayloadShapeError) as caught:
+        pendo.list_features()
+    assert caught.value.endpoint == "Pendo GET /api/v1/feature"
+    assert caught.value.problem == "expected a JSON array of features"
+    assert str(caught.value) == f"{caught.value.endpoint}: {caught.value.problem}"
+    planhat = PlanhatClient(
+        api_token=API_TOKEN,
+        tenant_token=TENANT,
+        transport=Recorder(httpx.Response(200, json=[{"_id": "a"}])).transport,
+    )
+    with pytest.raises(PagingLimitError) as limit:
+        list(planhat.iter_pages("Asset", select=["_id"], page_size=1, max_pages=2))
+    assert limit.value.endpoint == "Planhat GET /assets"
+    assert limit.value.problem.startswith("2 full pages of 1 and still more")
+
+
+def test_errors_built_without_parts_derive_them() -> None:
+    error = ApiTransportError("reset", service="planhat", method="POST", url="https://x.test/a?b=1")
+    assert (error.endpoint, error.problem) == ("Planhat POST /a", "reset")
+
+
+# ---------------------------------------------------------------------------------------------
+# prefetch
+# ---------------------------------------------------------------------------------------------
+
+
+class Source:
+    """A generator that records what it produced, and whether and where it was closed."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.produced: list[int] = []
+        self.closed_in: str | None = None
+        self.items = self._run(n, fail_at)
+
+    def _run(self, n: int, fail_at: int | None) -> Iterator[int]:
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"item {i} failed")
+                self.produced.append(i)
+                yield i
+        finally:
+            self.closed_in = threading.current_thread().name
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("test-prefetch")]
+
+
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_prefetch_yields_in_order_never_more_than_ahead_of_the_caller(ahead: int) -> None:
+    source = Source(10)
+    taken = []
+    with prefetch(source.items, ahead=ahead, name="test-prefetch") as items:
+        for item in items:
+            assert len(source.produced) <= len(taken) + 1 + ahead
+            taken.append(item)
+    assert taken == list(range(10))
+    assert prefetch_threads() == []
+
+
+def test_prefetch_raises_an_error_after_the_items_before_it() -> None:
+    source = Source(10, fail_at=2)
+    items = prefetch(source.items, name="test-prefetch")
+    assert [next(items), next(items)] == [0, 1]
+    with pytest.raises(ValueError, match="item 2 failed"):
+        next(items)
+    assert list(items) == []
+    assert prefetch_threads() == []
+
+
+def test_closing_prefetch_early_closes_the_source_in_the_worker() -> None:
+    source = Source(100)
+    items = prefetch(source.items, ahead=2, name="test-prefetch")
+    assert next(items) == 0
+    items.close()
+    assert source.closed_in is not None and source.closed_in.startswith("test-prefetch")
+    assert len(source.produced) <= 3
+    assert prefetch_threads() == []
+    assert list(items) == []
+
+
+def test_prefetch_refuses_no_look_ahead() -> None:
+    with pytest.raises(ConfigError, match="ahead"):
+        prefetch(iter([]), ahead=0)

@@ -464,13 +464,37 @@ def test_decoder_rejects_a_bad_row_with_a_reason(overrides: dict[str, Any], reas
     assert page.row_count == 3
 
 
+# The kind of each reason: a stable label holding no value from Pendo.
+_VALUED = {
+    "visitorId is longer than 1024 characters (1025)": "visitorId is longer than 1024 characters",
+    "featureId 'feat-z' is not one of the requested features": (
+        "featureId is not one of the requested features"
+    ),
+    f"day {DAY_MS - 3_600_000} is not the requested local midnight": (
+        "day is not the requested local midnight"
+    ),
+}
+
+
+@pytest.mark.parametrize(("overrides", "reason"), REJECTS, ids=[r for _, r in REJECTS])
+def test_decoder_gives_each_rejected_row_its_kinds(overrides: dict[str, Any], reason: str) -> None:
+    strict_bad = pendo_event(visitorId="")  # a second page shape: read permissively or not
+    for rows in ([pendo_event(**overrides)], [pendo_event(**overrides), strict_bad]):
+        reject = decode(rows).rejects[0]
+        assert reject.kinds == (_VALUED.get(reason, reason.split(":")[0]),)
+        assert reject.kind == reject.kinds[0]
+
+
 def test_decoder_lists_every_problem_of_a_row() -> None:
     page = decode([pendo_event(visitorId=None, numEvents="12")])
     assert page.rejects[0].reason == "visitorId is null; numEvents is a string: '12'"
+    assert page.rejects[0].kinds == ("visitorId is null", "numEvents is a string")
+    assert page.rejects[0].kind == "visitorId is null; numEvents is a string"
 
 
 def test_decoder_rejects_rows_that_are_not_objects() -> None:
     page = decode([pendo_event(), None, 3, "row"])
+    assert {r.kinds for r in page.rejects} == {("row is not a JSON object",)}
     assert [(r.index, r.reason, r.raw) for r in page.rejects] == [
         (1, "row is not a JSON object", "null"),
         (2, "row is not a JSON object", "3"),
@@ -580,7 +604,7 @@ def test_pipeline_pages_sets_the_day_window_and_pages() -> None:
     ]
     sent = _pipeline(recorder.requests[0])
     assert sent[0]["source"] == {
-        "featureEvents": None,
+        "featureEvents": {"appId": 'expandAppIds("*")'},  # pendo.app_ids defaults to all
         "timeSeries": {"period": "dayRange", "first": DAY_MS, "count": 1},
     }
     assert sent[1:3] == PIPELINE[1:]
@@ -653,3 +677,89 @@ def test_bench_decode_one_million_rows(request: pytest.FixtureRequest) -> None:
         size = sum(len(b) for b in batch) / 1e6
         print(f"\n1M rows / {size:.0f} MB, {label}: {elapsed:.2f} s (cpus={os.cpu_count()})")
         assert total == 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps read by user pipelines (pendo.app_ids)
+# ---------------------------------------------------------------------------------------------
+
+_WINDOW = {"period": "dayRange", "first": "now()", "count": -1}
+
+
+@pytest.mark.parametrize(
+    ("row_source", "app_ids", "sent"),
+    [
+        (None, "all", {"appId": 'expandAppIds("*")'}),
+        (None, [-323232, 5], {"appId": [-323232, 5]}),
+        ({"featureId": "f1"}, "all", {"featureId": "f1", "appId": 'expandAppIds("*")'}),
+        ({"appId": 7}, "all", {"appId": 7}),
+    ],
+)
+def test_pipeline_pages_reads_the_configured_apps_unless_the_pipeline_names_them(
+    row_source: Any, app_ids: Any, sent: Any
+) -> None:
+    stages = [{"source": {"featureEvents": row_source, "timeSeries": _WINDOW}}, *PIPELINE[1:]]
+    recorder = Recorder(results([]))
+    list(
+        client(recorder).pipeline_pages(
+            stages=stages, day=DAY, timezone=TZ, sort_field="accountId", app_ids=app_ids
+        )
+    )
+    source = _pipeline(recorder.requests[0])[0]["source"]
+    assert source == {
+        "featureEvents": sent,
+        "timeSeries": {"period": "dayRange", "first": DAY_MS, "count": 1},
+    }
+    assert stages[0]["source"]["featureEvents"] == row_source  # the caller's stages unchanged
+
+
+def test_fetch_pipeline_day_reads_the_apps_of_the_config() -> None:
+    from pendo_assets.config import parse_config
+    from pendo_assets.landing import fetch_pipeline_day
+
+    config = parse_config(
+        f"""
+pendo:
+  timezone: {TZ}
+  start_date: 2026-09-01
+  app_ids: [-323232, 5]
+pipelines:
+  - name: clicks
+    model: Company
+    metrics: {{totalEvents: pendo_clicks}}
+    pipeline:
+      - source: {{featureEvents: null, timeSeries: {{period: dayRange, first: now(), count: -1}}}}
+      - group: {{group: [accountId], fields: {{totalEvents: {{sum: numEvents}}}}}}
+"""
+    )
+    recorder = Recorder(results([{"accountId": "a", "totalEvents": 2}]))
+    day = fetch_pipeline_day(client(recorder), spec=config.pipelines[0], day=DAY, config=config)
+    assert day.rows == [{"accountId": "a", "totalEvents": 2}]
+    source = _pipeline(recorder.requests[0])[0]["source"]
+    assert source["featureEvents"] == {"appId": [-323232, 5]}
+
+
+def test_sandbox_config_pipelines_read_every_app_like_the_ground_truth() -> None:
+    # The sandbox answers a row source without appId with the default app only, as Pendo does;
+    # its config's pipelines name no app (as the README's), so only pendo.app_ids reads them all.
+    import yaml
+
+    from pendo_assets.config import parse_config
+    from pendo_assets.landing import fetch_pipeline_day
+    from pendo_assets.sandbox import Sandbox
+
+    day = date(2026, 11, 2)
+    with Sandbox(now=datetime(2026, 11, 3, 12, tzinfo=UTC)) as sb:
+        assert sb.dataset.feature_events(day)["appId"].n_unique() > 1
+        settings = sb.demo_config(start_date=day)
+        config = parse_config(yaml.safe_dump(settings))
+        [spec] = [p for p in config.pipelines if p.name == "account_usage"]
+        with PendoClient(integration_key=sb.pendo_key, base_url=sb.pendo_url) as pendo:
+            fetched = fetch_pipeline_day(pendo, spec=spec, day=day, config=config)
+        [pipeline] = [p for p in settings["pipelines"] if p["name"] == "account_usage"]
+        truth = sb.dataset.truth_metrics(days=[day], pipelines=[pipeline])
+    values = {(r["dimension_id"], r["id"]): r["value"] for r in fetched.values.to_dicts()}
+    assert truth
+    assert {(dim, ext): values.get((dim, ext)) for dim, _, ext, _ in truth} == {
+        (dim, ext): value for (dim, _, ext, _), value in truth.items()
+    }

@@ -1,19 +1,14 @@
-"""PlanhatClient: snapshot paging, upserts, analytics writes (one call, one request), batching."""
+"""PlanhatClient: snapshot paging and analytics writes (one call, one request)."""
 
 from __future__ import annotations
 
-import json
-import random
-import time
-from datetime import date
-from decimal import Decimal
 from typing import Any
 
 import httpx
 import polars as pl
 import pytest
 
-from pendo_assets.clients import PlanhatClient, RetryPolicy, encode_batches
+from pendo_assets.clients import PlanhatClient, RetryPolicy
 from pendo_assets.errors import (
     ApiStatusError,
     BatchError,
@@ -56,19 +51,6 @@ def planhat_company(**overrides: Any) -> dict[str, Any]:
     item: dict[str, Any] = {"_id": "co-1", "externalId": "acct-1", "name": "Acme"}
     item.update(overrides)
     return {k: v for k, v in item.items() if v is not ...}
-
-
-def activity(i: int, **overrides: Any) -> dict[str, Any]:
-    item = {
-        "externalId": f"visitor-{i}",
-        "action": "Used export",
-        "date": "2026-11-28",
-        "count": i % 9 + 1,
-        "weight": 1,
-        "info": {"featureId": "feat-a"},
-    }
-    item.update(overrides)
-    return item
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +124,6 @@ def test_iter_pages_rejects_a_config_without_a_stop_rule(model: Any, kwargs: Any
 def test_iter_pages_checks_its_arguments_when_called() -> None:
     with pytest.raises(ConfigError, match="between 1 and 5000"):
         planhat(Recorder()).iter_pages("Company", select=["_id"], page_size=6000)
-    with pytest.raises(ConfigError, match="max_items"):
-        encode_batches([], max_bytes=100, max_items=0)
 
 
 def _ids(n: int, start: int = 0) -> list[dict[str, str]]:
@@ -278,59 +258,6 @@ def test_snapshot_requires_an_id_on_every_object() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Upsert
-# ---------------------------------------------------------------------------------------------
-
-
-def test_upsert_endusers_chunks_5001_items_into_5000_and_1() -> None:
-    def answer(request: httpx.Request) -> httpx.Response:
-        n = len(json.loads(request.content))
-        return httpx.Response(200, json={"created": n - 1, "updated": 1, "createdErrors": []})
-
-    recorder = Recorder(answer)
-    items = [{"externalId": f"v{i}", "email": f"v{i}@x.test"} for i in range(5001)]
-    report = planhat(recorder).upsert_endusers(items)
-    sizes = [len(json.loads(r.content)) for r in recorder.requests]
-    assert sizes == [5000, 1]
-    assert all(r.method == "PUT" and r.url.path == "/endusers" for r in recorder.requests)
-    assert recorder.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
-    assert json.loads(recorder.requests[1].content) == [items[-1]]
-    assert (report.created, report.updated, report.requests, report.ok) == (4999, 2, 2, True)
-
-
-def test_upsert_endusers_surfaces_partial_errors_of_a_206() -> None:
-    recorder = Recorder(
-        httpx.Response(
-            206,
-            json={
-                "created": 1,
-                "updated": 0,
-                "createdErrors": [{"item": {"externalId": "v2"}, "error": "email required"}],
-                "updatedErrors": [],
-                "permissionErrors": ["no access to companies"],
-            },
-        )
-    )
-    report = planhat(recorder).upsert_endusers([{"externalId": "v1"}, {"externalId": "v2"}])
-    assert report.partial and not report.ok
-    assert report.created_errors == [{"item": {"externalId": "v2"}, "error": "email required"}]
-    assert report.permission_errors == ["no access to companies"]
-
-
-def test_upsert_endusers_retries_a_read_timeout_because_it_is_keyed() -> None:
-    recorder = Recorder(httpx.ReadTimeout("timed out"), httpx.Response(200, json={"updated": 1}))
-    report = planhat(recorder).upsert_endusers([{"externalId": "v1"}])
-    assert report.updated == 1
-    assert len(recorder.requests) == 2
-
-
-def test_upsert_endusers_with_no_items_sends_nothing() -> None:
-    recorder = Recorder()
-    assert planhat(recorder).upsert_endusers([]).requests == 0
-    assert recorder.requests == []
-
-
-# ---------------------------------------------------------------------------------------------
 # Analytics writes
 # ---------------------------------------------------------------------------------------------
 
@@ -429,141 +356,3 @@ def test_analytics_writes_do_not_retry_413() -> None:
     with pytest.raises(PayloadTooLargeError, match="answered 413"):
         planhat(recorder).post_activities(BODY, items=1)
     assert len(recorder.requests) == 1
-
-
-# ---------------------------------------------------------------------------------------------
-# encode_batches
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_batches(items: list[dict[str, Any]], max_bytes: int, max_items: int) -> None:
-    batches = list(encode_batches(items, max_bytes=max_bytes, max_items=max_items))
-    decoded: list[Any] = []
-    position = 0
-    for batch in batches:
-        assert 0 < batch.items <= max_items
-        assert len(batch.body) <= max_bytes
-        assert batch.start == position
-        content = json.loads(batch.body)
-        assert len(content) == batch.items
-        decoded.extend(content)
-        position = batch.stop
-    assert decoded == items
-
-
-@pytest.mark.parametrize(
-    ("max_bytes", "max_items"), [(10_000_000, 1), (10_000_000, 7), (400, 1000), (150, 2), (250, 50)]
-)
-def test_encode_batches_respects_both_limits_and_keeps_order(
-    max_bytes: int, max_items: int
-) -> None:
-    _check_batches([activity(i) for i in range(101)], max_bytes, max_items)
-
-
-def test_encode_batches_with_random_item_sizes() -> None:
-    rng = random.Random(7)
-    items = [activity(i, action="x" * rng.randint(0, 300)) for i in range(3000)]
-    for _ in range(5):
-        _check_batches(items, rng.randint(500, 20_000), rng.randint(1, 200))
-
-
-def test_encode_batches_spans_internal_encoding_chunks() -> None:
-    items = [activity(i) for i in range(25_001)]
-    _check_batches(items, 1_000_000, 9_999)
-
-
-def test_encode_batches_on_no_items_yields_nothing() -> None:
-    assert list(encode_batches([], max_bytes=100, max_items=10)) == []
-
-
-def test_encode_batches_packs_an_item_that_exactly_fits() -> None:
-    item = {"a": "b"}  # {"a":"b"} is 9 bytes, 11 with brackets
-    [batch] = encode_batches([item], max_bytes=11, max_items=1)
-    assert batch.body == b'[{"a":"b"}]'
-    with pytest.raises(BatchError, match="item 0 encodes to 9 bytes"):
-        list(encode_batches([item], max_bytes=10, max_items=1))
-
-
-@pytest.mark.parametrize(
-    ("bad", "message"),
-    [
-        (float("nan"), r"item 1 holds a non-finite number at \$.info.v\[1\]"),
-        (float("-inf"), r"item 1 holds a non-finite number at \$.info.v\[1\]"),
-        (Decimal("NaN"), "item 1 cannot be encoded"),
-    ],
-)
-def test_encode_batches_refuses_non_finite_numbers(bad: Any, message: str) -> None:
-    items = [activity(0), activity(1, info={"featureId": None, "v": [1, bad]})]
-    with pytest.raises(BatchError, match=message):
-        list(encode_batches(items, max_bytes=10_000, max_items=10))
-
-
-def test_encode_batches_keeps_nulls_and_writes_decimals_as_numbers() -> None:
-    items = [{"v": None, "d": Decimal("1.50")}]
-    [batch] = encode_batches(items, max_bytes=100, max_items=10)
-    assert batch.body == b'[{"v":null,"d":1.50}]'
-
-
-def test_encode_batches_names_an_item_that_cannot_be_encoded() -> None:
-    with pytest.raises(BatchError, match="item 1 cannot be encoded"):
-        list(encode_batches([{"a": 1}, {"a": object()}], max_bytes=100, max_items=10))
-
-
-def test_client_encode_batches_uses_its_limits_and_feeds_post() -> None:
-    recorder = Recorder(httpx.Response(200))
-    client = planhat(recorder, max_items=2)
-    batches = list(client.encode_batches([activity(i) for i in range(5)]))
-    assert [b.items for b in batches] == [2, 2, 1]
-    for batch in batches:
-        client.post_activities(batch.body, items=batch.items)
-    assert len(recorder.requests) == 3
-
-
-@pytest.mark.bench
-def test_bench_encode_one_million_items(request: pytest.FixtureRequest) -> None:
-    if "bench" not in (request.config.getoption("markexpr") or "").replace("not bench", ""):
-        pytest.skip("benchmark: select it with -m bench")
-    items = [activity(i) for i in range(1_000_000)]
-    started = time.perf_counter()
-    batches = list(encode_batches(items, max_bytes=30_000_000, max_items=100_000))
-    elapsed = time.perf_counter() - started
-    print(f"\nencode_batches 1M items -> {len(batches)} batches: {elapsed:.2f} s")
-    assert sum(b.items for b in batches) == 1_000_000
-
-
-# ---------------------------------------------------------------------------------------------
-# Read-back
-# ---------------------------------------------------------------------------------------------
-
-
-def test_get_dimension_data_sends_days_since_epoch_and_pages() -> None:
-    recorder = Recorder(
-        httpx.Response(200, json=[{"_id": "1", "value": 3}, {"_id": "2", "value": 4}]),
-        httpx.Response(200, json=[{"_id": "3", "value": 5}]),
-    )
-    rows = planhat(recorder).get_dimension_data(
-        dimension_id="pendo_clicks",
-        start=date(2026, 11, 1),
-        end=date(2026, 11, 28),
-        company_id="co-1",
-        page_size=2,
-    )
-    assert [r["_id"] for r in rows] == ["1", "2", "3"]
-    first = recorder.requests[0]
-    assert (first.url.host, first.url.path) == ("api.planhat.com", "/dimensiondata")
-    assert dict(first.url.params) == {
-        "dimid": "pendo_clicks",
-        "from": str((date(2026, 11, 1) - date(1970, 1, 1)).days),
-        "to": "20785",
-        "cId": "co-1",
-        "limit": "2",
-        "offset": "0",
-    }
-    assert recorder.requests[1].url.params["offset"] == "2"
-
-
-def test_get_dimension_data_rejects_an_inverted_range() -> None:
-    with pytest.raises(ConfigError):
-        planhat(Recorder()).get_dimension_data(
-            dimension_id="d", start=date(2026, 2, 1), end=date(2026, 1, 1)
-        )

@@ -262,7 +262,7 @@ def test_demo_config_has_the_documented_shape(ds):
         assert set(p) == {"name", "model", "id_field", "metrics", "aggregation", "pipeline"}
         assert p["pipeline"][0] == {
             "source": {
-                "featureEvents": {"appId": 'expandAppIds("*")'},
+                "featureEvents": None,
                 "timeSeries": {"period": "dayRange", "first": "now()", "count": -1},
             }
         }

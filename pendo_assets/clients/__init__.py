@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ._http import AttemptHooks, RetryPolicy, build_http_client
+from ._prefetch import prefetch
 from .pendo import PendoClient, day_window
-from .planhat import PlanhatClient, encode_batches
+from .planhat import PlanhatClient
 
 __all__ = [
     "AttemptHooks",
@@ -13,5 +14,5 @@ __all__ = [
     "RetryPolicy",
     "build_http_client",
     "day_window",
-    "encode_batches",
+    "prefetch",
 ]

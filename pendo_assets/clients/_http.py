@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final, Protocol, Self
+from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -49,12 +49,9 @@ from ..errors import (
     PayloadTooLargeError,
     RateLimitedError,
 )
-from ..types import Service
+from ..types import SERVICE_NAMES, Service
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
-    "NOT_SENT_ERRORS",
-    "USER_AGENT",
     "AttemptHooks",
     "PooledClient",
     "Redactor",
@@ -66,18 +63,18 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pendo_assets.clients")
+_E = TypeVar("_E", bound=ApiError)
 
 Sleep = Callable[[float], None]
 
-DEFAULT_TIMEOUT: Final = httpx.Timeout(10.0, read=60.0)
-USER_AGENT: Final = f"pendo-assets/{__version__}"
+_DEFAULT_TIMEOUT: Final = httpx.Timeout(10.0, read=60.0)
+_USER_AGENT: Final = f"pendo-assets/{__version__}"
 
 #: Transport errors raised before any byte of the request left this process: always safe to retry.
-NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: Transport errors that no retry can fix (bad scheme): never retried, never sent.
 _NEVER_SENT_FATAL: Final = (httpx.UnsupportedProtocol,)
 
-_SERVICE_NAMES: Final[Mapping[Service, str]] = {"pendo": "Pendo", "planhat": "Planhat"}
 _MASK: Final = "***"
 _KEYLIKE_PARAM = re.compile(r"key|token|secret|passw|auth|signature|credential", re.IGNORECASE)
 _KEYLIKE_IN_TEXT = re.compile(
@@ -87,18 +84,14 @@ _KEYLIKE_IN_TEXT = re.compile(
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Retry policy
-# --------------------------------------------------------------------------------------------
-
-
 class PooledClient:
     """Base of the API clients: a pooled ``httpx.Client`` closed on ``close()`` or ``with`` exit,
-    and the mapping of an answer that is not the documented shape to `PayloadShapeError`."""
+    and the errors about an answer (`PayloadShapeError`, paging errors) with their fields."""
 
     _http: httpx.Client
     _redactor: Redactor
     _service: ClassVar[Service]
+    _base_url: str  # the host that paths in errors are relative to
 
     def __enter__(self) -> Self:
         return self
@@ -110,23 +103,25 @@ class PooledClient:
         """Close pooled connections."""
         self._http.close()
 
-    @property
-    def _shape_base_url(self) -> str:
-        """The host that paths in shape errors are relative to."""
-        raise NotImplementedError
-
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         try:
             return msgspec.json.decode(response.content)
         except msgspec.DecodeError as exc:
             raise self._shape(method, path, f"not JSON ({exc})") from None
 
-    def _shape(self, method: str, path: str, problem: str) -> PayloadShapeError:
-        return PayloadShapeError(
-            f"{_SERVICE_NAMES[self._service]} {method} {path}: {problem}",
+    def _shape(
+        self, method: str, path: str, problem: str, cls: type[ApiError] = PayloadShapeError
+    ) -> ApiError:
+        """``cls`` (`PayloadShapeError` by default) for ``problem`` at ``method path``."""
+        endpoint = f"{SERVICE_NAMES[self._service]} {method} {path}"
+        url = self._redactor.url(self._base_url + path)
+        return cls(
+            f"{endpoint}: {problem}",
             service=self._service,
             method=method,
-            url=self._redactor.url(self._shape_base_url + path),
+            url=url,
+            endpoint=endpoint,
+            problem=problem,
         )
 
 
@@ -349,8 +344,8 @@ def build_http_client(
         A client with the ``pendo-assets/<version>`` User-Agent and no redirect following.
     """
     return httpx.Client(
-        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-        headers={"User-Agent": USER_AGENT, **(headers or {})},
+        timeout=_DEFAULT_TIMEOUT if timeout is None else timeout,
+        headers={"User-Agent": _USER_AGENT, **(headers or {})},
         limits=httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=5.0),
         transport=transport,
         follow_redirects=False,
@@ -425,10 +420,7 @@ def send_with_retries(
         DeliveryUnknownError: A non-idempotent request may have been sent but got no answer.
         ApiTransportError: The request could not be completed after the last attempt.
     """
-    name = _SERVICE_NAMES[service]
-    method = request.method
-    safe_url = redactor.url(request.url)
-    endpoint = redactor.path(request.url)
+    call = _Call(service, request.method, request.url, redactor)
     state = _Attempts()
 
     def attempt() -> httpx.Response:
@@ -446,36 +438,18 @@ def send_with_retries(
         except httpx.RequestError as exc:  # transport errors, and a body that fails to decode
             # Chain a scrubbed copy: the original holds the request and its URL with secrets.
             cause = type(exc)(redactor.text(str(exc)))
-            error, state.retryable = _transport_error(
-                exc, name, service, method, safe_url, endpoint, after, idempotent, redactor
-            )
+            error, state.retryable = call.transport_error(exc, after, idempotent)
         if error is not None:
-            logger.info("%s %s %s -> %s", name, method, safe_url, type(cause).__name__)
+            logger.info("%s -> %s", call.logged, type(cause).__name__)
             raise error from cause
-        logger.info(
-            "%s %s %s -> %s (%.2f s)",
-            name,
-            method,
-            safe_url,
-            response.status_code,
-            time.monotonic() - started,
-        )
+        elapsed = time.monotonic() - started
+        logger.info("%s -> %s (%.2f s)", call.logged, response.status_code, elapsed)
         if response.is_success:
             return response
         status = response.status_code
         state.retryable = status == 429 or status >= 500
         state.retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise _status_error(
-            response,
-            name,
-            service,
-            method,
-            safe_url,
-            endpoint,
-            after,
-            redactor,
-            hint if status in hint_statuses else None,
-        )
+        raise call.status_error(response, after, hint if status in hint_statuses else None)
 
     def wait(retry_state: tenacity.RetryCallState) -> float:
         return policy.delay(attempt=retry_state.attempt_number, retry_after=state.retry_after)
@@ -490,10 +464,8 @@ def send_with_retries(
         reason = outcome.exception() if outcome is not None else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
         logger.warning(
-            "%s %s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-            name,
-            method,
-            endpoint,
+            "%s failed (%s); retrying in %.1f s (attempt %d of %d)",
+            call.endpoint,
             _short_reason(reason),
             delay,
             retry_state.attempt_number,
@@ -519,34 +491,65 @@ def _short_reason(exc: BaseException | None) -> str:
     return type(exc).__name__
 
 
-def _transport_error(
-    exc: httpx.RequestError,
-    name: str,
-    service: Service,
-    method: str,
-    safe_url: str,
-    endpoint: str,
-    after: str,
-    idempotent: bool,
-    redactor: Redactor,
-) -> tuple[ApiError, bool]:
-    """Map a transport error; return the error and whether another attempt may be made.
+class _Call:
+    """One request's names for logs and errors: ``Pendo GET /api/v1/feature``, redacted URL."""
 
-    ``httpx.DecodingError`` (the answer's body could not be decoded) lands in the "may have been
-    applied" branch for writes: the service answered, but with a status that cannot be trusted.
-    """
-    detail = f"{type(exc).__name__}: {redactor.text(str(exc)) or 'no detail'}"
-    if isinstance(exc, _NEVER_SENT_FATAL):
-        message = f"{name} {method} {endpoint} could not be sent ({detail})"
-        return ApiTransportError(message, service=service, method=method, url=safe_url), False
-    if idempotent or isinstance(exc, NOT_SENT_ERRORS):
-        message = f"{name} {method} {endpoint} failed{after} ({detail})"
-        return ApiTransportError(message, service=service, method=method, url=safe_url), True
-    message = (
-        f"{name} {method} {endpoint}: the request may have been sent but no answer came "
-        f"({detail}); whether {name} applied it is unknown, so it is not retried"
-    )
-    return DeliveryUnknownError(message, service=service, method=method, url=safe_url), False
+    def __init__(self, service: Service, method: str, url: httpx.URL, redactor: Redactor) -> None:
+        self.service = service
+        self.name = SERVICE_NAMES[service]
+        self.method = method
+        self.safe_url = redactor.url(url)
+        self.redactor = redactor
+        self.endpoint = f"{self.name} {method} {redactor.path(url)}"
+        self.logged = f"{self.name} {method} {self.safe_url}"
+
+    def error(self, cls: type[_E], problem: str, sep: str = " ", **fields: Any) -> _E:
+        return cls(
+            f"{self.endpoint}{sep}{problem}",
+            service=self.service,
+            method=self.method,
+            url=self.safe_url,
+            endpoint=self.endpoint,
+            problem=problem,
+            **fields,
+        )
+
+    def transport_error(
+        self, exc: httpx.RequestError, after: str, idempotent: bool
+    ) -> tuple[ApiError, bool]:
+        """Map a transport error; return the error and whether another attempt may be made.
+
+        ``httpx.DecodingError`` (the answer's body could not be decoded) lands in the "may have
+        been applied" branch for writes: the service answered, but with a status that cannot be
+        trusted.
+        """
+        detail = f"{type(exc).__name__}: {self.redactor.text(str(exc)) or 'no detail'}"
+        if isinstance(exc, _NEVER_SENT_FATAL):
+            return self.error(ApiTransportError, f"could not be sent ({detail})"), False
+        if idempotent or isinstance(exc, _NOT_SENT_ERRORS):
+            return self.error(ApiTransportError, f"failed{after} ({detail})"), True
+        problem = (
+            f"the request may have been sent but no answer came ({detail}); whether "
+            f"{self.name} applied it is unknown, so it is not retried"
+        )
+        return self.error(DeliveryUnknownError, problem, sep=": "), False
+
+    def status_error(self, response: httpx.Response, after: str, hint: str | None) -> ApiError:
+        status = response.status_code
+        body = self.redactor.body(response.content)
+        problem = f"answered {status}{after}"
+        # Scrubbed again: unescaping HTML entities could spell out a secret the body hid.
+        content_type = response.headers.get("Content-Type", "")
+        excerpt = self.redactor.text(_readable(body, content_type))[:200]
+        if excerpt:
+            problem += f": {excerpt}"
+        if hint:
+            problem += f" ({hint})"
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return self.error(RateLimitedError, problem, body=body, retry_after=retry_after)
+        cls = PayloadTooLargeError if status == 413 else ApiStatusError
+        return self.error(cls, problem, status_code=status, body=body)
 
 
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
@@ -567,37 +570,3 @@ def _readable(body: str, content_type: str) -> str:
     else:
         text = body
     return " ".join(text.split())
-
-
-def _status_error(
-    response: httpx.Response,
-    name: str,
-    service: Service,
-    method: str,
-    safe_url: str,
-    endpoint: str,
-    after: str,
-    redactor: Redactor,
-    hint: str | None,
-) -> ApiStatusError:
-    status = response.status_code
-    body = redactor.body(response.content)
-    message = f"{name} {method} {endpoint} answered {status}{after}"
-    # Scrubbed again: unescaping HTML entities could spell out a secret the body hid.
-    excerpt = redactor.text(_readable(body, response.headers.get("Content-Type", "")))[:200]
-    if excerpt:
-        message += f": {excerpt}"
-    if hint:
-        message += f" ({hint})"
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return RateLimitedError(
-            message,
-            service=service,
-            method=method,
-            url=safe_url,
-            body=body,
-            retry_after=retry_after,
-        )
-    cls = PayloadTooLargeError if status == 413 else ApiStatusError
-    return cls(message, service=service, method=method, url=safe_url, status_code=status, body=body)

@@ -1,4 +1,4 @@
-"""Planhat client: the object snapshot, End User upserts, and the two analytics writes.
+"""Planhat client: the object snapshot and the two analytics writes.
 
 Analytics writes are the exactly-once critical path: `PlanhatClient.post_activities` and
 `PlanhatClient.post_dimension_data` send exactly one HTTP request per call (the caller records
@@ -11,14 +11,9 @@ Reference: /work/shared/reference/planhat_api.md (sections 1-5).
 
 from __future__ import annotations
 
-import decimal
-import itertools
 import logging
-import math
-import numbers
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import date
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -26,14 +21,8 @@ import httpx
 import msgspec
 import polars as pl
 
-from ..errors import BatchError, ConfigError, PagingLimitError, PayloadShapeError
-from ..models import (
-    SNAPSHOT_SCHEMAS,
-    DimensionDataResult,
-    EncodedBatch,
-    PlanhatSnapshot,
-    UpsertReport,
-)
+from ..errors import BatchError, ConfigError, PagingLimitError
+from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, PlanhatSnapshot
 from ..types import JSONDict, Model
 from ._http import (
     AttemptHooks,
@@ -45,13 +34,7 @@ from ._http import (
     send_with_retries,
 )
 
-__all__ = [
-    "MAX_ANALYTICS_BODY_BYTES",
-    "MAX_UPSERT_ITEMS",
-    "MODEL_PAGE_LIMITS",
-    "PlanhatClient",
-    "encode_batches",
-]
+__all__ = ["MAX_ANALYTICS_BODY_BYTES", "MODEL_PAGE_LIMITS", "PlanhatClient"]
 
 logger = logging.getLogger("pendo_assets.clients")
 
@@ -63,120 +46,15 @@ MODEL_PAGE_LIMITS: Final[Mapping[Model, tuple[str, int]]] = {
     "Asset": ("assets", 2_000),
     "Project": ("projects", 2_000),
 }
-#: Planhat's bulk upsert takes at most 5,000 items per request (planhat_api.md section 5.1).
-MAX_UPSERT_ITEMS: Final = 5_000
 #: Planhat's hard cap on an analytics body (planhat_api.md section 3.4).
 MAX_ANALYTICS_BODY_BYTES: Final = 32_000_000
 DEFAULT_MAX_PAGES: Final = 10_000
-_DIMENSIONDATA_PAGE: Final = 2_000
 _TOKEN_HINT: Final = "check PLANHAT_API_TOKEN: a service-account token with access to this object"
-
-# decimal_format="number": Planhat wants numbers, and msgspec writes Decimal as a string otherwise.
-_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
-_ENCODE_CHUNK: Final = 10_000
-
-
-def encode_batches(
-    items: Iterable[Mapping[str, Any]], *, max_bytes: int, max_items: int
-) -> Iterator[EncodedBatch]:
-    """Encode items once each and pack consecutive ones into JSON arrays under both limits.
-
-    Batches are never empty, never over ``max_bytes`` bytes or ``max_items`` items, and cover
-    the input in order: batch ``k`` holds items ``[start, stop)`` and the next starts at ``stop``.
-
-    Args:
-        items: JSON-encodable mappings (activities or metric values).
-        max_bytes: Largest body, brackets and commas included.
-        max_items: Most items per body.
-
-    Yields:
-        Encoded batches.
-
-    Raises:
-        ConfigError: A limit is too small to hold anything.
-        BatchError: An item holds NaN/Infinity, cannot be encoded, or alone exceeds ``max_bytes``.
-    """
-    if max_bytes < 3:
-        raise ConfigError(f"max_bytes must be at least 3 (room for one item), got {max_bytes}")
-    if max_items < 1:
-        raise ConfigError(f"max_items must be 1 or more, got {max_items}")
-    return _encode_batches(iter(items), max_bytes, max_items)
-
-
-def _encode_batches(
-    iterator: Iterator[Mapping[str, Any]], max_bytes: int, max_items: int
-) -> Iterator[EncodedBatch]:
-    parts: list[bytes] = []
-    size = 2  # the brackets
-    start = 0
-    offset = 0
-    while chunk := list(itertools.islice(iterator, _ENCODE_CHUNK)):
-        encoded = _encode_chunk(chunk, offset)
-        for position, data in enumerate(encoded):
-            length = len(data)
-            if length + 2 > max_bytes:
-                raise BatchError(
-                    f"item {offset + position} encodes to {length} bytes, more than "
-                    f"max_bytes={max_bytes} allows for a whole batch"
-                )
-            if parts and (size + 1 + length > max_bytes or len(parts) >= max_items):
-                stop = start + len(parts)
-                yield EncodedBatch(b"[" + b",".join(parts) + b"]", start, stop)
-                parts, size, start = [], 2, stop
-            size += length + (1 if parts else 0)
-            parts.append(data)
-        offset += len(chunk)
-    if parts:
-        yield EncodedBatch(b"[" + b",".join(parts) + b"]", start, start + len(parts))
-
-
-def _encode_chunk(chunk: list[Mapping[str, Any]], offset: int) -> list[bytes]:
-    try:
-        lines = _ENCODER.encode_lines(chunk)
-    except (TypeError, ValueError, OverflowError):
-        for position, item in enumerate(chunk):  # find the culprit for the message
-            try:
-                _ENCODER.encode(item)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise BatchError(f"item {offset + position} cannot be encoded: {exc}") from None
-        raise
-    # JSON strings escape newlines, so a raw b"\n" only ever separates two items.
-    encoded = lines.split(b"\n")
-    encoded.pop()  # encode_lines ends every item with a newline
-    # msgspec writes NaN and Infinity as null; Planhat would take that as a value, so refuse.
-    if b"null" in lines:
-        for position, item in enumerate(chunk):
-            if b"null" in encoded[position]:
-                where = _non_finite_path(item)
-                if where:
-                    raise BatchError(
-                        f"item {offset + position} holds a non-finite number at {where}; "
-                        "NaN and Infinity cannot be sent as JSON"
-                    )
-    return encoded
-
-
-def _non_finite_path(value: Any, path: str = "$") -> str | None:
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            found = _non_finite_path(inner, f"{path}.{key}")
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, inner in enumerate(value):
-            found = _non_finite_path(inner, f"{path}[{index}]")
-            if found:
-                return found
-    elif isinstance(value, decimal.Decimal):
-        return None if value.is_finite() else path
-    elif isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
-        return None if math.isfinite(float(value)) else path
-    return None
 
 
 class PlanhatClient(PooledClient):
-    """Planhat API client: main API (snapshot, upserts, read-back) and analytics writes.
+    """Planhat API client: main API (snapshot) and analytics writes.
 
     Usable on its own and as a context manager. One pooled ``httpx.Client`` serves both hosts.
 
@@ -226,7 +104,7 @@ class PlanhatClient(PooledClient):
             )
         if max_items < 1:
             raise ConfigError(f"max_items must be 1 or more, got {max_items}")
-        self.api_url = api_url.rstrip("/")
+        self.api_url = self._base_url = api_url.rstrip("/")
         self.analytics_url = analytics_url.rstrip("/")
         self.max_body_bytes = max_body_bytes
         self.max_items = max_items
@@ -238,10 +116,6 @@ class PlanhatClient(PooledClient):
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._http = build_http_client(timeout=timeout, transport=transport)
-
-    @property
-    def _shape_base_url(self) -> str:
-        return self.api_url
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
@@ -280,10 +154,17 @@ class PlanhatClient(PooledClient):
                 f"unknown Planhat model {model!r}; valid models: {', '.join(MODEL_PAGE_LIMITS)}"
             )
         path, maximum = MODEL_PAGE_LIMITS[model]
+        limit = maximum if page_size is None else page_size
+        if not 1 <= limit <= maximum:
+            raise ConfigError(
+                f"page_size for /{path} must be between 1 and {maximum} "
+                f"(a page shorter than it is the stop rule), got {page_size}"
+            )
+        if max_pages < 1:
+            raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
         params = {"select": ",".join(select), "sort": "_id"}
-        return self._offset_pages(
-            f"/{path}", params, page_size=page_size, maximum=maximum, max_pages=max_pages
-        )
+        # Arguments are checked above, when called; requests start on the first next().
+        return self._offset_pages(f"/{path}", params, limit, max_pages)
 
     def snapshot(self, *, max_pages: int = DEFAULT_MAX_PAGES) -> PlanhatSnapshot:
         """Read End Users, Companies, Assets and Projects whole, de-duplicated by ``_id``.
@@ -326,12 +207,10 @@ class PlanhatClient(PooledClient):
     def _collect(self, model: Model, item: JSONDict, columns: dict[str, list[Any]]) -> None:
         object_id = item.get("_id")
         if not isinstance(object_id, str) or not object_id:
-            raise PayloadShapeError(
-                f"Planhat GET /{MODEL_PAGE_LIMITS[model][0]}: an object has no string _id "
-                f"(got {type(object_id).__name__})",
-                service="planhat",
-                method="GET",
-                url=self._redactor.url(f"{self.api_url}/{MODEL_PAGE_LIMITS[model][0]}"),
+            raise self._shape(
+                "GET",
+                f"/{MODEL_PAGE_LIMITS[model][0]}",
+                f"an object has no string _id (got {type(object_id).__name__})",
             )
         for field, column in columns.items():
             value = item.get(field)
@@ -351,85 +230,7 @@ class PlanhatClient(PooledClient):
                 value = None
             column.append(value)
 
-    # -- End Users -----------------------------------------------------------------------------
-
-    def upsert_endusers(self, items: Sequence[Mapping[str, Any]]) -> UpsertReport:
-        """Bulk upsert End Users (``PUT /endusers``), sequentially in chunks of 5,000.
-
-        Each item should carry a keyable (``_id``, ``externalId`` or ``sourceId``); Planhat
-        inserts an item without one (planhat_api.md section 5.1). Keyed upserts are idempotent,
-        so they are retried like reads.
-
-        Args:
-            items: End User objects.
-
-        Returns:
-            Summed counts and every ``createdErrors`` / ``updatedErrors`` / ``permissionErrors``
-            entry; ``partial`` is True when any chunk answered 206.
-
-        Raises:
-            ApiError: A chunk failed after retries; earlier chunks stay applied.
-        """
-        created = updated = nonupdates = requests = 0
-        created_errors: list[Any] = []
-        updated_errors: list[Any] = []
-        permission_errors: list[Any] = []
-        partial = False
-        for start in range(0, len(items), MAX_UPSERT_ITEMS):
-            chunk = list(items[start : start + MAX_UPSERT_ITEMS])
-            response = self._send(
-                "PUT",
-                f"{self.api_url}/endusers",
-                content=_ENCODER.encode(chunk),
-                bearer=True,
-                idempotent=True,
-            )
-            requests += 1
-            partial = partial or response.status_code == 206
-            data = self._json(response, "PUT", "/endusers")
-            if not isinstance(data, dict):
-                raise self._shape("PUT", "/endusers", "expected a JSON object")
-            created += _int(data.get("created"))
-            updated += _int(data.get("updated"))
-            nonupdates += _int(data.get("nonupdates"))
-            created_errors += _list(data.get("createdErrors"))
-            updated_errors += _list(data.get("updatedErrors"))
-            permission_errors += _list(data.get("permissionErrors"))
-        report = UpsertReport(
-            created=created,
-            updated=updated,
-            nonupdates=nonupdates,
-            created_errors=created_errors,
-            updated_errors=updated_errors,
-            permission_errors=permission_errors,
-            requests=requests,
-            partial=partial,
-        )
-        if not report.ok:
-            logger.warning(
-                "Planhat PUT /endusers: %d created errors, %d updated errors, %d permission errors",
-                len(created_errors),
-                len(updated_errors),
-                len(permission_errors),
-            )
-        return report
-
     # -- analytics writes ----------------------------------------------------------------------
-
-    def encode_batches(
-        self, items: Iterable[Mapping[str, Any]], *, max_bytes: int | None = None
-    ) -> Iterator[EncodedBatch]:
-        """`encode_batches` under this client's limits (``max_body_bytes``, ``max_items``).
-
-        Args:
-            items: Activities or metric values.
-            max_bytes: A smaller byte limit, e.g. after a 413.
-
-        Yields:
-            Encoded batches, each fit for one `post_activities` / `post_dimension_data` call.
-        """
-        limit = self.max_body_bytes if max_bytes is None else min(max_bytes, self.max_body_bytes)
-        return encode_batches(items, max_bytes=limit, max_items=self.max_items)
 
     def post_activities(
         self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
@@ -437,7 +238,7 @@ class PlanhatClient(PooledClient):
         """Send one batch of User Activities: exactly one ``POST /analytics/bulk/{tenant}``.
 
         Args:
-            body: A JSON array of ``items`` activities (see `encode_batches`).
+            body: A JSON array of ``items`` activities.
             items: How many items ``body`` holds; checked before sending.
             hooks: Told before each attempt and when one was refused and will be retried.
 
@@ -520,75 +321,9 @@ class PlanhatClient(PooledClient):
         if count != items:
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
 
-    # -- read-back -----------------------------------------------------------------------------
-
-    def get_dimension_data(
-        self,
-        *,
-        dimension_id: str,
-        start: date,
-        end: date,
-        company_id: str | None = None,
-        page_size: int = _DIMENSIONDATA_PAGE,
-        max_pages: int = DEFAULT_MAX_PAGES,
-    ) -> list[JSONDict]:
-        """Read metric values back (``GET /dimensiondata``) for reconciliation.
-
-        Args:
-            dimension_id: The metric's ``dimensionId`` (``dimid``).
-            start: First day (``from``, sent as days since 1970-01-01).
-            end: Last day (``to``; whether Planhat includes it is unconfirmed).
-            company_id: Planhat Company ``_id`` (``cId``) to narrow to one company.
-            page_size: ``limit`` per request.
-            max_pages: Hard cap.
-
-        Returns:
-            Items as Planhat sends them (``_id, dimensionId, time, value, model, parentId, ...``).
-
-        Raises:
-            ConfigError: ``start`` after ``end`` or bad paging arguments.
-            ApiError: From the requests.
-        """
-        if start > end:
-            raise ConfigError(f"start {start} is after end {end}")
-        epoch = date(1970, 1, 1)
-        params = {
-            "dimid": dimension_id,
-            "from": str((start - epoch).days),
-            "to": str((end - epoch).days),
-        }
-        if company_id is not None:
-            params["cId"] = company_id
-        rows: list[JSONDict] = []
-        for page in self._offset_pages(
-            "/dimensiondata", params, page_size=page_size, maximum=None, max_pages=max_pages
-        ):
-            rows.extend(page)
-        return rows
-
     # -- helpers -------------------------------------------------------------------------------
 
     def _offset_pages(
-        self,
-        path: str,
-        params: Mapping[str, str],
-        *,
-        page_size: int | None,
-        maximum: int | None,
-        max_pages: int,
-    ) -> Iterator[list[JSONDict]]:
-        limit = maximum if page_size is None else page_size
-        if limit is None or limit < 1 or (maximum is not None and limit > maximum):
-            raise ConfigError(
-                f"page_size for {path} must be between 1 and {maximum or 'any'} "
-                f"(a page shorter than it is the stop rule), got {page_size}"
-            )
-        if max_pages < 1:
-            raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
-        # Arguments are checked above, when called; requests start on the first next().
-        return self._offset_pages_from(path, params, limit, max_pages)
-
-    def _offset_pages_from(
         self, path: str, params: Mapping[str, str], limit: int, max_pages: int
     ) -> Iterator[list[JSONDict]]:
         for page_index in range(max_pages):
@@ -602,17 +337,17 @@ class PlanhatClient(PooledClient):
             yield data
             if len(data) < limit:
                 return
-        raise PagingLimitError(
-            f"Planhat GET {path}: {max_pages} full pages of {limit} and still more; "
-            "raise max_pages (stopping here would give an incomplete listing)",
-            service="planhat",
-            method="GET",
-            url=self._redactor.url(self.api_url + path),
+        raise self._shape(
+            "GET",
+            path,
+            f"{max_pages} full pages of {limit} and still more; raise max_pages (stopping here "
+            "would give an incomplete listing)",
+            PagingLimitError,
         )
 
     def _send(
         self,
-        method: Literal["GET", "PUT", "POST"],
+        method: Literal["GET", "POST"],
         url: str,
         *,
         bearer: bool,
@@ -641,10 +376,6 @@ class PlanhatClient(PooledClient):
             hint_statuses=(401, 403),
             hooks=hooks,
         )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _list(value: Any) -> list[Any]:

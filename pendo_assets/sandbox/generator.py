@@ -1328,7 +1328,10 @@ class Dataset:
         return out
 
     def _pipeline_truth(
-        self, days: Iterable[date | str], pipelines: Iterable[Mapping[str, Any]]
+        self,
+        days: Iterable[date | str],
+        pipelines: Iterable[Mapping[str, Any]],
+        app_ids: Literal["all"] | Sequence[int],
     ) -> _Truth:
         truth = _Truth()
         day_list = sorted({as_date(x) for x in days})
@@ -1344,7 +1347,7 @@ class Dataset:
             counts = self.planhat.external_counts(model)
             for d in day_list:
                 df = evaluate_pipeline(
-                    self, _pin_day(stages, self.day_start_ms(d)), now_ms=self.now_ms
+                    self, _pin_day(stages, self.day_start_ms(d), app_ids), now_ms=self.now_ms
                 )
                 iso = d.isoformat()
                 cols = [id_field, *metrics]
@@ -1371,7 +1374,11 @@ class Dataset:
         return truth
 
     def truth_metrics(
-        self, *, days: Iterable[date | str], pipelines: Iterable[Mapping[str, Any]]
+        self,
+        *,
+        days: Iterable[date | str],
+        pipelines: Iterable[Mapping[str, Any]],
+        app_ids: Literal["all"] | Sequence[int] = "all",
     ) -> dict[tuple[str, str, str, str], float]:
         """What Planhat should hold as Custom Metrics, evaluating each pipeline per day.
 
@@ -1379,26 +1386,33 @@ class Dataset:
             days: local days.
             pipelines: config-style mappings with ``name, model, id_field, metrics, pipeline``
                 (the stage list, or a whole aggregation request body).
+            app_ids: the config's ``pendo.app_ids``: the apps a row source without its own
+                ``appId`` reads (Pendo itself would read the default app only).
 
         Returns:
             ``(dimensionId, model, externalId, date_iso) -> value`` for result rows whose id field
             matches exactly one object of the model (0 values are kept).
         """
-        return self._pipeline_truth(days, pipelines).metrics
+        return self._pipeline_truth(days, pipelines, app_ids).metrics
 
     def truth_unmatched_accounts(
-        self, *, days: Iterable[date | str], pipelines: Iterable[Mapping[str, Any]]
+        self,
+        *,
+        days: Iterable[date | str],
+        pipelines: Iterable[Mapping[str, Any]],
+        app_ids: Literal["all"] | Sequence[int] = "all",
     ) -> dict[tuple[str, str, str, Any], UnmatchedAccountReason]:
         """Result rows that cannot be published: ``(date_iso, pipeline_name, model, id) -> reason``.
 
         Args:
             days: local days.
             pipelines: as for :meth:`truth_metrics`.
+            app_ids: as for :meth:`truth_metrics`.
 
         Returns:
             Reason ``no_object`` (no object, or a null/empty id) or ``ambiguous``.
         """
-        return self._pipeline_truth(days, pipelines).unmatched
+        return self._pipeline_truth(days, pipelines, app_ids).unmatched
 
     # ------------------------------------------------------------------ config
 
@@ -1434,7 +1448,8 @@ class Dataset:
         def source() -> JSONDict:
             return {
                 "source": {
-                    "featureEvents": {"appId": 'expandAppIds("*")'},
+                    # No appId, as in the README: the product adds pendo.app_ids.
+                    "featureEvents": None,
                     "timeSeries": {"period": "dayRange", "first": "now()", "count": -1},
                 }
             }
@@ -1525,9 +1540,20 @@ class Dataset:
         }
 
 
-def _pin_day(stages: Sequence[Any], start_ms: int) -> list[Any]:
-    """Copy a stage list with its source's timeSeries set to one day (as the product does)."""
+def _pin_day(
+    stages: Sequence[Any], start_ms: int, app_ids: Literal["all"] | Sequence[int]
+) -> list[Any]:
+    """Copy a stage list with its source's timeSeries set to one day and, where its row source
+    names no ``appId``, the configured apps (as the product does)."""
     pinned = copy.deepcopy(list(stages))
     source = pinned[0]["source"]
     source["timeSeries"] = {"period": "dayRange", "first": start_ms, "count": 1}
+    app_id = 'expandAppIds("*")' if app_ids == "all" else list(app_ids)
+    for kind, params in source.items():
+        if kind == "timeSeries":
+            continue
+        if params is None:
+            source[kind] = {"appId": app_id}
+        elif isinstance(params, dict):
+            params.setdefault("appId", app_id)
     return pinned

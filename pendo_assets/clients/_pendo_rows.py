@@ -1,0 +1,540 @@
+"""Decoding Pendo featureEvents pages into Arrow tables, every unusable row kept with why.
+
+A page is decoded with msgspec into a strict row struct (the fast path); when that fails, the
+page is decoded permissively and classified row by row, so every row is either in the page's
+table or in its ``rejects`` with a reason (for people) and its kinds (stable labels).
+
+Reference: /work/shared/reference/pendo_api.md (sections 2, 3, 8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from operator import attrgetter
+from typing import Annotated, Any, Final, cast
+
+import msgspec
+import polars as pl
+import pyarrow as pa
+
+from ..errors import PayloadShapeError
+from ..models import FEATURE_EVENT_SCHEMA, FeatureEventPage, RejectedRow
+from ..types import JSONDict
+
+__all__ = ["AGGREGATION_PATH", "MAX_VISITOR_ID_LENGTH", "decode_feature_events"]
+
+AGGREGATION_PATH: Final = "/api/v1/aggregation"
+MAX_VISITOR_ID_LENGTH: Final = 1024
+_INT64_MAX: Final = 2**63 - 1
+_INT64_MIN: Final = -(2**63)
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# gc=False: millions of rows are allocated per day; these structs never form reference cycles,
+# and keeping them out of the cyclic GC makes decoding several times faster.
+
+
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class _StrictRow(msgspec.Struct, gc=False):
+    visitorId: str
+    featureId: str
+    day: _Int64
+    numEvents: _Int64
+    numMinutes: _Int64
+    accountId: str | None = None
+    appId: _Int64 | None = None
+    remoteIp: str | None = None
+    userAgent: str | None = None
+    server: str | None = None
+
+
+class _StrictEnvelope(msgspec.Struct, gc=False):
+    results: list[_StrictRow]
+
+
+class _RawEnvelope(msgspec.Struct, gc=False):
+    results: list[msgspec.Raw]
+
+
+class _LooseRow(msgspec.Struct, gc=False):
+    """Every field may hold any JSON value or be absent (UNSET): classified afterwards."""
+
+    visitorId: Any = msgspec.UNSET
+    accountId: Any = msgspec.UNSET
+    featureId: Any = msgspec.UNSET
+    appId: Any = msgspec.UNSET
+    day: Any = msgspec.UNSET
+    numEvents: Any = msgspec.UNSET
+    numMinutes: Any = msgspec.UNSET
+    remoteIp: Any = msgspec.UNSET
+    userAgent: Any = msgspec.UNSET
+    server: Any = msgspec.UNSET
+
+
+# Source field order matches FEATURE_EVENT_SCHEMA's column order.
+_SOURCE_FIELDS: Final = (
+    "visitorId",
+    "accountId",
+    "featureId",
+    "appId",
+    "day",
+    "numEvents",
+    "numMinutes",
+    "remoteIp",
+    "userAgent",
+    "server",
+)
+_STRICT_DECODER: Final = msgspec.json.Decoder(_StrictEnvelope)
+_STRICT_ROW_DECODER: Final = msgspec.json.Decoder(_StrictRow)
+_RAW_DECODER: Final = msgspec.json.Decoder(_RawEnvelope)
+_LOOSE_ROW_DECODER: Final = msgspec.json.Decoder(_LooseRow)
+_UNSET: Final = msgspec.UNSET
+_get_all_fields: Final = attrgetter(*_SOURCE_FIELDS)
+_GETTERS: Final = tuple(attrgetter(name) for name in _SOURCE_FIELDS)
+_POLARS_TYPES: Final = tuple(
+    pl.String if field.type == pa.string() else pl.Int64 for field in FEATURE_EVENT_SCHEMA
+)
+
+
+def decode_feature_events(
+    body: bytes,
+    *,
+    day_ms: int,
+    feature_ids: Sequence[str],
+    page_index: int = 0,
+    url: str = AGGREGATION_PATH,
+) -> FeatureEventPage:
+    """Decode one aggregation response of featureEvents rows into a `FeatureEventPage`.
+
+    The fast path decodes the whole body into strict structs in one call, builds the Arrow
+    columns and runs the cheap checks vectorised. When the strict types do not fit some row (a
+    null, a string number, an integer id, a float), the page is decoded permissively: each row
+    is tried against the strict struct and only the rows that do not fit are classified one by
+    one; a body with non-standard tokens (``NaN``, ``Infinity``) is read with Python's ``json``.
+
+    Args:
+        body: The response body, ``{"results": [...]}``.
+        day_ms: The requested local midnight; rows of another ``day`` are rejected.
+        feature_ids: The requested feature ids; rows of other features are rejected.
+        page_index: Stored on the page.
+        url: Named in a `PayloadShapeError`.
+
+    Returns:
+        The page; ``table.num_rows + len(rejects) == row_count`` == rows in the body, and the
+        table keeps the body's row order.
+
+    Raises:
+        PayloadShapeError: The body is not JSON or has no ``results`` array.
+    """
+    return _finish_feature_events(
+        _prepare_feature_events(body),
+        day_ms=day_ms,
+        feature_ids=feature_ids,
+        page_index=page_index,
+        url=url,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A response body read as far as paging needs: its rows and its edge rows' keys.
+
+    ``rows`` holds the strictly decoded rows (None when some row does not fit the strict types:
+    the page decoder then reads it permissively). ``count`` is the number of rows in the body,
+    None when it cannot be read at all (the page decoder reports why). ``first`` and ``last``
+    identify the first and last rows by the values of all their fields.
+    """
+
+    body: bytes
+    rows: list[_StrictRow] | list[JSONDict] | None
+    count: int | None
+    first: str | None
+    last: str | None
+
+
+def _prepare_feature_events(body: bytes) -> _Prepared:
+    try:
+        rows = _STRICT_DECODER.decode(body).results
+    except msgspec.DecodeError:
+        count, first, last = _outline(body)
+        return _Prepared(body, None, count, first, last)
+    if not rows:
+        return _Prepared(body, rows, 0, None, None)
+    first, last = (_row_key(_get_all_fields(row)) for row in (rows[0], rows[-1]))
+    return _Prepared(body, rows, len(rows), first, last)
+
+
+def _finish_feature_events(
+    prepared: _Prepared,
+    *,
+    day_ms: int,
+    feature_ids: Sequence[str],
+    page_index: int,
+    url: str,
+) -> FeatureEventPage:
+    wanted = frozenset(feature_ids)
+    body = prepared.body
+    if prepared.rows is None:
+        return _decode_permissive(body, day_ms, wanted, page_index, url)
+    rows = cast(list[_StrictRow], prepared.rows)
+    table, rejects = _checked_table(rows, None, day_ms, wanted, _raw_texts(body))
+    return FeatureEventPage(
+        table=table,
+        rejects=rejects,
+        page_index=page_index,
+        row_count=len(rows),
+        body_bytes=len(body),
+    )
+
+
+def _row_key(values: Sequence[Any]) -> str:
+    """A row's identity for the page-overlap check: the values of all its known fields.
+
+    A field that is absent and one that is null are the same here (both are null once landed);
+    NaN equals NaN (``json.dumps`` writes both as ``NaN``).
+    """
+    return json.dumps(
+        [None if value is _UNSET else value for value in values], sort_keys=True, default=repr
+    )
+
+
+def _outline(body: bytes) -> tuple[int | None, str | None, str | None]:
+    """Rows in a body that does not decode strictly, and its edge rows' keys (see `_row_key`)."""
+    try:
+        raws = _RAW_DECODER.decode(body).results
+    except msgspec.DecodeError:
+        try:
+            results = json.loads(body)["results"]
+        except (ValueError, KeyError, TypeError):
+            return None, None, None
+        if not isinstance(results, list):
+            return None, None, None
+        keys = [
+            _row_key([row.get(name, _UNSET) for name in _SOURCE_FIELDS])
+            if isinstance(row, dict)
+            else json.dumps(row, default=repr)
+            for row in _edges(results)
+        ]
+        count = len(results)
+    else:
+        keys = [_raw_key(raw) for raw in _edges(raws)]
+        count = len(raws)
+    if not keys:
+        return count, None, None
+    return count, keys[0], keys[-1]
+
+
+def _raw_key(raw: msgspec.Raw) -> str:
+    try:
+        return _row_key(_get_all_fields(_LOOSE_ROW_DECODER.decode(raw)))
+    except msgspec.DecodeError:  # not an object: the row as sent
+        return bytes(raw).decode("utf-8", errors="replace")
+
+
+def _edges(items: list[Any]) -> list[Any]:
+    return items[:1] + items[-1:] if items else []
+
+
+def _without_first_row(page: FeatureEventPage) -> FeatureEventPage:
+    """The page minus its first row (the overlap row already read with the previous page)."""
+    if page.row_count == 0:
+        return page
+    first_rejected = any(r.index == 0 for r in page.rejects)
+    table = page.table if first_rejected else page.table.slice(1)
+    rejects = [replace(r, index=r.index - 1) for r in page.rejects if r.index != 0]
+    return FeatureEventPage(
+        table=table,
+        rejects=rejects,
+        page_index=page.page_index,
+        row_count=page.row_count - 1,
+        body_bytes=page.body_bytes,
+    )
+
+
+def _raw_texts(body: bytes) -> Callable[[int], str]:
+    """Row index -> the row's JSON text, decoding the body again only if a row is rejected."""
+    cache: list[msgspec.Raw] = []
+
+    def text_of(index: int) -> str:
+        if not cache:
+            cache.extend(_RAW_DECODER.decode(body).results)
+        return bytes(cache[index]).decode("utf-8", errors="replace")
+
+    return text_of
+
+
+def _checked_table(
+    rows: list[_StrictRow],
+    body_index: list[int] | None,
+    day_ms: int,
+    wanted: frozenset[str],
+    text_of: Callable[[int], str],
+) -> tuple[pa.Table, list[RejectedRow]]:
+    """Build the table from strict rows and move rows failing the vectorised checks to rejects."""
+    # Polars builds a column from Python values faster than pa.array does, and runs the checks
+    # on every core; the page is handed over as Arrow in FEATURE_EVENT_SCHEMA.
+    frame = pl.DataFrame(
+        [
+            pl.Series(field.name, list(map(get, rows)), dtype=dtype)
+            for get, field, dtype in zip(_GETTERS, FEATURE_EVENT_SCHEMA, _POLARS_TYPES, strict=True)
+        ]
+    )
+    rejects: list[RejectedRow] = []
+    if frame.height:
+        visitor = pl.col("visitor_id")
+        bad = frame.select(
+            (
+                visitor.eq("")
+                | (visitor.str.len_chars() > MAX_VISITOR_ID_LENGTH)
+                | visitor.str.contains(_CONTROL_CHARS.pattern)
+                | ~pl.col("feature_id").is_in(list(wanted))
+                | pl.col("day_ms").ne(day_ms)
+                | pl.col("num_events").lt(0)
+                | pl.col("num_minutes").lt(0)
+            ).alias("bad")
+        ).to_series()
+        if bad.any():
+            for position in bad.arg_true().to_list():
+                index = position if body_index is None else body_index[position]
+                _, problems = _classify(_get_all_fields(rows[position]), day_ms, wanted)
+                rejects.append(_rejected(index, problems, text_of(index)))
+            frame = frame.filter(~bad)
+    table = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(FEATURE_EVENT_SCHEMA)
+    return table, rejects
+
+
+def _decode_permissive(
+    body: bytes,
+    day_ms: int,
+    wanted: frozenset[str],
+    page_index: int,
+    url: str,
+) -> FeatureEventPage:
+    try:
+        raws = _RAW_DECODER.decode(body).results
+    except msgspec.ValidationError as exc:
+        raise _shape_error(f"the answer has no results array ({exc})", url) from None
+    except msgspec.DecodeError:
+        # Not standard JSON (NaN, Infinity): Python's json module reads those tokens as floats.
+        results = _nonstandard_results(body, url)
+        candidates = _nonstandard_rows(results)
+
+        def text_of(index: int) -> str:
+            # json.loads keeps no row text; re-encoding keeps NaN/Infinity visible as sent.
+            return json.dumps(results[index], ensure_ascii=False, separators=(",", ":"))
+
+    else:
+        candidates = _raw_rows(raws)
+
+        def text_of(index: int) -> str:
+            return bytes(raws[index]).decode("utf-8", errors="replace")
+
+    rows: list[_StrictRow] = []
+    body_index: list[int] = []
+    rejects: list[RejectedRow] = []
+    for index, row, values in candidates:
+        if row is None:
+            if values is None:
+                problems = [("row is not a JSON object", "row is not a JSON object")]
+            else:
+                clean, problems = _classify(values, day_ms, wanted)
+                if clean is not None:
+                    row = _StrictRow(**dict(zip(_SOURCE_FIELDS, clean, strict=True)))
+            if row is None:
+                rejects.append(_rejected(index, problems, text_of(index)))
+                continue
+        rows.append(row)
+        body_index.append(index)
+    count = len(rows) + len(rejects)
+    table, more = _checked_table(rows, body_index, day_ms, wanted, text_of)
+    if more:
+        rejects = sorted(rejects + more, key=attrgetter("index"))
+    return FeatureEventPage(
+        table=table,
+        rejects=rejects,
+        page_index=page_index,
+        row_count=count,
+        body_bytes=len(body),
+    )
+
+
+_Candidate = tuple[int, "_StrictRow | None", "tuple[Any, ...] | None"]
+
+
+def _raw_rows(raws: list[msgspec.Raw]) -> Iterator[_Candidate]:
+    """Yield ``(index, strict row, None)`` for rows that fit, else ``(index, None, values)``.
+
+    ``values`` are the row's fields in `_SOURCE_FIELDS` order (UNSET when absent), or None when
+    the row is not a JSON object.
+    """
+    for index, raw in enumerate(raws):
+        try:
+            yield index, _STRICT_ROW_DECODER.decode(raw), None
+        except msgspec.DecodeError:
+            try:
+                loose = _LOOSE_ROW_DECODER.decode(raw)
+            except msgspec.DecodeError:
+                yield index, None, None
+            else:
+                yield index, None, _get_all_fields(loose)
+
+
+def _nonstandard_rows(results: list[Any]) -> Iterator[_Candidate]:
+    """Like `_raw_rows`, for rows already parsed by Python's ``json``."""
+    for index, row in enumerate(results):
+        if not isinstance(row, dict):
+            yield index, None, None
+            continue
+        try:
+            yield index, msgspec.convert(row, _StrictRow), None
+        except msgspec.ValidationError:
+            yield index, None, tuple(row.get(name, _UNSET) for name in _SOURCE_FIELDS)
+
+
+def _nonstandard_results(body: bytes, url: str) -> list[Any]:
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _shape_error(f"the answer is not JSON ({exc})", url) from None
+    results = document.get("results") if isinstance(document, dict) else None
+    if not isinstance(results, list):
+        raise _shape_error("the answer has no results array", url)
+    return results
+
+
+def _shape_error(problem: str, url: str) -> PayloadShapeError:
+    endpoint = f"Pendo POST {AGGREGATION_PATH}"
+    return PayloadShapeError(
+        f"{endpoint}: {problem}",
+        service="pendo",
+        method="POST",
+        url=url,
+        endpoint=endpoint,
+        problem=problem,
+    )
+
+
+#: A row's problem: its kind (a stable label, no value from Pendo) and its text for people.
+_Problem = tuple[str, str]
+
+
+def _rejected(index: int, problems: list[_Problem], raw: str) -> RejectedRow:
+    kinds = tuple(kind for kind, _ in problems)
+    return RejectedRow(index, "; ".join(text for _, text in problems), raw, kinds)
+
+
+def _add(problems: list[_Problem], kind: str, detail: str | None = None) -> None:
+    """Record a problem: ``kind``, and ``kind: detail`` as its text when there is a detail."""
+    problems.append((kind, kind if detail is None else f"{kind}: {detail}"))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str | float):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _classify(
+    values: tuple[Any, ...], day_ms: int, wanted: frozenset[str]
+) -> tuple[tuple[Any, ...] | None, list[_Problem]]:
+    """Check one row (values in `_SOURCE_FIELDS` order); return clean values or the problems."""
+    visitor, account, feature, app, day, events, minutes, remote_ip, user_agent, server = values
+    reasons: list[_Problem] = []
+
+    visitor = _id_string("visitorId", visitor, reasons, required=True)
+    if isinstance(visitor, str):
+        if visitor == "":
+            _add(reasons, "visitorId is empty")
+        elif len(visitor) > MAX_VISITOR_ID_LENGTH:
+            kind = f"visitorId is longer than {MAX_VISITOR_ID_LENGTH} characters"
+            reasons.append((kind, f"{kind} ({len(visitor)})"))
+        elif _CONTROL_CHARS.search(visitor):
+            _add(reasons, "visitorId contains control characters")
+    account = _id_string("accountId", account, reasons, required=False)
+
+    if feature is _UNSET or feature is None:
+        _add(reasons, f"featureId is {'missing' if feature is _UNSET else 'null'}")
+    elif not isinstance(feature, str):
+        _add(reasons, "featureId is not a string", _show(feature))
+    elif feature not in wanted:
+        text = f"featureId {feature!r} is not one of the requested features"
+        reasons.append(("featureId is not one of the requested features", text))
+
+    app = _optional_int("appId", app, reasons)
+    day = _count("day", day, reasons, allow_negative=True)
+    if isinstance(day, int) and day != day_ms:
+        text = f"day {day} is not the requested local midnight {day_ms}"
+        reasons.append(("day is not the requested local midnight", text))
+    events = _count("numEvents", events, reasons)
+    minutes = _count("numMinutes", minutes, reasons)
+    remote_ip = _optional_string("remoteIp", remote_ip, reasons)
+    user_agent = _optional_string("userAgent", user_agent, reasons)
+    server = _optional_string("server", server, reasons)
+    if reasons:
+        return None, reasons
+    return (visitor, account, feature, app, day, events, minutes, remote_ip, user_agent, server), []
+
+
+def _id_string(name: str, value: Any, reasons: list[_Problem], *, required: bool) -> Any:
+    if value is _UNSET or value is None:
+        if required:
+            _add(reasons, f"{name} is {'missing' if value is _UNSET else 'null'}")
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Defensive cast: all documented ids are strings, but a numeric id sent as a JSON number
+        # means the same visitor/account as its decimal string (pendo_api.md section 8).
+        return str(value)
+    _add(reasons, f"{name} is not a string", _show(value))
+    return None
+
+
+def _optional_string(name: str, value: Any, reasons: list[_Problem]) -> Any:
+    if value is _UNSET or value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    _add(reasons, f"{name} is not a string", _show(value))
+    return None
+
+
+def _optional_int(name: str, value: Any, reasons: list[_Problem]) -> Any:
+    if value is _UNSET or value is None:
+        return None
+    return _count(name, value, reasons, allow_negative=True)
+
+
+def _count(name: str, value: Any, reasons: list[_Problem], *, allow_negative: bool = False) -> Any:
+    """An integer field: return the int, or record why it is unusable and return None."""
+    problem: tuple[str, str | None] | None = None
+    if value is _UNSET or value is None:
+        problem = ("is missing" if value is _UNSET else "is null", None)
+    elif isinstance(value, str):
+        problem = ("is a string", _show(value))
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        problem = ("is not a number", _show(value))
+    elif isinstance(value, float) and math.isnan(value):
+        problem = ("is NaN", None)
+    elif isinstance(value, float) and math.isinf(value):
+        problem = ("is infinite", None)
+    elif isinstance(value, float) and not value.is_integer():
+        problem = ("is not an integer", _show(value))
+    elif not _INT64_MIN <= value <= _INT64_MAX:
+        problem = ("is out of range", str(int(value)))
+    elif value < 0 and not allow_negative:
+        problem = ("is negative", str(int(value)))
+    if problem is not None:
+        _add(reasons, f"{name} {problem[0]}", problem[1])
+        return None
+    return int(value)
