@@ -32,7 +32,7 @@ from .config import Config, PipelineSpec
 from .errors import DayRejectedError, PageDriftError
 from .models import FEATURE_EVENT_SCHEMA, FeatureEventPage
 from .queries import insert_frame, transaction
-from .transforms import MetricFieldSpec, extract_metric_values
+from .transforms import MetricFieldSpec, ValueReject, extract_metric_values
 
 __all__ = [
     "FeatureEventsDay",
@@ -73,7 +73,8 @@ class FeatureEventsDay:
     body_bytes: int = 0
     fetch_seconds: float = 0.0
     land_seconds: float = 0.0
-    reasons: Counter[str] = field(default_factory=Counter)
+    #: Rows per kind of problem (a row with two problems counts under both).
+    kinds: Counter[str] = field(default_factory=Counter)
 
     @property
     def quarantine_share(self) -> float:
@@ -232,7 +233,8 @@ class _RejectStage:
         if not page.rejects:
             return
         out.quarantined += len(page.rejects)
-        out.reasons.update(r.reason for r in page.rejects)
+        for r in page.rejects:
+            out.kinds.update(set(r.kinds))
         if self._writer is None:
             self._writer = pq.ParquetWriter(out.rejects_path, _QUARANTINE_SCHEMA)
         self._writer.write_table(
@@ -357,7 +359,7 @@ def _day_rejected(out: FeatureEventsDay, config: Config) -> DayRejectedError:
         rejected=out.quarantined,
         total=out.rows + out.quarantined,
         limit=config.sync.max_quarantine_share,
-        top=out.reasons.most_common(3),
+        top=out.kinds.most_common(3),
     )
 
 
@@ -369,7 +371,7 @@ class PipelineDay:
     pipeline: str
     rows: list[Mapping[str, Any]]
     values: pl.DataFrame
-    rejects: list[tuple[str, Mapping[str, Any]]]
+    rejects: list[ValueReject]
     pages: int
 
 
@@ -403,7 +405,7 @@ def fetch_pipeline_day(
         aggregation=spec.aggregation,
     )
     values, rejects = extract_metric_values(rows, day=day, spec=field_spec)
-    bad_rows = len({id(row) for _, row in rejects})
+    bad_rows = len({id(r.row) for r in rejects})
     if rows and bad_rows / len(rows) > config.sync.max_quarantine_share:
         raise DayRejectedError(
             day=day,
@@ -411,7 +413,7 @@ def fetch_pipeline_day(
             rejected=bad_rows,
             total=len(rows),
             limit=config.sync.max_quarantine_share,
-            top=Counter(reason for reason, _ in rejects).most_common(3),
+            top=Counter(r.kind for r in rejects).most_common(3),
         )
     return PipelineDay(
         day=day, pipeline=spec.name, rows=rows, values=values, rejects=rejects, pages=pages
@@ -431,38 +433,19 @@ def _to_json(row: Mapping[str, Any]) -> str:
 def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> None:
     """Replace one pipeline's raw results, values and quarantined rows for a day, atomically."""
     now = datetime.now(UTC).replace(tzinfo=None)
+    # Day, pipeline and extraction time are the same on every row: added as literals.
+    stamp = {"day": result.day, "pipeline": result.pipeline, "extracted_at": now}
     raw = pl.DataFrame(
-        {
-            "day": [result.day] * len(result.rows),
-            "pipeline": [result.pipeline] * len(result.rows),
-            "row_number": list(range(len(result.rows))),
-            "row_json": [_to_json(r) for r in result.rows],
-            "extracted_at": [now] * len(result.rows),
-        },
-        schema={
-            "day": pl.Date,
-            "pipeline": pl.String,
-            "row_number": pl.Int32,
-            "row_json": pl.String,
-            "extracted_at": pl.Datetime("us"),
-        },
-    )
+        {"row_number": range(len(result.rows)), "row_json": [_to_json(r) for r in result.rows]},
+        schema={"row_number": pl.Int32, "row_json": pl.String},
+    ).with_columns(**{k: pl.lit(v) for k, v in stamp.items()})
     rejects = pl.DataFrame(
         {
-            "day": [result.day] * len(result.rejects),
-            "pipeline": [result.pipeline] * len(result.rejects),
-            "reason": [reason for reason, _ in result.rejects],
-            "raw": [_to_json(row) for _, row in result.rejects],
-            "extracted_at": [now] * len(result.rejects),
+            "reason": [r.reason for r in result.rejects],
+            "raw": [_to_json(r.row) for r in result.rejects],
         },
-        schema={
-            "day": pl.Date,
-            "pipeline": pl.String,
-            "reason": pl.String,
-            "raw": pl.String,
-            "extracted_at": pl.Datetime("us"),
-        },
-    )
+        schema={"reason": pl.String, "raw": pl.String},
+    ).with_columns(**{k: pl.lit(v) for k, v in stamp.items()})
     with transaction(conn):
         queries.delete_pipeline_day(conn, day=result.day, pipeline=result.pipeline)
         insert_frame(conn, "raw_pipeline_results", raw)
@@ -473,7 +456,7 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
             source=f"pipeline:{result.pipeline}",
             day=result.day,
             rows=len(result.rows),
-            quarantined=len({id(r) for _, r in result.rejects}),
+            quarantined=len({id(r.row) for r in result.rejects}),
             pages=result.pages,
             now=now,
         )

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -29,6 +29,7 @@ __all__ = [
     "ANONYMOUS_PREFIX",
     "METRIC_KEY",
     "MetricFieldSpec",
+    "ValueReject",
     "activity_deltas",
     "daily_usage",
     "extract_metric_values",
@@ -216,6 +217,20 @@ class MetricFieldSpec:
     aggregation: str
 
 
+class ValueReject(NamedTuple):
+    """A pipeline result value that cannot be sent: ``kind`` (no value from Pendo, for counts),
+    the value at fault if any, and the row as Pendo sent it."""
+
+    kind: str
+    value: str | None
+    row: Mapping[str, Any]
+
+    @property
+    def reason(self) -> str:
+        """``kind: value``, for people (the quarantine's ``reason``)."""
+        return self.kind if self.value is None else f"{self.kind}: {self.value}"
+
+
 def _lookup(row: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     if "." not in path and isinstance(row, Mapping):  # the common case: a top-level field
         return (True, row[path]) if path in row else (False, None)
@@ -229,7 +244,7 @@ def _lookup(row: Mapping[str, Any], path: str) -> tuple[bool, Any]:
 
 def extract_metric_values(
     rows: Sequence[Mapping[str, Any]], *, day: date, spec: MetricFieldSpec
-) -> tuple[pl.DataFrame, list[tuple[str, Mapping[str, Any]]]]:
+) -> tuple[pl.DataFrame, list[ValueReject]]:
     """Read the id and metric fields of a pipeline's result rows for one day.
 
     A value is kept only when JSON can carry it to Planhat as a number: booleans, strings,
@@ -242,10 +257,10 @@ def extract_metric_values(
 
     Returns:
         ``(values, rejects)``: values with ``day, pipeline, model, id, dimension_id, value,
-        aggregation``; rejects as ``(reason, row)`` pairs.
+        aggregation``; a `ValueReject` per value that cannot be sent.
     """
     out: dict[str, list[Any]] = {k: [] for k in ("id", "dimension_id", "value")}
-    rejects: list[tuple[str, Mapping[str, Any]]] = []
+    rejects: list[ValueReject] = []
     seen: dict[str, int] = {}
     for row in rows:
         found, raw_id = _lookup(row, spec.id_field)
@@ -254,21 +269,22 @@ def extract_metric_values(
     for row in rows:
         found, raw_id = _lookup(row, spec.id_field)
         if not found or raw_id is None or raw_id == "":
-            rejects.append((f"{spec.id_field} is missing or empty", row))
+            rejects.append(ValueReject(f"{spec.id_field} is missing or empty", None, row))
             continue
         if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-            rejects.append((f"{spec.id_field} is not a string: {raw_id!r}"[:200], row))
+            rejects.append(ValueReject(f"{spec.id_field} is not a string", repr(raw_id)[:160], row))
             continue
         ident = str(raw_id)
         if seen[ident] > 1:
             # Two result rows for one object and day: which one Planhat should hold is unknowable.
-            rejects.append((f"{spec.id_field} {ident[:80]!r} appears {seen[ident]} times", row))
+            kind = f"{spec.id_field} appears more than once"
+            rejects.append(ValueReject(kind, f"{ident[:80]!r} ({seen[ident]} rows)", row))
             continue
         for field, dimension in spec.metrics.items():
             found, value = _lookup(row, field)
-            reason = _bad_number(field, found, value)
-            if reason:
-                rejects.append((reason, row))
+            bad = _bad_number(field, found, value)
+            if bad:
+                rejects.append(ValueReject(f"{field} {bad[0]}", bad[1], row))
                 continue
             out["id"].append(ident)
             out["dimension_id"].append(dimension)
@@ -288,21 +304,20 @@ def extract_metric_values(
     return frame, rejects
 
 
-def _bad_number(field: str, found: bool, value: Any) -> str | None:
-    if not found:
-        return f"{field} is missing"
-    if value is None:
-        return f"{field} is null"
+def _bad_number(field: str, found: bool, value: Any) -> tuple[str, str | None] | None:
+    """(what is wrong, the value at fault) when JSON cannot carry ``value`` as a number."""
+    if not found or value is None:
+        return ("is missing" if not found else "is null"), None
     if isinstance(value, bool):
-        return f"{field} is a boolean"
+        return "is a boolean", None
     if isinstance(value, str):
-        return f"{field} is a string: {value[:40]!r}"
+        return "is a string", repr(value[:40])
     if not isinstance(value, int | float):
-        return f"{field} is not a number"
+        return "is not a number", None
     if isinstance(value, float) and not math.isfinite(value):
-        return f"{field} is not finite: {value}"
+        return "is not finite", str(value)
     if isinstance(value, int) and abs(value) > 2**53:
-        return f"{field} is too large to send exactly: {value}"
+        return "is too large to send exactly", str(value)
     return None
 
 

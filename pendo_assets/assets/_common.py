@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -120,16 +119,16 @@ def reread(
     raise AssertionError("unreachable")
 
 
-_ENDPOINT_PREFIX = re.compile(r"^((?:Pendo|Planhat) [A-Z]+ \S+?):? (.*)$", re.DOTALL)
-
-
 def _malformed_after(exc: PayloadShapeError, attempts: int) -> PayloadShapeError:
-    text = str(exc)
-    found = _ENDPOINT_PREFIX.match(text)
-    endpoint, problem = (found.group(1), found.group(2)) if found else ("the service", text)
     times = f"{attempts} times" if attempts > 1 else "once"
-    message = f"{endpoint} answered 200 with an unusable body ({times}): {problem}"
-    return PayloadShapeError(message, service=exc.service, method=exc.method, url=exc.url)
+    return PayloadShapeError(
+        f"{exc.endpoint} answered 200 with an unusable body ({times}): {exc.problem}",
+        service=exc.service,
+        method=exc.method,
+        url=exc.url,
+        endpoint=exc.endpoint,
+        problem=exc.problem,
+    )
 
 
 def day_error(day: date, exc: BaseException, label: str = "") -> str:

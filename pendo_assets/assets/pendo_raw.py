@@ -1,7 +1,6 @@
 """Raw Pendo data, one partition per subscription-local day."""
 
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,26 +29,6 @@ from ._common import (
     window,
 )
 
-_QUOTED = re.compile(r"""\s*('[^']*'|"[^"]*")""")
-_TRAILER = re.compile(r"\s*(:|\().*$", re.DOTALL)
-_DAY_MS = re.compile(r"\s-?\d{6,}")
-
-
-def reason_kind(reason: str) -> str:
-    """A quarantine reason without the values it quotes: ``numEvents is a string: '5'`` ->
-    ``numEvents is a string``. Metadata keys stay few, and never carry data from Pendo."""
-    text = _TRAILER.sub("", _QUOTED.sub("", reason))
-    return _DAY_MS.sub("", text).strip() or "unknown"
-
-
-def _reason_counts(reasons: Counter[str]) -> Counter[str]:
-    """Rows per kind of problem (a row with two problems counts under both)."""
-    kinds: Counter[str] = Counter()
-    for reason, rows in reasons.items():
-        for kind in {reason_kind(part) for part in reason.split("; ")}:
-            kinds[kind] += rows
-    return kinds
-
 
 def build_pendo_raw_assets(
     config: Config, partitions: dg.DailyPartitionsDefinition
@@ -74,7 +53,7 @@ def build_pendo_raw_assets(
     ) -> dg.MaterializeResult:
         days = run_days(context)
         totals: Counter[str] = Counter()
-        reasons: Counter[str] = Counter()
+        kinds: Counter[str] = Counter()  # quarantined rows per kind of problem
         attempts = _Attempts(what="day(s)")
         fetch_s = land_s = 0.0
         # One warehouse connection for the step: this run is the only writer, and reopening
@@ -125,7 +104,7 @@ def build_pendo_raw_assets(
                     pages=staged.pages,
                     bytes=staged.body_bytes,
                 )
-                reasons.update(staged.reasons)
+                kinds.update(staged.kinds)
                 fetch_s += staged.fetch_seconds
                 land_s += staged.land_seconds
                 context.log.info(
@@ -138,7 +117,6 @@ def build_pendo_raw_assets(
             failed_days=attempts.count,
             days=len(days),
         )
-        by_kind = _reason_counts(reasons)
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),
@@ -149,7 +127,7 @@ def build_pendo_raw_assets(
                 "response_mb": round(totals["bytes"] / 1e6, 2),
                 "fetch_seconds": round(fetch_s, 2),
                 "land_seconds": round(land_s, 2),
-                **{f"quarantined: {kind}": rows for kind, rows in sorted(by_kind.items())},
+                **{f"quarantined: {kind}": rows for kind, rows in sorted(kinds.items())},
             }
         )
 
@@ -169,7 +147,7 @@ def build_pendo_raw_assets(
     ) -> dg.MaterializeResult:
         days = run_days(context)
         totals: Counter[str] = Counter()
-        reasons: Counter[str] = Counter()
+        kinds: Counter[str] = Counter()  # values quarantined per kind of problem
         attempts = _Attempts(what="pipeline day(s)")
         jobs = [(day, spec) for day in days for spec in config.pipelines]
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
@@ -191,7 +169,7 @@ def build_pendo_raw_assets(
                 totals.update(
                     rows=len(result.rows), values=result.values.height, rejected=len(result.rejects)
                 )
-                reasons.update(reason for reason, _ in result.rejects)
+                kinds.update(r.kind for r in result.rejects)
                 if spec is config.pipelines[-1]:
                     context.log.info(
                         f"[{days.index(day) + 1}/{len(days)}] {day}: {len(config.pipelines)} pipeline(s) run"
@@ -210,9 +188,7 @@ def build_pendo_raw_assets(
                 "result_rows": totals["rows"],
                 "metric_values": totals["values"],
                 "values_quarantined": totals["rejected"],
-                **{
-                    f"quarantined: {kind}": n for kind, n in sorted(_reason_counts(reasons).items())
-                },
+                **{f"quarantined: {kind}": n for kind, n in sorted(kinds.items())},
             }
         )
 
