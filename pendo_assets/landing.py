@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import msgspec
@@ -30,7 +30,7 @@ from . import queries
 from .clients import prefetch
 from .config import Config, PipelineSpec
 from .errors import DayRejectedError, PageDriftError
-from .models import FEATURE_EVENT_SCHEMA, FeatureEventPage
+from .models import FEATURE_EVENT_SCHEMA, Feature, FeatureEventPage
 from .queries import insert_frame, transaction
 from .transforms import MetricFieldSpec, ValueReject, extract_metric_values
 
@@ -51,14 +51,6 @@ DRIFT_ATTEMPTS = 3
 _QUARANTINE_SCHEMA = pa.schema(
     [("reason", pa.string()), ("raw", pa.string()), ("page", pa.int32())]
 )
-
-
-class _Feature(Protocol):
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def name(self) -> str | None: ...
 
 
 @dataclass
@@ -149,10 +141,18 @@ def _ingest_feature_events_once(
     feature_ids: Sequence[str],
     staging_dir: Path,
 ) -> FeatureEventsDay:
-    out = _new_day(day, staging_dir)
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    out = FeatureEventsDay(
+        day=day, rejects_path=staging_dir / f"feature_events_{day}.rejects.parquet"
+    )
     started = time.perf_counter()
     now = datetime.now(UTC).replace(tzinfo=None)
-    pages = _pages(client, day=day, config=config, feature_ids=feature_ids)  # checks arguments
+    pages: Iterator[FeatureEventPage] = client.feature_event_pages(  # checks arguments now
+        day=day,
+        timezone=config.pendo.timezone,
+        feature_ids=feature_ids,
+        app_ids=config.pendo.app_ids,
+    )
     # The first page is on its way while the day's old rows are deleted.
     stream = _PageStream(pages, out)
     try:
@@ -197,25 +197,6 @@ def _ingest_feature_events_once(
 # costs nothing, small enough that no batch outlives the row group it fills.
 _STREAM_BATCH_ROWS = 65_536
 _STREAM_VIEW = "_pendo_planhat_feature_event_pages"
-
-
-def _pages(
-    client: Any, *, day: date, config: Config, feature_ids: Sequence[str]
-) -> Iterator[FeatureEventPage]:
-    pages: Iterator[FeatureEventPage] = client.feature_event_pages(
-        day=day,
-        timezone=config.pendo.timezone,
-        feature_ids=feature_ids,
-        app_ids=config.pendo.app_ids,
-    )
-    return pages
-
-
-def _new_day(day: date, staging_dir: Path) -> FeatureEventsDay:
-    staging_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureEventsDay(
-        day=day, rejects_path=staging_dir / f"feature_events_{day.isoformat()}.rejects.parquet"
-    )
 
 
 class _RejectStage:
@@ -466,7 +447,7 @@ def resolve_feature_actions(
     conn: duckdb.DuckDBPyConnection,
     *,
     config: Config,
-    pendo_features: Iterable[_Feature],
+    pendo_features: Iterable[Feature],
 ) -> tuple[pl.DataFrame, list[str]]:
     """Decide the Planhat action name and weight of every configured feature, and persist it.
 
@@ -499,24 +480,18 @@ def resolve_feature_actions(
     weights: dict[str, float] = {}
     for feature, (_, action, _, _) in zip(config.features, rows, strict=True):
         weights.setdefault(action, float(feature.weight))
-    now = datetime.now(UTC).replace(tzinfo=None)
     frame = pl.DataFrame(
-        {
-            "feature_id": [r[0] for r in rows],
-            "action": [r[1] for r in rows],
-            "weight": [weights[r[1]] for r in rows],
-            "pendo_name": [r[2] for r in rows],
-            "source": [r[3] for r in rows],
-            "updated_at": [now] * len(rows),
-        },
+        rows,
         schema={
             "feature_id": pl.String,
             "action": pl.String,
-            "weight": pl.Float64,
             "pendo_name": pl.String,
             "source": pl.String,
-            "updated_at": pl.Datetime("us"),
         },
+        orient="row",
+    ).with_columns(
+        weight=pl.col("action").replace_strict(weights, return_dtype=pl.Float64),
+        updated_at=pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us")),
     )
     with transaction(conn):
         # Keep the first name of features no longer configured, for history (drift view).
