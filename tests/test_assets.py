@@ -329,6 +329,20 @@ def by_key(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
 
 
+# (day, visitor_id, account_id, feature_id, num_events, remote_ip), as ordered by DuckDB
+RAW_EVENTS = sorted(
+    [
+        (DAY, "alice", "acct-1", "feat-export", 3, "10.0.0.1"),
+        (DAY, "alice", "acct-1", "feat-export", 2, "10.0.0.2"),
+        (DAY, "alice", "acct-1", "feat-print", 4, "204.16.137.218"),
+        (DAY, "alice", "acct-1", "feat-share", 1, "204.16.137.218"),
+        (DAY, "bob", "acct-2", "feat-export", 7, "204.16.137.218"),
+        (DAY, "carol", "acct-1", "feat-export", 2, "204.16.137.218"),
+        (DAY, "_PENDO_T_4f2a", "acct-1", "feat-export", 6, "204.16.137.218"),
+        (DAY, "erin", "acct-1", "feat-share", 4, "204.16.137.218"),
+        (DAY, "erin", "acct-9", "feat-export", 1, "204.16.137.218"),
+    ]
+)
 RAW_EVENTS_SQL = (
     "SELECT day, visitor_id, account_id, feature_id, num_events, remote_ip "
     "FROM raw_feature_events ORDER BY ALL"
@@ -357,19 +371,7 @@ UNMATCHED_ACCOUNTS_SQL = (
 def test_pendo_feature_events_lands_the_days_rows_of_the_configured_features(sync):
     result = sync.run("pendo_feature_events")
 
-    assert sync.rows(RAW_EVENTS_SQL) == sorted(
-        [
-            (DAY, "alice", "acct-1", "feat-export", 3, "10.0.0.1"),
-            (DAY, "alice", "acct-1", "feat-export", 2, "10.0.0.2"),
-            (DAY, "alice", "acct-1", "feat-print", 4, "204.16.137.218"),
-            (DAY, "alice", "acct-1", "feat-share", 1, "204.16.137.218"),
-            (DAY, "bob", "acct-2", "feat-export", 7, "204.16.137.218"),
-            (DAY, "carol", "acct-1", "feat-export", 2, "204.16.137.218"),
-            (DAY, "_PENDO_T_4f2a", "acct-1", "feat-export", 6, "204.16.137.218"),
-            (DAY, "erin", "acct-1", "feat-share", 4, "204.16.137.218"),
-            (DAY, "erin", "acct-9", "feat-export", 1, "204.16.137.218"),
-        ]
-    )
+    assert sync.rows(RAW_EVENTS_SQL) == RAW_EVENTS
     # 9 rows in pages of 4: 4, 4, 1.
     assert sync.rows("SELECT source, day, rows, quarantined, pages FROM landed_days") == [
         ("feature_events", DAY, 9, 0, 3)
@@ -388,16 +390,22 @@ def test_pendo_feature_events_lands_the_days_rows_of_the_configured_features(syn
     assert (meta["rows_landed"], meta["rows_quarantined"], meta["pages"]) == (9, 0, 3)
 
 
-def test_pendo_feature_events_rerun_replaces_the_day_with_what_pendo_says_now(sync):
-    sync.run("pendo_feature_events")
-    first = sync.rows(RAW_EVENTS_SQL)
-    sync.run("pendo_feature_events")
-    assert sync.rows(RAW_EVENTS_SQL) == first
+def test_pendo_feature_events_rerun_replaces_the_day_with_what_pendo_says_now(landed):
+    landed.run("pendo_feature_events")  # the day again, unchanged
+    assert landed.rows(RAW_EVENTS_SQL) == RAW_EVENTS
+    assert landed.rows(
+        "SELECT source, rows FROM landed_days WHERE day = ? ORDER BY source", [DAY]
+    ) == [
+        ("feature_events", 9),
+        ("pipeline:account_clicks", 4),
+    ]
 
-    sync.pendo.events = [*EVENTS, event("alice", "acct-1", "feat-export", 2, remoteIp="10.0.0.3")]
-    sync.run("pendo_feature_events")
-    assert sync.rows("SELECT COUNT(*), SUM(num_events) FROM raw_feature_events") == [(10, 32)]
-    assert sync.rows("SELECT rows FROM landed_days") == [(10,)]
+    landed.pendo.events = [*EVENTS, event("alice", "acct-1", "feat-export", 2, remoteIp="10.0.0.3")]
+    landed.run("pendo_feature_events")
+    assert landed.rows(RAW_EVENTS_SQL) == sorted(
+        [*RAW_EVENTS, (DAY, "alice", "acct-1", "feat-export", 2, "10.0.0.3")]
+    )
+    assert landed.rows("SELECT rows FROM landed_days WHERE source = 'feature_events'") == [(10,)]
 
 
 def test_pendo_feature_events_lands_an_empty_day_as_landed_with_no_rows(sync):
