@@ -142,6 +142,7 @@ ENDUSERS = [
 ]
 ASSETS = [planhat_asset(_id="as-1", externalId="asset-1", companyId="co-1")]
 
+# The expected rows of each table, in the order of ``ORDER BY ALL``.
 # (day, external_id, action, count, weight, company_external_id, feature_ids)
 MATCHED_ACTIVITIES = [
     (DAY, "alice", "Share report", 1, 2.0, "acct-1", "feat-share"),
@@ -489,11 +490,19 @@ def test_pendo_pipeline_results_lands_result_rows_and_metric_values(sync):
     assert sync.rows(
         "SELECT day, pipeline, model, id, dimension_id, value, aggregation "
         "FROM pipeline_values ORDER BY ALL"
-    ) == sorted(
-        (DAY, "account_clicks", "Company", row["accountId"], dim, float(row[field]), "last")
-        for row in RESULTS
-        for field, dim in (("totalEvents", "pendo_clicks"), ("totalMinutes", "pendo_minutes"))
-    )
+    ) == [
+        (DAY, "account_clicks", "Company", ident, dim, value, "last")
+        for ident, dim, value in [
+            ("acct-1", "pendo_clicks", 12.0),
+            ("acct-1", "pendo_minutes", 3.0),
+            ("acct-3", "pendo_clicks", 0.0),
+            ("acct-3", "pendo_minutes", 0.0),
+            ("acct-404", "pendo_clicks", 2.0),
+            ("acct-404", "pendo_minutes", 1.0),
+            ("acct-dup", "pendo_clicks", 5.0),
+            ("acct-dup", "pendo_minutes", 1.0),
+        ]
+    ]
     assert sync.rows("SELECT source, rows, quarantined FROM landed_days") == [
         ("pipeline:account_clicks", 4, 0)
     ]
@@ -604,8 +613,8 @@ def test_matched_activities_sums_splits_folds_features_and_explains_every_unmatc
 ):
     result = landed.run("matched_activities", checks=True)
 
-    assert landed.rows(ACTIVITIES_SQL) == sorted(MATCHED_ACTIVITIES, key=repr)
-    assert landed.rows(UNMATCHED_VISITORS_SQL) == sorted(UNMATCHED_VISITORS)
+    assert landed.rows(ACTIVITIES_SQL) == MATCHED_ACTIVITIES
+    assert landed.rows(UNMATCHED_VISITORS_SQL) == UNMATCHED_VISITORS
     meta = metadata(result, "matched_activities")
     assert (meta["matched_keys"], meta["matched_events"]) == (3, 17)
     assert meta["unmatched_events: anonymous"] == 6
@@ -619,8 +628,8 @@ def test_matched_activities_sums_splits_folds_features_and_explains_every_unmatc
 
 def test_matched_activities_rerun_is_idempotent_and_an_empty_day_matches_nothing(matched):
     matched.run("matched_activities")
-    assert matched.rows(ACTIVITIES_SQL) == sorted(MATCHED_ACTIVITIES, key=repr)
-    assert matched.rows(UNMATCHED_VISITORS_SQL) == sorted(UNMATCHED_VISITORS)
+    assert matched.rows(ACTIVITIES_SQL) == MATCHED_ACTIVITIES
+    assert matched.rows(UNMATCHED_VISITORS_SQL) == UNMATCHED_VISITORS
 
     matched.run("matched_activities", day=NEXT_DAY)  # nothing landed that day
     assert matched.rows("SELECT DISTINCT day FROM matched_activities") == [(DAY,)]
@@ -676,9 +685,7 @@ def test_planhat_publish_sends_exactly_the_matched_items_once(matched):
     assert by_key(matched.planhat.activities) == by_key(ACTIVITY_ITEMS)
     assert by_key(matched.planhat.metrics) == by_key(METRIC_ITEMS)
     assert (len(matched.planhat.activity_batches), len(matched.planhat.metric_batches)) == (1, 1)
-    assert matched.rows(SENT_ACTIVITIES_SQL) == [
-        row[:4] for row in sorted(MATCHED_ACTIVITIES, key=repr)
-    ]
+    assert matched.rows(SENT_ACTIVITIES_SQL) == [row[:4] for row in MATCHED_ACTIVITIES]
     assert matched.rows(SENT_METRICS_SQL) == [
         (d, m, e, dim, v) for d, _, m, e, dim, v, _ in MATCHED_METRICS
     ]
@@ -724,10 +731,13 @@ def test_planhat_publish_dry_run_stores_the_plan_and_sends_nothing(matched):
 
     assert matched.planhat.activity_batches == [] and matched.planhat.metric_batches == []
     assert matched.rows("SELECT COUNT(*) FROM outbox_batches") == [(0,)]
-    assert matched.rows(
-        "SELECT day, external_id, action, count, weight, company_external_id, feature_ids "
-        "FROM planned_activities ORDER BY ALL"
-    ) == sorted(MATCHED_ACTIVITIES, key=repr)
+    assert (
+        matched.rows(
+            "SELECT day, external_id, action, count, weight, company_external_id, feature_ids "
+            "FROM planned_activities ORDER BY ALL"
+        )
+        == MATCHED_ACTIVITIES
+    )
     assert matched.rows(
         "SELECT day, model, external_id, dimension_id, value FROM planned_metrics ORDER BY ALL"
     ) == [(d, m, e, dim, v) for d, _, m, e, dim, v, _ in MATCHED_METRICS]
