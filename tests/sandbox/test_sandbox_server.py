@@ -533,7 +533,7 @@ def test_sandbox_runs_as_a_process_and_writes_a_port_file(tmp_path):
             str(port_file),
             "--quiet",
         ],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         deadline = time.monotonic() + 30
