@@ -29,7 +29,7 @@ def build_definitions(config: Config) -> dg.Definitions:
     """Assets, checks, the sync job, its schedule and resources for ``config``."""
     partitions = daily_partitions(config)
     feature_events, pipeline_results = build_pendo_raw_assets(config, partitions)
-    snapshot = build_planhat_snapshot_asset(config)
+    snapshot = build_planhat_snapshot_asset()
     activities, metrics = build_matching_assets(
         config,
         partitions,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import duckdb
 
-from ..config import SyncSettings
+from ..clients import RetryPolicy
 from ..errors import DayRejectedError, PayloadShapeError, WarehouseError
 from ..partitions import partition_days
 from ..resources import WarehouseResource
@@ -89,7 +89,7 @@ def open_warehouse(warehouse: WarehouseResource) -> Iterator[duckdb.DuckDBPyConn
 def reread(
     read: Callable[[], T],
     *,
-    settings: SyncSettings,
+    retry: RetryPolicy,
     what: str,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
@@ -97,23 +97,20 @@ def reread(
 
     A read is harmless to repeat, and a garbage or cut-off body from a proxy is usually gone on
     the next request; the HTTP layer retries statuses and transport errors, this retries bodies.
-    Up to ``sync.retry_attempts`` reads, waiting like the HTTP retries do.
+    Up to ``retry.attempts`` reads, waiting like the HTTP retries do (the same policy).
 
     Raises:
         PayloadShapeError: Every read was malformed; the message names the endpoint, says it
             answered 200, and how many times it was read.
     """
-    attempts = settings.retry_attempts
+    attempts = retry.attempts
     for attempt in range(1, attempts + 1):
         try:
             return read()
         except PayloadShapeError as exc:
             if attempt >= attempts:
                 raise _malformed_after(exc, attempts) from None
-            delay = min(
-                settings.retry_backoff_seconds * 2 ** (attempt - 1),
-                settings.retry_max_delay_seconds,
-            )
+            delay = retry.delay(attempt=attempt, retry_after=None)
             log.warning("%s: %s; reading it again in %.1f s", what, exc, delay)
             sleep(delay)
     raise AssertionError("unreachable")

@@ -62,7 +62,7 @@ def build_pendo_raw_assets(
             if feature_ids:
                 try:
                     pendo_features = reread(
-                        client.list_features, settings=config.sync, what="Pendo features"
+                        client.list_features, retry=pendo.retry(), what="Pendo features"
                     )
                 except ApiError as exc:
                     raise dg.Failure(
@@ -93,7 +93,7 @@ def build_pendo_raw_assets(
                     )
 
                 try:
-                    staged = reread(ingest, settings=config.sync, what=f"{day} feature events")
+                    staged = reread(ingest, retry=pendo.retry(), what=f"{day} feature events")
                 except (ApiError, PendoAssetsError) as exc:
                     context.log.error(f"feature events not landed: {attempts.failure(day, exc)}")
                     continue
@@ -159,7 +159,7 @@ def build_pendo_raw_assets(
                     return fetch_pipeline_day(client, spec=spec, day=day, config=config)
 
                 try:
-                    result = reread(fetch, settings=config.sync, what=f"{day} pipeline {spec.name}")
+                    result = reread(fetch, retry=pendo.retry(), what=f"{day} pipeline {spec.name}")
                     land_pipeline_day(conn, result)
                 except (ApiError, PendoAssetsError) as exc:
                     failure = attempts.failure(day, exc, f" pipeline {spec.name!r}")

@@ -7,7 +7,6 @@ import dagster as dg
 import polars as pl
 
 from .. import queries
-from ..config import Config, SyncSettings
 from ..errors import ApiError
 from ..models import PlanhatSnapshot
 from ..resources import PlanhatResource, WarehouseResource
@@ -50,8 +49,7 @@ def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.Dat
     return pl.concat(frames, how="diagonal").with_columns(pl.lit(taken_at).alias("snapshot_at"))
 
 
-def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefinition:
-    settings = config.sync if config is not None else SyncSettings()
+def build_planhat_snapshot_asset() -> dg.AssetsDefinition:
 
     @dg.asset(
         name="planhat_snapshot",
@@ -68,7 +66,7 @@ def build_planhat_snapshot_asset(config: Config | None = None) -> dg.AssetsDefin
     ) -> dg.MaterializeResult:
         try:
             with planhat.get_client() as client:
-                snapshot = reread(client.snapshot, settings=settings, what="Planhat snapshot")
+                snapshot = reread(client.snapshot, retry=planhat.retry(), what="Planhat snapshot")
         except ApiError as exc:
             raise dg.Failure(
                 description=f"Planhat snapshot failed: {exc}; the previous snapshot is kept and "
