@@ -15,7 +15,7 @@ The tree::
     ├── BatchError                    (also a ValueError: refused before sending)
     ├── ConfigError                   (also a ValueError)
     │   └── UsageError                (the command line asks for what cannot be done)
-    ├── DayRejectedError              (day, source, rejected, total, limit, top reasons)
+    ├── DayRejectedError              (day, pipeline, rejected, total, limit, top kinds)
     ├── DeliveryError                 (publishing stopped: batch_id, kind, items, status_code)
     │   └── ItemTooLargeError         (item_bytes, max_bytes: one item over the body limit)
     ├── BatchStateError               (batch_id, status: not a batch in doubt)
