@@ -8,9 +8,10 @@ sorted by line, each naming the file, the line, the key path and what to change:
       pendo_planhat.yaml:12: pipelines[0].model: 'company' is not a valid Planhat model; did you ...
 
 :class:`_Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and
-refusing duplicate keys, secret-looking keys (their values unread) and unsupported tags. The
-models validate that, and :func:`_message` words pydantic's errors from the field's description,
-``Literal`` choices, bounds and default. So a new key is one field in one model (and the README).
+refusing duplicate keys, secret-looking keys (their values unread) and unsupported tags;
+:func:`_check_entries` checks what spans entries. The models validate the rest, and
+:func:`_message` words pydantic's errors from the field's description, ``Literal`` choices,
+bounds and default. So a new key is one field in one model (and its line in the README).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import re
 import typing
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -63,6 +64,11 @@ _SOURCE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"
 )
 _SECRET: Final = "looks like a secret, and secrets never go in the config file. Delete this line (its value is not shown here) and set the secret in the environment or a .env file instead: PENDO_INTEGRATION_KEY, PLANHAT_API_TOKEN, PLANHAT_TENANT_TOKEN"
+# Key names meaning a secret (lowercased, letters and digits only). Broad on purpose: a false alarm
+# costs a rename, a miss leaks a key into git.
+_SECRET_KEY: Final = re.compile(
+    r"^(passwd|credentials)$|(token|password|secret|apikey|integrationkey)$"
+)
 STR, INT, FLOAT, BOOL, NULL, TIMESTAMP, SEQ, MAP, MERGE = (
     f"tag:yaml.org,2002:{t}"
     for t in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge")
@@ -73,11 +79,6 @@ class _Scalar(str):
     """A YAML number or boolean: the text as written (an id, a name), and the ``value`` read."""
 
     value: object
-
-    def __new__(cls, text: str, value: object) -> _Scalar:
-        scalar = super().__new__(cls, text)
-        scalar.value = value
-        return scalar
 
 
 def _value(item: object) -> object:
@@ -102,8 +103,7 @@ class _Loader(yaml.SafeLoader):
         self.problems: list[tuple[int, Loc, str]] = []
         self.replaced: set[Loc] = set()
 
-    def line_of(self, loc: Loc) -> int:
-        """The line of ``loc``, or of its nearest parent present (for a missing key)."""
+    def line_of(self, loc: Loc) -> int:  # or of its nearest parent present (a missing key)
         while loc not in self.lines:
             loc = loc[:-1]
         return self.lines[loc]
@@ -142,7 +142,7 @@ class _Loader(yaml.SafeLoader):
             (key_node, value_node), key, line = pair, pair[0].value, _line(pair[0])
             if not isinstance(key_node, ScalarNode) or key_node.tag not in (STR, INT, FLOAT, BOOL):
                 self.report(self.at, "keys must be text, e.g. `name: value`", line)
-            elif _is_secret(key):
+            elif _SECRET_KEY.search(re.sub(r"[^a-z0-9]", "", key.lower())):
                 self.report((*self.at, key), _SECRET, line)  # and its value is never read
             elif key in first and id(pair) in own:
                 self.report((*self.at, key), f"duplicate key (first on line {first[key]})", line)
@@ -153,11 +153,14 @@ class _Loader(yaml.SafeLoader):
 
     def _typed(self, node: ScalarNode) -> object:
         with contextlib.suppress(ValueError, KeyError, yaml.YAMLError):  # `!!int x`: the text
-            return _Scalar(node.value, yaml.SafeLoader.yaml_constructors[node.tag](self, node))
+            scalar = _Scalar(node.value)
+            scalar.value = yaml.SafeLoader.yaml_constructors[node.tag](self, node)
+            return scalar
         return node.value
 
     def _unsupported(self, node: Node) -> None:
-        self.refuse(node, f"uses the YAML tag {node.tag!r}, which the config does not support")
+        tag = f"uses the YAML tag {node.tag!r}, which the config does not support"
+        self.refuse(node, f"{tag}; remove it")
 
     yaml_constructors: typing.ClassVar[dict[str | None, Any]] = {
         **dict.fromkeys((STR, TIMESTAMP), yaml.SafeLoader.construct_yaml_str),  # dates as text
@@ -167,13 +170,6 @@ class _Loader(yaml.SafeLoader):
         MAP: _mapping,
         None: _unsupported,
     }
-
-
-def _is_secret(key: str) -> bool:
-    # Broad on purpose: a false alarm costs a rename, a miss leaks a key into git.
-    name = re.sub(r"[^a-z0-9]", "", key.lower())
-    endings = ("token", "password", "secret", "apikey", "integrationkey")
-    return name in ("passwd", "credentials") or name.endswith(endings)
 
 
 # Field checks. Each raises its problems as one pydantic error, at (a place below) the field.
@@ -197,9 +193,7 @@ def _default_if_none(value: object) -> object:  # `features:` with nothing after
     return value
 
 
-@cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+_zone_names = cache(zoneinfo.available_timezones)
 
 
 def _timezone(name: str) -> str:
@@ -232,9 +226,8 @@ def _app_ids(value: object) -> object:
     if value == "all":
         return value
     if not isinstance(value, list | tuple):
-        _fail(
-            f"{hint}; {_suggest(value, ['all']) if isinstance(value, str) else ''}got {_show(value)}"
-        )
+        typo = _suggest(value, ["all"]) if isinstance(value, str) else ""
+        _fail(f"{hint}; {typo}got {_show(value)}")
     if not value:
         _fail("is an empty list; use `all` for every app, or list at least one app id")
     ids = [_value(item) for item in value]
@@ -645,9 +638,8 @@ def _message(kind: str, loc: Loc, value: Any) -> str:
         case "missing":
             return f"is required but missing; expected {what}"
         case "model_type" | "model_attributes_type":
-            return (
-                f"must be a mapping with the keys {', '.join(_fields(model))}; got {_show(value)}"
-            )
+            keys = ", ".join(_fields(model))
+            return f"must be a mapping with the keys {keys}; got {_show(value)}"
         case "literal_error" if field is not None:
             choices = [str(choice) for choice in typing.get_args(field.annotation)]
             one_of = "expected one of: " + ", ".join(choices)
@@ -676,17 +668,15 @@ def _field_at(loc: Loc) -> tuple[type[pd.BaseModel] | None, FieldInfo | None]:
             return None, field
         field = _fields(model)[part]
         types = (field.annotation, *typing.get_args(field.annotation))
-        model = next(
-            (t for t in types if isinstance(t, type) and issubclass(t, pd.BaseModel)), None
-        )
+        models = [t for t in types if isinstance(t, type) and issubclass(t, pd.BaseModel)]
+        model = models[0] if models else None
     return model, field
 
 
 def _fields(model: type[pd.BaseModel] | None) -> dict[str, FieldInfo]:
     """A model's fields by the key the file uses for them."""
-    return {
-        info.alias or name: info for name, info in (model.model_fields if model else {}).items()
-    }
+    fields = model.model_fields if model else {}
+    return {info.alias or name: info for name, info in fields.items()}
 
 
 def _bound(field: FieldInfo, name: str) -> Any:
@@ -695,27 +685,17 @@ def _bound(field: FieldInfo, name: str) -> Any:
 
 def _hint(field: FieldInfo) -> str:
     """What a number field takes, e.g. ``seconds to wait from 1 to 3600 (default 60)``."""
-    low, high = (_plain(_bound(field, name)) for name in ("ge", "le"))
+    numbers = (_bound(field, "ge"), _bound(field, "le"), field.default)
+    low, high, default = (str(n).removesuffix(".0") for n in numbers)  # 1000000, not 1e+06
     span = f" from {low} to {high}" if high != "None" else f" ≥ {low}" if low != "None" else ""
-    default = "" if field.default is PydanticUndefined else f" (default {_plain(field.default)})"
+    default = "" if field.default is PydanticUndefined else f" (default {default})"
     return f"{field.description}{span}{default}"
-
-
-def _plain(number: object) -> str:
-    """1000000 rather than 1e+06 or 1000000.0 in messages."""
-    return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
 
 def _path(loc: Loc) -> str:
     """``("pipelines", 0, "metrics", "a b")`` -> ``pipelines[0].metrics["a b"]``."""
-    parts = (
-        f"[{p}]"
-        if isinstance(p, int)
-        else p
-        if re.fullmatch(r"[A-Za-z_][\w-]*", p, re.ASCII)
-        else f"[{json.dumps(p, ensure_ascii=False)}]"
-        for p in loc
-    )
+    key = re.compile(r"[A-Za-z_][\w-]*", re.ASCII)
+    parts = (str(p) if key.fullmatch(str(p)) else json.dumps([p], ensure_ascii=False) for p in loc)
     return ".".join(parts).replace(".[", "[")
 
 
@@ -733,7 +713,7 @@ def _show(value: object) -> str:
     return "an empty value" if value is None else repr(value)
 
 
-def _suggest(value: str, choices: list[str] | frozenset[str]) -> str:
+def _suggest(value: str, choices: Collection[str]) -> str:
     """``"did you mean 'X'? "`` for a case-only difference or a close typo, else ``""``."""
     by_case = {choice.casefold(): choice for choice in choices}
     close = [by_case[value.casefold()]] if value.casefold() in by_case else []
