@@ -63,7 +63,11 @@ _NAME: Final = r"^[A-Za-z0-9_-]+$"
 _SOURCE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"
 )
-_SECRET: Final = "looks like a secret, and secrets never go in the config file. Delete this line (its value is not shown here) and set the secret in the environment or a .env file instead: PENDO_INTEGRATION_KEY, PLANHAT_API_TOKEN, PLANHAT_TENANT_TOKEN"
+_SECRET: Final = (
+    "looks like a secret, and secrets never go in the config file. Delete this line (its value is "
+    "not shown here) and set the secret in the environment or a .env file instead: "
+    "PENDO_INTEGRATION_KEY, PLANHAT_API_TOKEN, PLANHAT_TENANT_TOKEN"
+)
 # Key names meaning a secret (lowercased, letters and digits only). Broad on purpose: a false alarm
 # costs a rename, a miss leaks a key into git.
 _SECRET_KEY: Final = re.compile(
@@ -477,7 +481,8 @@ def load_config(path: str | Path | None = None) -> Config:
             where = f"{CONFIG_ENV_VAR} points to {file}, which does not exist"
         else:
             where = f"{CONFIG_ENV_VAR} is not set, so it was looked for in {Path.cwd()}"
-        how = f"set {CONFIG_ENV_VAR} to its path, e.g. export {CONFIG_ENV_VAR}=/path/to/{DEFAULT_CONFIG_PATH}"
+        example = f"export {CONFIG_ENV_VAR}=/path/to/{DEFAULT_CONFIG_PATH}"
+        how = f"set {CONFIG_ENV_VAR} to its path, e.g. {example}"
         problem = f"config file not found ({where}). Create it, or {how}"
     except IsADirectoryError:
         problem = f"is a directory; {CONFIG_ENV_VAR} must name the YAML file itself"
@@ -585,7 +590,7 @@ def _check_entries(data: dict[str, Any], loader: _Loader, base_dir: Path | None)
 
 
 def _read_stages(name: str, base_dir: Path | None) -> tuple[Any, _Problems]:
-    """Read a ``pipeline_file``: its stages (a list, or in a whole aggregation body) and problems."""
+    """Read a ``pipeline_file`` (stages, or a whole aggregation body): its stages and problems."""
     file = Path(name).expanduser()
     file = base_dir / file if base_dir is not None and not file.is_absolute() else file
     try:
@@ -653,7 +658,8 @@ def _message(kind: str, loc: Loc, value: Any) -> str:
         case "int_type" | "float_type" if field is not None:
             return f"must be {_hint(field)}; got {_show(value)}"
         case "string_too_long" | "too_long" if field is not None:
-            return f"is {len(value)} characters long; the most allowed is {_bound(field, 'max_length')}"
+            most = _bound(field, "max_length")
+            return f"is {len(value)} characters long; the most allowed is {most}"
         case "string_pattern_mismatch":
             return f"{_show(value)} is not {what}"
     return f"must be {what}; got {_show(value)}"  # a wrong type, or empty
