@@ -7,52 +7,43 @@ sorted by line, each naming the file, the line, the key path and what to change:
       pendo_planhat.yaml:2: pendo.region: 'usa' is not a valid Pendo region; did you mean 'us'? ...
       pendo_planhat.yaml:12: pipelines[0].model: 'company' is not a valid Planhat model; did you ...
 
-The checking is :func:`._yaml.check`: YAML nodes to plain Python with each key path's line (and
-duplicate or secret-looking keys refused), then the models below, whose field descriptions,
-``Literal`` choices, bounds and defaults word the messages. So a new key is one field in one
-model, plus its line in the README.
+:class:`_Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and
+refusing duplicate keys, secret-looking keys (their values unread) and unsupported tags;
+:func:`_check_entries` checks what spans entries. The models validate the rest, and
+:func:`_message` words pydantic's errors from the field's description, ``Literal`` choices,
+bounds and default. So a new key is one field in one model (and its line in the README).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import difflib
 import json
 import math
 import os
 import re
+import typing
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from datetime import date
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal, TypeAlias, cast
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+import pydantic as pd
+import yaml
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, PydanticUndefined, PydanticUseDefault
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from . import _yaml
-from ._yaml import Loc, Scalar, fail, show
 from .errors import ConfigError
 from .types import Aggregation, JSONDict, Model, Region
 
 __all__ = [
-    "ALL_APPS",
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
-    "PENDO_HOSTS",
-    "SECRET_ENV_VARS",
-    "AppIds",
     "Config",
     "FeatureSpec",
     "PendoSettings",
@@ -65,54 +56,148 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH: Final = "pendo_planhat.yaml"
 CONFIG_ENV_VAR: Final = "PENDO_PLANHAT_CONFIG"
-SECRET_ENV_VARS: Final = ("PENDO_INTEGRATION_KEY", "PLANHAT_API_TOKEN", "PLANHAT_TENANT_TOKEN")
-#: The row-source ``appId`` meaning every app; without it Pendo answers for the default app only
-#: (reference/pendo_api.md §2.2).
-ALL_APPS: Final = 'expandAppIds("*")'
-#: Host per ``pendo.region`` (DESIGN.md §5); ``PENDO_BASE_URL`` overrides it.
-PENDO_HOSTS: Final[Mapping[Region, str]] = MappingProxyType(
-    {
-        "us": "app.pendo.io",
-        "us1": "us1.app.pendo.io",
-        "eu": "app.eu.pendo.io",
-        "jpn": "app.jpn.pendo.io",
-        "au": "app.au.pendo.io",
-    }
-)
 
-AppIds: TypeAlias = Literal["all"] | tuple[int, ...]
-
+Loc: TypeAlias = tuple[str | int, ...]  # a key path, as pydantic's error ``loc``
+_Problems: TypeAlias = list[tuple[Loc, str]]  # (place, message) pairs
 _NAME: Final = r"^[A-Za-z0-9_-]+$"
-_SOURCE_EXAMPLE: Final = (
+_SOURCE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"
 )
-_SECRET_MESSAGE: Final = (
-    "looks like a secret, and secrets never go in the config file. Delete this line (its value "
-    "is not shown here) and set the secret in the environment or a .env file instead: "
-    + ", ".join(SECRET_ENV_VARS)
+_SECRET: Final = (
+    "looks like a secret, and secrets never go in the config file. Delete this line (its value is "
+    "not shown here) and set the secret in the environment or a .env file instead: "
+    "PENDO_INTEGRATION_KEY, PLANHAT_API_TOKEN, PLANHAT_TENANT_TOKEN"
 )
+# Key names meaning a secret (lowercased, letters and digits only). Broad on purpose: a false alarm
+# costs a rename, a miss leaks a key into git.
+_SECRET_KEY: Final = re.compile(
+    r"^(passwd|credentials)$|(token|password|secret|apikey|integrationkey)$"
+)
+STR, INT, FLOAT, BOOL, NULL, TIMESTAMP, SEQ, MAP, MERGE = (
+    f"tag:yaml.org,2002:{t}"
+    for t in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge")
+)
+
+
+class _Scalar(str):
+    """A YAML number or boolean: the text as written (an id, a name), and the ``value`` read."""
+
+    value: object
+
+
+def _value(item: object) -> object:
+    return item.value if isinstance(item, _Scalar) else item
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+class _Loader(yaml.SafeLoader):
+    """Builds plain Python, keeping each key path's line (that of its key or its list item).
+
+    What a config may not hold goes in ``problems`` as (line, place, message); a place whose
+    value was refused goes in ``replaced``, so that what the model says of it is not said twice.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.at: Loc = ()  # the key path being read
+        self.lines: dict[Loc, int] = {(): 1}
+        self.problems: list[tuple[int, Loc, str]] = []
+        self.replaced: set[Loc] = set()
+
+    def line_of(self, loc: Loc) -> int:  # or of its nearest parent present (a missing key)
+        while loc not in self.lines:
+            loc = loc[:-1]
+        return self.lines[loc]
+
+    def report(self, loc: Loc, message: str, line: int | None = None) -> None:
+        self.problems.append((line or self.line_of(loc), loc, message))
+
+    def refuse(self, node: Node, message: str) -> None:
+        self.report(self.at, message, _line(node))
+        self.replaced.add(self.at)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        if node not in self.recursive_objects:
+            return super().construct_object(node, deep=True)  # depth first, so `at` is right
+        self.refuse(node, "is an alias of a node that holds it; remove the loop")
+
+    def _child(self, part: str | int, line: int, node: Node) -> Any:
+        outer, self.at = self.at, (*self.at, part)
+        self.lines[self.at] = line
+        value, self.at = self.construct_object(node), outer
+        return value
+
+    def _sequence(self, node: SequenceNode) -> list[Any]:
+        return [self._child(i, _line(item), item) for i, item in enumerate(node.value)]
+
+    def _mapping(self, node: MappingNode) -> dict[str, Any]:
+        own = {id(pair) for pair in node.value if pair[0].tag != MERGE}  # merged keys yield to own
+        try:
+            self.flatten_mapping(node)  # merged pairs first
+        except yaml.constructor.ConstructorError:
+            self.refuse(node, "`<<` must merge other mappings: one, or a list of them")
+            node.value = [pair for pair in node.value if pair[0].tag != MERGE]
+        result: dict[str, Any] = {}
+        first: dict[str, int] = {}
+        for pair in node.value:
+            (key_node, value_node), key, line = pair, pair[0].value, _line(pair[0])
+            if not isinstance(key_node, ScalarNode) or key_node.tag not in (STR, INT, FLOAT, BOOL):
+                self.report(self.at, "keys must be text, e.g. `name: value`", line)
+            elif _SECRET_KEY.search(re.sub(r"[^a-z0-9]", "", key.lower())):
+                self.report((*self.at, key), _SECRET, line)  # and its value is never read
+            elif key in first and id(pair) in own:
+                self.report((*self.at, key), f"duplicate key (first on line {first[key]})", line)
+            else:
+                first.update({key: line} if id(pair) in own else {})
+                result[key] = self._child(key, line, value_node)
+        return result
+
+    def _typed(self, node: ScalarNode) -> object:
+        with contextlib.suppress(ValueError, KeyError, yaml.YAMLError):  # `!!int x`: the text
+            scalar = _Scalar(node.value)
+            scalar.value = yaml.SafeLoader.yaml_constructors[node.tag](self, node)
+            return scalar
+        return node.value
+
+    def _unsupported(self, node: Node) -> None:
+        tag = f"uses the YAML tag {node.tag!r}, which the config does not support"
+        self.refuse(node, f"{tag}; remove it")
+
+    yaml_constructors: typing.ClassVar[dict[str | None, Any]] = {
+        **dict.fromkeys((STR, TIMESTAMP), yaml.SafeLoader.construct_yaml_str),  # dates as text
+        **dict.fromkeys((INT, FLOAT, BOOL), _typed),
+        NULL: yaml.SafeLoader.construct_yaml_null,
+        SEQ: _sequence,
+        MAP: _mapping,
+        None: _unsupported,
+    }
 
 
 # Field checks. Each raises its problems as one pydantic error, at (a place below) the field.
 
 
+def _fail(problems: str | _Problems) -> NoReturn:
+    """Raise a message, or (place below the field, message) pairs, as one pydantic error."""
+    problems = [((), problems)] if isinstance(problems, str) else problems
+    raise PydanticCustomError("config", "; ".join(m for _, m in problems), {"problems": problems})
+
+
 def _text(value: object) -> object:
-    # An id or a name is taken as written, even where YAML would read a number or a boolean.
     if isinstance(value, str) and value != value.strip():
-        fail(f"{show(value)} starts or ends with spaces; remove them")
+        _fail(f"{_show(value)} starts or ends with spaces; remove them")
     return value
 
 
-def _number(value: object) -> object:
-    """Unwrap a YAML number; anything else is left for the (strict) number field to refuse."""
-    if isinstance(value, Scalar) and value.tag in (_yaml.INT, _yaml.FLOAT):
-        return value.value
+def _default_if_none(value: object) -> object:  # `features:` with nothing after it
+    if value is None:
+        raise PydanticUseDefault
     return value
 
 
-def _none_as(empty: object) -> BeforeValidator:
-    """Read an empty YAML value (``features:`` with nothing after it) as ``empty``."""
-    return BeforeValidator(lambda value: empty if value is None else value)
+_zone_names = cache(zoneinfo.available_timezones)
 
 
 def _timezone(name: str) -> str:
@@ -121,103 +206,141 @@ def _timezone(name: str) -> str:
     with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         if (not _zone_names() or name in _zone_names()) and zoneinfo.ZoneInfo(name):
             return name
-    hint = _yaml.suggest(name, _zone_names())
-    fail(
-        f"{show(name)} is not an IANA time zone; {hint}use your Pendo subscription's zone, e.g. "
-        "America/New_York, Europe/Berlin or UTC"
-    )
+    zone = "use your Pendo subscription's zone, e.g. America/New_York, Europe/Berlin or UTC"
+    _fail(f"{_show(name)} is not an IANA time zone; {_suggest(name, _zone_names())}{zone}")
 
 
 def _date(value: object) -> object:
-    if isinstance(value, date) or not isinstance(value, str):
+    if not isinstance(value, str):
         return value  # a date already, or what pydantic refuses
     text = value.strip()
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        has_time = isinstance(value, Scalar) and value.tag == _yaml.TIMESTAMP
-        problem = "has a time; give only" if has_time else "is not"
-        fail(f"{show(text)} {problem} a date written YYYY-MM-DD, e.g. 2026-09-01")
+        problem = "has a time; give only" if re.match(r"\d{4}-\d{2}-\d{2}[Tt ]", text) else "is not"
+        _fail(f"{_show(text)} {problem} a date written YYYY-MM-DD, e.g. 2026-09-01")
     try:
         return date.fromisoformat(text)
     except ValueError:
-        fail(f"{show(text)} is not a real date (check month and day)")
+        _fail(f"{_show(text)} is not a real date (check month and day)")
 
 
 def _app_ids(value: object) -> object:
     hint = "must be `all` or a list of Pendo app ids (integers), e.g. [-323232]"
-    if isinstance(value, Scalar) and value.tag == _yaml.INT:
-        fail(f"{hint}; write one app id as a list: [{value}]")
+    if type(_value(value)) is int:
+        _fail(f"{hint}; write one app id as a list: [{value}]")
     if value == "all":
         return value
     if not isinstance(value, list | tuple):
-        typo = _yaml.suggest(value, ["all"]) if isinstance(value, str) else ""
-        fail(f"{hint}; {typo}got {show(value)}")
+        typo = _suggest(value, ["all"]) if isinstance(value, str) else ""
+        _fail(f"{hint}; {typo}got {_show(value)}")
     if not value:
-        fail("is an empty list; use `all` for every app, or list at least one app id")
-    ids = [_number(item) for item in value]
-    problems: list[tuple[Loc, str]] = []
+        _fail("is an empty list; use `all` for every app, or list at least one app id")
+    ids = [_value(item) for item in value]
+    problems: _Problems = []
     for index, (item, app_id) in enumerate(zip(value, ids, strict=True)):
-        if isinstance(app_id, bool) or not isinstance(app_id, int):
+        if type(app_id) is not int:
             quoted = "; write it without quotes" if re.fullmatch(r"-?\d+", str(item)) else ""
-            message = f"must be an integer Pendo app id, e.g. -323232; got {show(item)}{quoted}"
+            message = f"must be an integer Pendo app id, e.g. -323232; got {_show(item)}{quoted}"
             problems.append(((index,), message))
         elif app_id in ids[:index]:
             problems.append(((index,), f"app id {app_id} is listed twice; list each app once"))
-    return tuple(ids) if not problems else fail(problems)
+    return tuple(ids) if not problems else _fail(problems)
 
 
 def _dimension_id(value: object) -> object:
-    rule = "letters, digits, _ and - only (no spaces), as Planhat documents"
-    if not isinstance(value, str):
-        fail(f"must be a Planhat dimensionId, {rule}; got {show(value)}")
-    if not re.fullmatch(_NAME, value):
-        fail(f"dimensionId {show(value)} may contain {rule}")
+    if not isinstance(value, str) or not re.fullmatch(_NAME, value):
+        rule = "letters, digits, _ and - only (no spaces), as Planhat documents"
+        _fail(f"must be a Planhat dimensionId of {rule}; got {_show(value)}")
     return value
 
 
 def _stages(value: object) -> object:
     if not isinstance(value, list | tuple):
         return value  # pydantic refuses it
-    problems: list[tuple[Loc, str]] = []
-    stages = _json(list(value), (), problems)
-    problems = problems or [(() if i is None else (i,), m) for i, m in _stage_problems(stages)]
-    return tuple(copy.deepcopy(stages)) if not problems else fail(problems)
+    problems: _Problems = []
+    stages = _json(value, (), problems)
+    problems = problems or _stage_problems(stages)
+    return tuple(stages) if not problems else _fail(problems)
 
 
-def _json(value: object, loc: Loc, problems: list[tuple[Loc, str]]) -> Any:
-    """Turn stage data read from YAML into JSON-ready Python, reporting what JSON cannot hold."""
+def _json(value: object, loc: Loc, problems: _Problems) -> Any:
+    """Stage data read from YAML as JSON-ready Python, reporting what JSON cannot hold."""
     if isinstance(value, Mapping):
         return {str(k): _json(v, (*loc, str(k)), problems) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json(v, (*loc, i), problems) for i, v in enumerate(value)]
-    value = value.value if isinstance(value, Scalar) else value
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value := _value(value), float) and not math.isfinite(value):
         problems.append((loc, f"{value} is not a JSON number"))
     return value
 
 
-_Text = Annotated[str, BeforeValidator(_text), Field(min_length=1)]
-_Number = Annotated[float, BeforeValidator(_number), Field(strict=True, allow_inf_nan=False)]
-_WholeNumber = Annotated[int, BeforeValidator(_number), Field(strict=True)]
+def _stage_problems(stages: list[Any]) -> _Problems:
+    """Check a Pendo stage list: one-key operators, the first a source naming one row source."""
+    if not stages:
+        return [((), f"is empty; the first stage must be a source, e.g. {_SOURCE}")]
+    ops = [next(iter(s)) if isinstance(s, dict) and len(s) == 1 else None for s in stages]
+    shape = (
+        "each stage must be a mapping with one key, the operator name (e.g. identified: accountId)"
+    )
+    problems: _Problems = [
+        ((i,), f"{shape}; got {_show(s)}") for i, s in enumerate(stages) if not ops[i]
+    ]
+    sources = [i for i, op in enumerate(ops) if op == "source"]
+    if not sources:
+        no_source = f"a pipeline without a source stage; the first stage must be {_SOURCE}"
+        problems.append(((0,), no_source))
+    elif sources[0]:
+        problems.append(((sources[0],), "the source stage must be the first stage"))
+    problems += [((i,), "only the first stage may be a source") for i in sources[1:]]
+    if ops[0] == "source":
+        problems += [((0,), message) for message in _source_problems(stages[0]["source"])]
+    return problems
 
 
-# The config. A field's description words its problems (see _yaml._message): a noun phrase.
+def _source_problems(source: object) -> list[str]:
+    if not isinstance(source, dict):
+        return [f"the source must hold one row source and a timeSeries, e.g. {_SOURCE}"]
+    rows = [str(key) for key in source if key != "timeSeries"]
+    none = "the source names no row source; add one, e.g. featureEvents: null"
+    many = f"the source names {len(rows)} row sources ({', '.join(rows)}); give exactly one"
+    problems = [] if len(rows) == 1 else [many if rows else none]
+    if not isinstance(source.get("timeSeries", {}), dict):
+        example = (
+            "e.g. {period: dayRange, first: now(), count: -1} (the sync sets it per partition)"
+        )
+        problems.append(f"source.timeSeries must be a mapping, {example}")
+    return problems
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+# The config. A field's description words its problems (see _message): a noun phrase.
+
+_Text = Annotated[str, pd.BeforeValidator(_text), Field(min_length=1)]  # as written
+_Number = Annotated[float, pd.BeforeValidator(_value), Field(strict=True, allow_inf_nan=False)]
+_WholeNumber = Annotated[int, pd.BeforeValidator(_value), Field(strict=True)]
+_Share = Annotated[_Number, Field(ge=0, le=1)]
+_OrDefault = pd.BeforeValidator(_default_if_none)
+
+
+class _Model(pd.BaseModel):
+    model_config = pd.ConfigDict(frozen=True, extra="forbid")
+
+    def __eq__(self, other: object) -> bool:  # fields only: Config's `source` aside
+        return isinstance(other, type(self)) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 class PendoSettings(_Model):
     """The ``pendo:`` section: which Pendo subscription to read, from which day."""
 
     region: Region = Field(default="us", description="Pendo region")
-    timezone: Annotated[_Text, AfterValidator(_timezone)] = Field(
+    timezone: Annotated[_Text, pd.AfterValidator(_timezone)] = Field(
         description="an IANA time zone name such as America/New_York"
     )
-    start_date: Annotated[date, BeforeValidator(_date)] = Field(
+    start_date: Annotated[date, pd.BeforeValidator(_date)] = Field(
         description="a date written YYYY-MM-DD, e.g. 2026-09-01"
     )
-    app_ids: Annotated[AppIds, BeforeValidator(_app_ids)] = Field(
+    app_ids: Annotated[Literal["all"] | tuple[int, ...], pd.BeforeValidator(_app_ids)] = Field(
         default="all", description="`all` or a list of Pendo app ids (integers)"
     )
 
@@ -228,8 +351,9 @@ class PendoSettings(_Model):
 
     @property
     def host(self) -> str:
-        """The Pendo host for ``region``, e.g. ``app.eu.pendo.io``."""
-        return PENDO_HOSTS[self.region]
+        """The Pendo host for ``region``, e.g. ``app.eu.pendo.io`` (DESIGN.md §5)."""
+        hosts = {"us": "app.pendo.io", "us1": "us1.app.pendo.io"}
+        return hosts.get(self.region, f"app.{self.region}.pendo.io")
 
 
 class FeatureSpec(_Model):
@@ -258,54 +382,36 @@ class PipelineSpec(_Model):
         default="accountId", description="the result field matched to externalId"
     )
     metrics: Annotated[
-        Mapping[str, Annotated[str, BeforeValidator(_dimension_id)]],
-        AfterValidator(MappingProxyType),
+        Mapping[str, Annotated[str, pd.BeforeValidator(_dimension_id)]],
+        pd.AfterValidator(MappingProxyType),
+        pd.PlainSerializer(dict),
     ] = Field(
         min_length=1,
         description="at least one result field mapped to a Planhat dimensionId, e.g. "
         "`totalEvents: pendo_clicks`",
     )
     aggregation: Aggregation = Field(default="last", description="aggregation")
-    stages: Annotated[tuple[JSONDict, ...], BeforeValidator(_stages)] = Field(
+    stages: Annotated[tuple[JSONDict, ...], pd.BeforeValidator(_stages)] = Field(
         alias="pipeline",
         description="a list of Pendo pipeline stages, the first a source "
         "(or `pipeline_file:`, a JSON file holding them)",
     )
-    pipeline_file: _Text | None = Field(
-        default=None, description="the path of a JSON file holding the stages"
-    )
-
-    def __hash__(self) -> int:
-        return hash(json.dumps([self.name, dict(self.metrics), self.stages], sort_keys=True))
+    pipeline_file: _Text | None = Field(default=None, description="a JSON file holding the stages")
 
     @property
     def row_source(self) -> str:
         """The source stage's row source, e.g. ``featureEvents``."""
         return next(str(key) for key in self.stages[0]["source"] if key != "timeSeries")
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _read_pipeline_file(cls, data: Any, handler: _yaml.Handler, info: ValidationInfo) -> Any:
-        name = data.get("pipeline_file") if isinstance(data, dict) else None
-        if not isinstance(name, str) or not name.strip():
-            return handler(data)
-        if "pipeline" in data:
-            both = "give either `pipeline` (the stages inline) or `pipeline_file`, not both"
-            return _yaml.validate_with(handler, data, [(("pipeline_file",), both)])
-        stages, problems = _read_stages_file(name, (info.context or {}).get("base_dir"))
-        if stages is None:  # the file's problems say it all; `pipeline` is not also missing
-            return _yaml.validate_with(handler, data, problems, skip=("pipeline",))
-        return handler({**data, "pipeline": stages})
-
 
 class SyncSettings(_Model):
     """The optional ``sync:`` section (an extension of DESIGN.md §5): thresholds and paging."""
 
-    min_match_rate: _Number = Field(
-        default=0.5, ge=0, le=1, description="the share of identified events that must match"
+    min_match_rate: _Share = Field(
+        default=0.5, description="the share of identified events that must match"
     )
-    max_quarantine_share: _Number = Field(
-        default=0.01, ge=0, le=1, description="the largest share of a day's rows to quarantine"
+    max_quarantine_share: _Share = Field(
+        default=0.01, description="the largest share of a day's rows to quarantine"
     )
     page_size: _WholeNumber = Field(
         default=100_000, ge=1000, le=1_000_000, description="Pendo rows per request, a whole number"
@@ -328,76 +434,25 @@ class Config(_Model):
     """The whole validated config. Equality and hashing ignore ``source``."""
 
     pendo: PendoSettings = Field(description="the `pendo:` section (timezone, start_date)")
-    features: Annotated[tuple[FeatureSpec, ...], _none_as(())] = Field(
+    features: Annotated[tuple[FeatureSpec, ...], _OrDefault] = Field(
         default=(), description="a list of features, each `- id: <feature id>`"
     )
-    pipelines: Annotated[tuple[PipelineSpec, ...], _none_as(())] = Field(
+    pipelines: Annotated[tuple[PipelineSpec, ...], _OrDefault] = Field(
         default=(), description="a list of pipelines, each `- name: <name>`"
     )
-    sync: Annotated[SyncSettings, _none_as({})] = Field(
+    sync: Annotated[SyncSettings, _OrDefault] = Field(
         default=SyncSettings(), description="the optional `sync:` section"
     )
-    _source: str = PrivateAttr(default="<string>")
+    _source: str = pd.PrivateAttr(default="<string>")
 
     @property
     def source(self) -> str:
         """Where the config was read from, usually its path; ``<string>`` for parsed text."""
         return self._source
 
-    def __eq__(self, other: object) -> bool:
-        return self._content() == other._content() if isinstance(other, Config) else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._content())
-
-    def _content(self) -> tuple[object, ...]:
-        return (self.pendo, self.features, self.pipelines, self.sync)
-
-    @field_validator("features")
-    @classmethod
-    def _unique_ids(cls, features: tuple[FeatureSpec, ...], info: ValidationInfo) -> Any:
-        ids = [((i, "id"), f"features[{i}]", f.id) for i, f in enumerate(features)]
-        problems = _yaml.repeats(ids, info, "feature id", "used by")
-        return features if not problems else fail(problems)
-
-    @field_validator("pipelines")
-    @classmethod
-    def _unique_names(cls, pipelines: tuple[PipelineSpec, ...], info: ValidationInfo) -> Any:
-        names = [((i, "name"), f"pipelines[{i}]", p.name) for i, p in enumerate(pipelines)]
-        dimension_ids = [
-            ((i, "metrics", key), _yaml.path(("pipelines", i, "metrics", key)), dimension_id)
-            for i, p in enumerate(pipelines)
-            for key, dimension_id in p.metrics.items()
-        ]
-        problems = _yaml.repeats(names, info, "pipeline name", "used by")
-        problems += _yaml.repeats(dimension_ids, info, "dimensionId", "fed by")
-        return pipelines if not problems else fail(problems)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _something_to_sync(cls, data: Any, handler: _yaml.Handler, info: ValidationInfo) -> Any:
-        problems: list[tuple[Loc, str]] = []
-        # Counted on the input, so that a list whose items all failed still counts.
-        if isinstance(data, dict) and not any(
-            isinstance(data.get(key), list | tuple) and data[key]
-            for key in ("features", "pipelines")
-        ):
-            nothing = "nothing to sync: list at least one feature under `features:` or one pipeline"
-            problems.append((("features",), f"{nothing} under `pipelines:`"))
-        config = cast(Config, _yaml.validate_with(handler, data, problems))
-        config._source = (info.context or {}).get("source", config._source)
-        return config
-
 
 def config_path_from_env(environ: Mapping[str, str] | None = None) -> Path:
-    """Return ``$PENDO_PLANHAT_CONFIG`` when set, else ``pendo_planhat.yaml`` (working dir).
-
-    Args:
-        environ: The environment to read; ``os.environ`` when ``None``.
-
-    Returns:
-        The config file's path.
-    """
+    """``$PENDO_PLANHAT_CONFIG`` in ``environ`` (or ``os.environ``), else ``pendo_planhat.yaml``."""
     value = (os.environ if environ is None else environ).get(CONFIG_ENV_VAR, "").strip()
     return Path(value).expanduser() if value else Path(DEFAULT_CONFIG_PATH)
 
@@ -417,31 +472,27 @@ def load_config(path: str | Path | None = None) -> Config:
             problem with its line and key path.
     """
     file = (config_path_from_env() if path is None else Path(path)).expanduser()
-    source = str(file)
     try:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         if path is not None:
             where = f"looked for {file.absolute()}"
         elif os.environ.get(CONFIG_ENV_VAR, "").strip():
-            where = f"{CONFIG_ENV_VAR} points to {source}, which does not exist"
+            where = f"{CONFIG_ENV_VAR} points to {file}, which does not exist"
         else:
             where = f"{CONFIG_ENV_VAR} is not set, so it was looked for in {Path.cwd()}"
-        raise ConfigError(
-            f"{source}: config file not found ({where}). Create it, or set {CONFIG_ENV_VAR} to "
-            f"its path, e.g. export {CONFIG_ENV_VAR}=/path/to/{DEFAULT_CONFIG_PATH}"
-        ) from None
+        example = f"export {CONFIG_ENV_VAR}=/path/to/{DEFAULT_CONFIG_PATH}"
+        how = f"set {CONFIG_ENV_VAR} to its path, e.g. {example}"
+        problem = f"config file not found ({where}). Create it, or {how}"
     except IsADirectoryError:
-        raise ConfigError(
-            f"{source}: is a directory; {CONFIG_ENV_VAR} must name the YAML file itself"
-        ) from None
+        problem = f"is a directory; {CONFIG_ENV_VAR} must name the YAML file itself"
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{source}: is not UTF-8 text (undecodable byte at offset {exc.start})"
-        ) from None
+        problem = f"is not UTF-8 text (undecodable byte at offset {exc.start})"
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
-    return parse_config(text, source=source, base_dir=file.parent)
+        problem = f"cannot read the config file: {exc.strerror}"
+    else:
+        return parse_config(text, source=str(file), base_dir=file.parent)
+    raise ConfigError(f"{file}: {problem}") from None
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None = None) -> Config:
@@ -459,118 +510,240 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
     Raises:
         ConfigError: Listing every problem found, one per line.
     """
-    empty = (
-        "the config file is empty; it needs a `pendo:` section (timezone, start_date) and at "
-        "least one entry under `features:` or `pipelines:`"
-    )
-    context = {"source": source, "base_dir": base_dir}
-    secret = _SECRET_MESSAGE
-    return _yaml.check(text, Config, source=source, empty=empty, secret=secret, context=context)
+    # `from None` throughout: PyYAML's text quotes the offending line, which may hold a secret,
+    # and pydantic's errors hold the input values; a chained exception would print them.
+    try:
+        loader = _Loader(text)
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(_format(source, [_syntax_problem(exc)])) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        bad = f"the file contains a character YAML does not allow (#x{exc.character:04x})"
+        raise ConfigError(_format(source, [(line, (), f"{bad}; remove it")])) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{source}: cannot parse the YAML ({type(exc).__name__})") from None
+    if data is None:
+        needs = "a `pendo:` section (timezone, start_date) and at least one entry under `features:`"
+        raise ConfigError(f"{source}: the config file is empty; it needs {needs} or `pipelines:`")
+    if isinstance(data, dict):
+        _check_entries(data, loader, base_dir)
+    try:
+        config = Config.model_validate(data)
+    except pd.ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            if any(loc[: len(done)] == done for done in loader.replaced):
+                continue  # the loader said what is wrong there
+            if error["type"] == "config":
+                for at, message in error["ctx"]["problems"]:
+                    loader.report((*loc, *at), message)
+            else:
+                loader.report(loc, _message(error["type"], loc, error["input"]))
+    if loader.problems:
+        raise ConfigError(_format(source, loader.problems)) from None
+    config._source = source
+    return config
 
 
-@cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+def _check_entries(data: dict[str, Any], loader: _Loader, base_dir: Path | None) -> None:
+    """What spans entries: something to sync, each id used once, ``pipeline_file`` read."""
+    lists = {k: v if isinstance(v := data.get(k), list) else [] for k in ("features", "pipelines")}
+    if not any(lists.values()):
+        nothing = "list at least one feature under `features:` or one pipeline under `pipelines:`"
+        loader.report(("features",), f"nothing to sync: {nothing}")
+    unique = [
+        ("features", "id", "feature id", "used"),
+        ("pipelines", "name", "pipeline name", "used"),
+    ]
+    for section, key, noun, verb in [*unique, ("pipelines", "metrics", "dimensionId", "fed")]:
+        seen: dict[str, tuple[Loc, Loc]] = {}  # value -> its owner and place
+        for i, item in enumerate(lists[section]):
+            loc: Loc = (section, i, key)
+            value = item.get(key) if isinstance(item, dict) else None
+            places = [(loc, loc[:-1], value)]
+            if isinstance(value, dict):  # dimensionIds: each value of the mapping
+                places = [((*loc, k), (*loc, k), v) for k, v in value.items()]
+            for at, owner, name in places:
+                if isinstance(name, str) and name in seen:
+                    where = f"{_path(seen[name][0])} (line {loader.line_of(seen[name][1])})"
+                    once = f"each {noun} may appear once"
+                    loader.report(at, f"{noun} {_show(name)} is already {verb} by {where}; {once}")
+                elif isinstance(name, str):
+                    seen[name] = (owner, at)
+    for i, item in enumerate(lists["pipelines"]):
+        name = item.get("pipeline_file") if isinstance(item, dict) else None
+        at = ("pipelines", i, "pipeline_file")
+        if not isinstance(name, str) or not name.strip():
+            continue
+        if "pipeline" in item:
+            both = "give either `pipeline` (the stages inline) or `pipeline_file`, not both"
+            loader.report(at, both)
+            continue
+        stages, problems = _read_stages(name, base_dir)
+        for place, message in problems:
+            loader.report((*at, *place), message)
+        if problems:  # they say it all: `pipeline` is not also missing
+            loader.replaced.add(("pipelines", i, "pipeline"))
+        else:
+            lists["pipelines"][i] = {**item, "pipeline": stages}
 
 
-# Pipeline stages
-
-
-def _stage_problems(stages: Sequence[Any]) -> list[tuple[int | None, str]]:
-    """Check a Pendo stage list; return (stage index or None, message) pairs."""
-    if not stages:
-        return [(None, f"is empty; the first stage must be a source, e.g. {_SOURCE_EXAMPLE}")]
-    problems: list[tuple[int | None, str]] = []
-    sources = []
-    for index, stage in enumerate(stages):
-        if not isinstance(stage, dict) or len(stage) != 1:
-            problems.append(
-                (
-                    index,
-                    "each stage must be a mapping with one key, the operator name (e.g. "
-                    f"identified: accountId); got {show(stage)}",
-                )
-            )
-        elif "source" in stage:
-            sources.append(index)
-    if not sources:
-        problems.append(
-            (0, f"a pipeline without a source stage; the first stage must be {_SOURCE_EXAMPLE}")
-        )
-    elif sources[0] != 0:
-        problems.append((sources[0], "the source stage must be the first stage"))
-    problems.extend((i, "only the first stage may be a source") for i in sources[1:])
-    if sources and sources[0] == 0:
-        problems.extend((0, message) for message in _source_problems(stages[0]["source"]))
-    return problems
-
-
-def _source_problems(args: object) -> list[str]:
-    if not isinstance(args, dict):
-        return [f"the source must hold one row source and a timeSeries, e.g. {_SOURCE_EXAMPLE}"]
-    row_sources = [str(key) for key in args if key != "timeSeries"]
-    problems = []
-    if not row_sources:
-        problems.append("the source names no row source; add one, e.g. featureEvents: null")
-    elif len(row_sources) > 1:
-        problems.append(
-            f"the source names {len(row_sources)} row sources "
-            f"({', '.join(row_sources)}); give exactly one"
-        )
-    if "timeSeries" in args and not isinstance(args["timeSeries"], dict):
-        problems.append(
-            "source.timeSeries must be a mapping, e.g. {period: dayRange, first: "
-            "now(), count: -1} (the sync sets it per partition)"
-        )
-    return problems
-
-
-def _read_stages_file(name: str, base_dir: Path | None) -> tuple[Any, list[tuple[Loc, str]]]:
-    """Read a ``pipeline_file``: its stages and no problems, or None and the problems."""
+def _read_stages(name: str, base_dir: Path | None) -> tuple[Any, _Problems]:
+    """Read a ``pipeline_file`` (stages, or a whole aggregation body): its stages and problems."""
     file = Path(name).expanduser()
     file = base_dir / file if base_dir is not None and not file.is_absolute() else file
-    at: Loc = ("pipeline_file",)
     try:
-        data = _strict_json(file.read_text(encoding="utf-8-sig"))
+        text = file.read_text(encoding="utf-8-sig")
+        data = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique_keys)
     except FileNotFoundError:
-        where = f"looked for {file.absolute()}; a relative path is read from the config's directory"
-        return None, [(at, f"pipeline file not found: {file} ({where})")]
-    except json.JSONDecodeError as exc:
-        where = f"at line {exc.lineno}, column {exc.colno}"
-        return None, [(at, f"{file} is not valid JSON: {exc.msg} {where}")]
+        relative = "a relative path is read from the config's directory"
+        problem = f"pipeline file not found: {file} (looked for {file.absolute()}; {relative})"
     except UnicodeDecodeError:
-        return None, [(at, f"{file} is not UTF-8 text")]
-    except ValueError as exc:  # from _strict_json
-        return None, [(at, f"{file} is not valid JSON: {exc}")]
+        problem = f"{file} is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        problem = f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except ValueError as exc:  # from _not_json or _unique_keys
+        problem = f"{file} is not valid JSON: {exc}"
     except OSError as exc:
-        return None, [(at, f"cannot read {file}: {exc.strerror}")]
-    stages = data
-    if isinstance(data, dict):  # a whole aggregation request body: keep only its pipeline
-        stages = data["request"].get("pipeline") if isinstance(data.get("request"), dict) else None
-    if not isinstance(stages, list):
-        shapes = 'a whole Pendo aggregation body {"response": ..., "request": {"pipeline": [...]}}'
-        return None, [
-            (at, f"{file} must hold a list of pipeline stages or {shapes}; got {show(data)}")
-        ]
-    problems = [
-        (at if i is None else (*at, i), f"in {file}: {message}")
-        for i, message in _stage_problems(stages)
-    ]
-    return (None, problems) if problems else (stages, [])
+        problem = f"cannot read {file}: {exc.strerror}"
+    else:
+        request = data.get("request") if isinstance(data, dict) else None
+        stages = request.get("pipeline") if isinstance(request, dict) else data
+        if isinstance(stages, list):
+            return stages, [(loc, f"in {file}: {m}") for loc, m in _stage_problems(stages)]
+        body = 'a whole Pendo aggregation body {"response": ..., "request": {"pipeline": [...]}}'
+        problem = f"{file} must hold a list of pipeline stages or {body}; got {_show(data)}"
+    return None, [((), problem)]
 
 
-def _strict_json(text: str) -> Any:
-    """``json.loads`` that also rejects NaN/Infinity and duplicate keys (as ``ValueError``)."""
+def _not_json(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
 
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
 
-    def unique(pairs: list[tuple[str, Any]]) -> JSONDict:
-        result: JSONDict = {}
-        for key, value in pairs:
-            if key in result:
-                raise ValueError(f"duplicate key {key!r} in a JSON object")
-            result[key] = value
-        return result
+def _unique_keys(pairs: list[tuple[str, Any]]) -> JSONDict:
+    keys = [key for key, _ in pairs]
+    if repeated := [key for i, key in enumerate(keys) if key in keys[:i]]:
+        raise ValueError(f"duplicate key {repeated[0]!r} in a JSON object")
+    return dict(pairs)
 
-    return json.loads(text, parse_constant=constant, object_pairs_hook=unique)
+
+# The messages
+
+
+def _message(kind: str, loc: Loc, value: Any) -> str:
+    """Word a pydantic error from the field's description, choices, bounds and default."""
+    model, field, value = *_field_at(loc), _value(value)
+    what = field.description if field is not None else "a mapping"
+    match kind:
+        case "extra_forbidden":
+            allowed, key = list(_fields(_field_at(loc[:-1])[0])), str(loc[-1])
+            hint = f"{_suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
+            return f"unknown key {key!r}; {hint}"
+        case "missing":
+            return f"is required but missing; expected {what}"
+        case "model_type" | "model_attributes_type":
+            keys = ", ".join(_fields(model))
+            return f"must be a mapping with the keys {keys}; got {_show(value)}"
+        case "literal_error" if field is not None:
+            choices = [str(choice) for choice in typing.get_args(field.annotation)]
+            one_of = "expected one of: " + ", ".join(choices)
+            if isinstance(value, str):
+                return f"{_show(value)} is not a valid {what}; {_suggest(value, choices)}{one_of}"
+            return f"must be a {what}; {one_of}; got {_show(value)}"
+        case "finite_number" if field is not None:
+            return f"must be a finite number: {_hint(field)}"
+        case "greater_than_equal" | "less_than_equal" if field is not None:
+            return f"{value!r} is out of range: {_hint(field)}"
+        case "int_type" | "float_type" if field is not None:
+            return f"must be {_hint(field)}; got {_show(value)}"
+        case "string_too_long" | "too_long" if field is not None:
+            most = _bound(field, "max_length")
+            return f"is {len(value)} characters long; the most allowed is {most}"
+        case "string_pattern_mismatch":
+            return f"{_show(value)} is not {what}"
+    return f"must be {what}; got {_show(value)}"  # a wrong type, or empty
+
+
+def _field_at(loc: Loc) -> tuple[type[pd.BaseModel] | None, FieldInfo | None]:
+    """The model at ``loc`` (None inside a field's value) and the field holding it."""
+    model: type[pd.BaseModel] | None = Config
+    field: FieldInfo | None = None
+    for part in (part for part in loc if isinstance(part, str)):  # a list item: the list's model
+        if part not in _fields(model):
+            return None, field
+        field = _fields(model)[part]
+        types = (field.annotation, *typing.get_args(field.annotation))
+        models = [t for t in types if isinstance(t, type) and issubclass(t, pd.BaseModel)]
+        model = models[0] if models else None
+    return model, field
+
+
+def _fields(model: type[pd.BaseModel] | None) -> dict[str, FieldInfo]:
+    """A model's fields by the key the file uses for them."""
+    fields = model.model_fields if model else {}
+    return {info.alias or name: info for name, info in fields.items()}
+
+
+def _bound(field: FieldInfo, name: str) -> Any:
+    return next((getattr(m, name) for m in field.metadata if hasattr(m, name)), None)
+
+
+def _hint(field: FieldInfo) -> str:
+    """What a number field takes, e.g. ``seconds to wait from 1 to 3600 (default 60)``."""
+    numbers = (_bound(field, "ge"), _bound(field, "le"), field.default)
+    low, high, default = (str(n).removesuffix(".0") for n in numbers)  # 1000000, not 1e+06
+    span = f" from {low} to {high}" if high != "None" else f" ≥ {low}" if low != "None" else ""
+    default = "" if field.default is PydanticUndefined else f" (default {default})"
+    return f"{field.description}{span}{default}"
+
+
+def _path(loc: Loc) -> str:
+    """``("pipelines", 0, "metrics", "a b")`` -> ``pipelines[0].metrics["a b"]``."""
+    key = re.compile(r"[A-Za-z_][\w-]*", re.ASCII)
+    parts = (str(p) if key.fullmatch(str(p)) else json.dumps([p], ensure_ascii=False) for p in loc)
+    return ".".join(parts).replace(".[", "[")
+
+
+def _show(value: object) -> str:
+    """A value as messages quote it: ``'usa'``, ``a list``, ``an empty value``."""
+    if isinstance(value, Mapping):
+        keys = ", ".join(map(str, list(value)[:5]))
+        return f"a mapping with {len(value)} keys ({keys})" if value else "an empty mapping"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if isinstance(value, str) and value:
+        return repr(str(value) if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, str | bool):
+        return str(value).lower() or "an empty text"
+    return "an empty value" if value is None else repr(value)
+
+
+def _suggest(value: str, choices: Collection[str]) -> str:
+    """``"did you mean 'X'? "`` for a case-only difference or a close typo, else ``""``."""
+    by_case = {choice.casefold(): choice for choice in choices}
+    close = [by_case[value.casefold()]] if value.casefold() in by_case else []
+    close = close or difflib.get_close_matches(value, list(choices), n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _format(source: str, problems: list[tuple[int, Loc, str]]) -> str:
+    ordered = sorted(problems, key=lambda problem: problem[0])  # stable: a line keeps its order
+    head = f"{source}: {len(ordered)} problem{'s' * (len(ordered) != 1)} in the config file:"
+    lines = (f"  {source}:{n}: {_path(loc) or '(top level)'}: {text}" for n, loc, text in ordered)
+    return "\n".join([head, *lines])
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int, Loc, str]:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = exc.problem or "invalid YAML"
+    if exc.context:
+        where = f" (line {exc.context_mark.line + 1})" if exc.context_mark is not None else ""
+        problem = f"{exc.context}{where}, {problem}"
+    message = f"YAML syntax error at line {line}, column {column}: {problem}"
+    if "'\\t'" in problem:
+        message += "; indent with spaces, YAML does not allow tabs"
+    elif "<block end>" in problem or "<block mapping start>" in problem:
+        message += "; check this line's indentation against the lines above it"
+    return (line, (), message)
