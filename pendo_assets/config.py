@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError, PydanticUndefined, PydanticUseDef
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
-from .types import Aggregation, JSONDict, Model, Region
+from .types import PENDO_HOSTS, Aggregation, JSONDict, Model, Region
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -352,8 +352,7 @@ class PendoSettings(_Model):
     @property
     def host(self) -> str:
         """The Pendo host for ``region``, e.g. ``app.eu.pendo.io`` (DESIGN.md §5)."""
-        hosts = {"us": "app.pendo.io", "us1": "us1.app.pendo.io"}
-        return hosts.get(self.region, f"app.{self.region}.pendo.io")
+        return PENDO_HOSTS[self.region]
 
 
 class FeatureSpec(_Model):

@@ -42,6 +42,7 @@ from .errors import (
 )
 from .queries import replace_days, transaction
 from .transforms import ACTIVITY_KEY, METRIC_KEY, activity_deltas, metric_deltas
+from .types import BatchKind
 
 __all__ = [
     "DimensionDataOutcome",
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BatchKind = Literal["activities", "metrics"]
-SETTLED_DELIVERED = ("delivered", "resolved_delivered")
 
 
 class DimensionDataOutcome(Protocol):

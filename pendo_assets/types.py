@@ -26,7 +26,6 @@ Model: TypeAlias = Literal["Company", "Asset", "Project", "EndUser"]
 Aggregation: TypeAlias = Literal["last", "sum"]
 BatchKind: TypeAlias = Literal["activities", "metrics"]
 
-REGIONS: tuple[Region, ...] = ("us", "us1", "eu", "jpn", "au")
 MODELS: tuple[Model, ...] = ("Company", "Asset", "Project", "EndUser")
 
 #: Pendo's API host per region (DESIGN.md section 5); a key is valid on one of them only.
