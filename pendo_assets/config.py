@@ -7,7 +7,7 @@ sorted by line, each naming the file, the line, the key path and what to change:
       pendo_planhat.yaml:2: pendo.region: 'usa' is not a valid Pendo region; did you mean 'us'? ...
       pendo_planhat.yaml:12: pipelines[0].model: 'company' is not a valid Planhat model; did you ...
 
-:class:`_Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and
+:class:`Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and
 refusing duplicate keys, secret-looking keys (their values unread) and unsupported tags;
 :func:`_check_entries` checks what spans entries. The models validate the rest, and
 :func:`_message` words pydantic's errors from the field's description, ``Literal`` choices,
@@ -17,14 +17,13 @@ bounds and default. So a new key is one field in one model (and its line in the 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import os
 import re
 import typing
 import zoneinfo
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -36,8 +35,17 @@ import yaml
 from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined, PydanticUseDefault
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ._config_yaml import (
+    Loader,
+    Loc,
+    format_problems,
+    path,
+    show,
+    suggest,
+    syntax_problem,
+    value_of,
+)
 from .errors import ConfigError
 from .types import PENDO_HOSTS, Aggregation, JSONDict, Model, Region
 
@@ -57,125 +65,11 @@ __all__ = [
 DEFAULT_CONFIG_PATH: Final = "pendo_planhat.yaml"
 CONFIG_ENV_VAR: Final = "PENDO_PLANHAT_CONFIG"
 
-Loc: TypeAlias = tuple[str | int, ...]  # a key path, as pydantic's error ``loc``
 _Problems: TypeAlias = list[tuple[Loc, str]]  # (place, message) pairs
 _NAME: Final = r"^[A-Za-z0-9_-]+$"
 _SOURCE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"
 )
-_SECRET: Final = (
-    "looks like a secret, and secrets never go in the config file. Delete this line (its value is "
-    "not shown here) and set the secret in the environment or a .env file instead: "
-    "PENDO_INTEGRATION_KEY, PLANHAT_API_TOKEN, PLANHAT_TENANT_TOKEN"
-)
-# Key names meaning a secret (lowercased, letters and digits only). Broad on purpose: a false alarm
-# costs a rename, a miss leaks a key into git.
-_SECRET_KEY: Final = re.compile(
-    r"^(passwd|credentials)$|(token|password|secret|apikey|integrationkey)$"
-)
-STR, INT, FLOAT, BOOL, NULL, TIMESTAMP, SEQ, MAP, MERGE = (
-    f"tag:yaml.org,2002:{t}"
-    for t in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge")
-)
-
-
-class _Scalar(str):
-    """A YAML number or boolean: the text as written (an id, a name), and the ``value`` read."""
-
-    value: object
-
-
-def _value(item: object) -> object:
-    return item.value if isinstance(item, _Scalar) else item
-
-
-def _line(node: Node) -> int:
-    return node.start_mark.line + 1
-
-
-class _Loader(yaml.SafeLoader):
-    """Builds plain Python, keeping each key path's line (that of its key or its list item).
-
-    What a config may not hold goes in ``problems`` as (line, place, message); a place whose
-    value was refused goes in ``replaced``, so that what the model says of it is not said twice.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.at: Loc = ()  # the key path being read
-        self.lines: dict[Loc, int] = {(): 1}
-        self.problems: list[tuple[int, Loc, str]] = []
-        self.replaced: set[Loc] = set()
-
-    def line_of(self, loc: Loc) -> int:  # or of its nearest parent present (a missing key)
-        while loc not in self.lines:
-            loc = loc[:-1]
-        return self.lines[loc]
-
-    def report(self, loc: Loc, message: str, line: int | None = None) -> None:
-        self.problems.append((line or self.line_of(loc), loc, message))
-
-    def refuse(self, node: Node, message: str) -> None:
-        self.report(self.at, message, _line(node))
-        self.replaced.add(self.at)
-
-    def construct_object(self, node: Node, deep: bool = False) -> Any:
-        if node not in self.recursive_objects:
-            return super().construct_object(node, deep=True)  # depth first, so `at` is right
-        self.refuse(node, "is an alias of a node that holds it; remove the loop")
-
-    def _child(self, part: str | int, line: int, node: Node) -> Any:
-        outer, self.at = self.at, (*self.at, part)
-        self.lines[self.at] = line
-        value, self.at = self.construct_object(node), outer
-        return value
-
-    def _sequence(self, node: SequenceNode) -> list[Any]:
-        return [self._child(i, _line(item), item) for i, item in enumerate(node.value)]
-
-    def _mapping(self, node: MappingNode) -> dict[str, Any]:
-        own = {id(pair) for pair in node.value if pair[0].tag != MERGE}  # merged keys yield to own
-        try:
-            self.flatten_mapping(node)  # merged pairs first
-        except yaml.constructor.ConstructorError:
-            self.refuse(node, "`<<` must merge other mappings: one, or a list of them")
-            node.value = [pair for pair in node.value if pair[0].tag != MERGE]
-        result: dict[str, Any] = {}
-        first: dict[str, int] = {}
-        for pair in node.value:
-            (key_node, value_node), key, line = pair, pair[0].value, _line(pair[0])
-            if not isinstance(key_node, ScalarNode) or key_node.tag not in (STR, INT, FLOAT, BOOL):
-                self.report(self.at, "keys must be text, e.g. `name: value`", line)
-            elif _SECRET_KEY.search(re.sub(r"[^a-z0-9]", "", key.lower())):
-                self.report((*self.at, key), _SECRET, line)  # and its value is never read
-            elif key in first and id(pair) in own:
-                self.report((*self.at, key), f"duplicate key (first on line {first[key]})", line)
-            else:
-                first.update({key: line} if id(pair) in own else {})
-                result[key] = self._child(key, line, value_node)
-        return result
-
-    def _typed(self, node: ScalarNode) -> object:
-        with contextlib.suppress(ValueError, KeyError, yaml.YAMLError):  # `!!int x`: the text
-            scalar = _Scalar(node.value)
-            scalar.value = yaml.SafeLoader.yaml_constructors[node.tag](self, node)
-            return scalar
-        return node.value
-
-    def _unsupported(self, node: Node) -> None:
-        tag = f"uses the YAML tag {node.tag!r}, which the config does not support"
-        self.refuse(node, f"{tag}; remove it")
-
-    yaml_constructors: typing.ClassVar[dict[str | None, Any]] = {
-        **dict.fromkeys((STR, TIMESTAMP), yaml.SafeLoader.construct_yaml_str),  # dates as text
-        **dict.fromkeys((INT, FLOAT, BOOL), _typed),
-        NULL: yaml.SafeLoader.construct_yaml_null,
-        SEQ: _sequence,
-        MAP: _mapping,
-        None: _unsupported,
-    }
-
-
 # Field checks. Each raises its problems as one pydantic error, at (a place below) the field.
 
 
@@ -187,7 +81,7 @@ def _fail(problems: str | _Problems) -> NoReturn:
 
 def _text(value: object) -> object:
     if isinstance(value, str) and value != value.strip():
-        _fail(f"{_show(value)} starts or ends with spaces; remove them")
+        _fail(f"{show(value)} starts or ends with spaces; remove them")
     return value
 
 
@@ -207,7 +101,7 @@ def _timezone(name: str) -> str:
         if (not _zone_names() or name in _zone_names()) and zoneinfo.ZoneInfo(name):
             return name
     zone = "use your Pendo subscription's zone, e.g. America/New_York, Europe/Berlin or UTC"
-    _fail(f"{_show(name)} is not an IANA time zone; {_suggest(name, _zone_names())}{zone}")
+    _fail(f"{show(name)} is not an IANA time zone; {suggest(name, _zone_names())}{zone}")
 
 
 def _date(value: object) -> object:
@@ -216,30 +110,30 @@ def _date(value: object) -> object:
     text = value.strip()
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         problem = "has a time; give only" if re.match(r"\d{4}-\d{2}-\d{2}[Tt ]", text) else "is not"
-        _fail(f"{_show(text)} {problem} a date written YYYY-MM-DD, e.g. 2026-09-01")
+        _fail(f"{show(text)} {problem} a date written YYYY-MM-DD, e.g. 2026-09-01")
     try:
         return date.fromisoformat(text)
     except ValueError:
-        _fail(f"{_show(text)} is not a real date (check month and day)")
+        _fail(f"{show(text)} is not a real date (check month and day)")
 
 
 def _app_ids(value: object) -> object:
     hint = "must be `all` or a list of Pendo app ids (integers), e.g. [-323232]"
-    if type(_value(value)) is int:
+    if type(value_of(value)) is int:
         _fail(f"{hint}; write one app id as a list: [{value}]")
     if value == "all":
         return value
     if not isinstance(value, list | tuple):
-        typo = _suggest(value, ["all"]) if isinstance(value, str) else ""
-        _fail(f"{hint}; {typo}got {_show(value)}")
+        typo = suggest(value, ["all"]) if isinstance(value, str) else ""
+        _fail(f"{hint}; {typo}got {show(value)}")
     if not value:
         _fail("is an empty list; use `all` for every app, or list at least one app id")
-    ids = [_value(item) for item in value]
+    ids = [value_of(item) for item in value]
     problems: _Problems = []
     for index, (item, app_id) in enumerate(zip(value, ids, strict=True)):
         if type(app_id) is not int:
             quoted = "; write it without quotes" if re.fullmatch(r"-?\d+", str(item)) else ""
-            message = f"must be an integer Pendo app id, e.g. -323232; got {_show(item)}{quoted}"
+            message = f"must be an integer Pendo app id, e.g. -323232; got {show(item)}{quoted}"
             problems.append(((index,), message))
         elif app_id in ids[:index]:
             problems.append(((index,), f"app id {app_id} is listed twice; list each app once"))
@@ -249,7 +143,7 @@ def _app_ids(value: object) -> object:
 def _dimension_id(value: object) -> object:
     if not isinstance(value, str) or not re.fullmatch(_NAME, value):
         rule = "letters, digits, _ and - only (no spaces), as Planhat documents"
-        _fail(f"must be a Planhat dimensionId of {rule}; got {_show(value)}")
+        _fail(f"must be a Planhat dimensionId of {rule}; got {show(value)}")
     return value
 
 
@@ -268,7 +162,7 @@ def _json(value: object, loc: Loc, problems: _Problems) -> Any:
         return {str(k): _json(v, (*loc, str(k)), problems) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json(v, (*loc, i), problems) for i, v in enumerate(value)]
-    if isinstance(value := _value(value), float) and not math.isfinite(value):
+    if isinstance(value := value_of(value), float) and not math.isfinite(value):
         problems.append((loc, f"{value} is not a JSON number"))
     return value
 
@@ -282,7 +176,7 @@ def _stage_problems(stages: list[Any]) -> _Problems:
         "each stage must be a mapping with one key, the operator name (e.g. identified: accountId)"
     )
     problems: _Problems = [
-        ((i,), f"{shape}; got {_show(s)}") for i, s in enumerate(stages) if not ops[i]
+        ((i,), f"{shape}; got {show(s)}") for i, s in enumerate(stages) if not ops[i]
     ]
     sources = [i for i, op in enumerate(ops) if op == "source"]
     if not sources:
@@ -314,8 +208,8 @@ def _source_problems(source: object) -> list[str]:
 # The config. A field's description words its problems (see _message): a noun phrase.
 
 _Text = Annotated[str, pd.BeforeValidator(_text), Field(min_length=1)]  # as written
-_Number = Annotated[float, pd.BeforeValidator(_value), Field(strict=True, allow_inf_nan=False)]
-_WholeNumber = Annotated[int, pd.BeforeValidator(_value), Field(strict=True)]
+_Number = Annotated[float, pd.BeforeValidator(value_of), Field(strict=True, allow_inf_nan=False)]
+_WholeNumber = Annotated[int, pd.BeforeValidator(value_of), Field(strict=True)]
 _Share = Annotated[_Number, Field(ge=0, le=1)]
 _OrDefault = pd.BeforeValidator(_default_if_none)
 
@@ -512,14 +406,14 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
     # `from None` throughout: PyYAML's text quotes the offending line, which may hold a secret,
     # and pydantic's errors hold the input values; a chained exception would print them.
     try:
-        loader = _Loader(text)
+        loader = Loader(text)
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError(_format(source, [_syntax_problem(exc)])) from None
+        raise ConfigError(format_problems(source, [syntax_problem(exc)])) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         bad = f"the file contains a character YAML does not allow (#x{exc.character:04x})"
-        raise ConfigError(_format(source, [(line, (), f"{bad}; remove it")])) from None
+        raise ConfigError(format_problems(source, [(line, (), f"{bad}; remove it")])) from None
     except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"{source}: cannot parse the YAML ({type(exc).__name__})") from None
     if data is None:
@@ -540,12 +434,12 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
             else:
                 loader.report(loc, _message(error["type"], loc, error["input"]))
     if loader.problems:
-        raise ConfigError(_format(source, loader.problems)) from None
+        raise ConfigError(format_problems(source, loader.problems)) from None
     config._source = source
     return config
 
 
-def _check_entries(data: dict[str, Any], loader: _Loader, base_dir: Path | None) -> None:
+def _check_entries(data: dict[str, Any], loader: Loader, base_dir: Path | None) -> None:
     """What spans entries: something to sync, each id used once, ``pipeline_file`` read."""
     lists = {k: v if isinstance(v := data.get(k), list) else [] for k in ("features", "pipelines")}
     if not any(lists.values()):
@@ -565,9 +459,9 @@ def _check_entries(data: dict[str, Any], loader: _Loader, base_dir: Path | None)
                 places = [((*loc, k), (*loc, k), v) for k, v in value.items()]
             for at, owner, name in places:
                 if isinstance(name, str) and name in seen:
-                    where = f"{_path(seen[name][0])} (line {loader.line_of(seen[name][1])})"
+                    where = f"{path(seen[name][0])} (line {loader.line_of(seen[name][1])})"
                     once = f"each {noun} may appear once"
-                    loader.report(at, f"{noun} {_show(name)} is already {verb} by {where}; {once}")
+                    loader.report(at, f"{noun} {show(name)} is already {verb} by {where}; {once}")
                 elif isinstance(name, str):
                     seen[name] = (owner, at)
     for i, item in enumerate(lists["pipelines"]):
@@ -612,7 +506,7 @@ def _read_stages(name: str, base_dir: Path | None) -> tuple[Any, _Problems]:
         if isinstance(stages, list):
             return stages, [(loc, f"in {file}: {m}") for loc, m in _stage_problems(stages)]
         body = 'a whole Pendo aggregation body {"response": ..., "request": {"pipeline": [...]}}'
-        problem = f"{file} must hold a list of pipeline stages or {body}; got {_show(data)}"
+        problem = f"{file} must hold a list of pipeline stages or {body}; got {show(data)}"
     return None, [((), problem)]
 
 
@@ -632,36 +526,36 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> JSONDict:
 
 def _message(kind: str, loc: Loc, value: Any) -> str:
     """Word a pydantic error from the field's description, choices, bounds and default."""
-    model, field, value = *_field_at(loc), _value(value)
+    model, field, value = *_field_at(loc), value_of(value)
     what = field.description if field is not None else "a mapping"
     match kind:
         case "extra_forbidden":
             allowed, key = list(_fields(_field_at(loc[:-1])[0])), str(loc[-1])
-            hint = f"{_suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
+            hint = f"{suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
             return f"unknown key {key!r}; {hint}"
         case "missing":
             return f"is required but missing; expected {what}"
         case "model_type" | "model_attributes_type":
             keys = ", ".join(_fields(model))
-            return f"must be a mapping with the keys {keys}; got {_show(value)}"
+            return f"must be a mapping with the keys {keys}; got {show(value)}"
         case "literal_error" if field is not None:
             choices = [str(choice) for choice in typing.get_args(field.annotation)]
             one_of = "expected one of: " + ", ".join(choices)
             if isinstance(value, str):
-                return f"{_show(value)} is not a valid {what}; {_suggest(value, choices)}{one_of}"
-            return f"must be a {what}; {one_of}; got {_show(value)}"
+                return f"{show(value)} is not a valid {what}; {suggest(value, choices)}{one_of}"
+            return f"must be a {what}; {one_of}; got {show(value)}"
         case "finite_number" if field is not None:
             return f"must be a finite number: {_hint(field)}"
         case "greater_than_equal" | "less_than_equal" if field is not None:
             return f"{value!r} is out of range: {_hint(field)}"
         case "int_type" | "float_type" if field is not None:
-            return f"must be {_hint(field)}; got {_show(value)}"
+            return f"must be {_hint(field)}; got {show(value)}"
         case "string_too_long" | "too_long" if field is not None:
             most = _bound(field, "max_length")
             return f"is {len(value)} characters long; the most allowed is {most}"
         case "string_pattern_mismatch":
-            return f"{_show(value)} is not {what}"
-    return f"must be {what}; got {_show(value)}"  # a wrong type, or empty
+            return f"{show(value)} is not {what}"
+    return f"must be {what}; got {show(value)}"  # a wrong type, or empty
 
 
 def _field_at(loc: Loc) -> tuple[type[pd.BaseModel] | None, FieldInfo | None]:
@@ -695,54 +589,3 @@ def _hint(field: FieldInfo) -> str:
     span = f" from {low} to {high}" if high != "None" else f" ≥ {low}" if low != "None" else ""
     default = "" if field.default is PydanticUndefined else f" (default {default})"
     return f"{field.description}{span}{default}"
-
-
-def _path(loc: Loc) -> str:
-    """``("pipelines", 0, "metrics", "a b")`` -> ``pipelines[0].metrics["a b"]``."""
-    key = re.compile(r"[A-Za-z_][\w-]*", re.ASCII)
-    parts = (str(p) if key.fullmatch(str(p)) else json.dumps([p], ensure_ascii=False) for p in loc)
-    return ".".join(parts).replace(".[", "[")
-
-
-def _show(value: object) -> str:
-    """A value as messages quote it: ``'usa'``, ``a list``, ``an empty value``."""
-    if isinstance(value, Mapping):
-        keys = ", ".join(map(str, list(value)[:5]))
-        return f"a mapping with {len(value)} keys ({keys})" if value else "an empty mapping"
-    if isinstance(value, list | tuple):
-        return "a list" if value else "an empty list"
-    if isinstance(value, str) and value:
-        return repr(str(value) if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, str | bool):
-        return str(value).lower() or "an empty text"
-    return "an empty value" if value is None else repr(value)
-
-
-def _suggest(value: str, choices: Collection[str]) -> str:
-    """``"did you mean 'X'? "`` for a case-only difference or a close typo, else ``""``."""
-    by_case = {choice.casefold(): choice for choice in choices}
-    close = [by_case[value.casefold()]] if value.casefold() in by_case else []
-    close = close or difflib.get_close_matches(value, list(choices), n=1, cutoff=0.75)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
-def _format(source: str, problems: list[tuple[int, Loc, str]]) -> str:
-    ordered = sorted(problems, key=lambda problem: problem[0])  # stable: a line keeps its order
-    head = f"{source}: {len(ordered)} problem{'s' * (len(ordered) != 1)} in the config file:"
-    lines = (f"  {source}:{n}: {_path(loc) or '(top level)'}: {text}" for n, loc, text in ordered)
-    return "\n".join([head, *lines])
-
-
-def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int, Loc, str]:
-    mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    problem = exc.problem or "invalid YAML"
-    if exc.context:
-        where = f" (line {exc.context_mark.line + 1})" if exc.context_mark is not None else ""
-        problem = f"{exc.context}{where}, {problem}"
-    message = f"YAML syntax error at line {line}, column {column}: {problem}"
-    if "'\\t'" in problem:
-        message += "; indent with spaces, YAML does not allow tabs"
-    elif "<block end>" in problem or "<block mapping start>" in problem:
-        message += "; check this line's indentation against the lines above it"
-    return (line, (), message)

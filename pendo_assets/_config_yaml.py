@@ -1,0 +1,194 @@
+"""Reading the config's YAML with line numbers, and wording its problems (used by `config`).
+
+`Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and refusing
+duplicate keys, secret-looking keys (their values unread), alias loops and unsupported tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import re
+import typing
+from collections.abc import Collection, Mapping
+from typing import Any, Final, TypeAlias
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = [
+    "Loader",
+    "Loc",
+    "Scalar",
+    "format_problems",
+    "path",
+    "show",
+    "suggest",
+    "syntax_problem",
+    "value_of",
+]
+
+Loc: TypeAlias = tuple[str | int, ...]  # a key path, as pydantic's error ``loc``
+_SECRET: Final = (
+    "looks like a secret, and secrets never go in the config file. Delete this line (its value is "
+    "not shown here) and set the secret in the environment or a .env file instead: "
+    "PENDO_INTEGRATION_KEY, PLANHAT_API_TOKEN, PLANHAT_TENANT_TOKEN"
+)
+# Key names meaning a secret (lowercased, letters and digits only). Broad on purpose: a false alarm
+# costs a rename, a miss leaks a key into git.
+_SECRET_KEY: Final = re.compile(
+    r"^(passwd|credentials)$|(token|password|secret|apikey|integrationkey)$"
+)
+STR, INT, FLOAT, BOOL, NULL, TIMESTAMP, SEQ, MAP, MERGE = (
+    f"tag:yaml.org,2002:{t}"
+    for t in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge")
+)
+
+
+class Scalar(str):
+    """A YAML number or boolean: the text as written (an id, a name), and the ``value`` read."""
+
+    value: object
+
+
+def value_of(item: object) -> object:
+    return item.value if isinstance(item, Scalar) else item
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+class Loader(yaml.SafeLoader):
+    """Builds plain Python, keeping each key path's line (that of its key or its list item).
+
+    What a config may not hold goes in ``problems`` as (line, place, message); a place whose
+    value was refused goes in ``replaced``, so that what the model says of it is not said twice.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.at: Loc = ()  # the key path being read
+        self.lines: dict[Loc, int] = {(): 1}
+        self.problems: list[tuple[int, Loc, str]] = []
+        self.replaced: set[Loc] = set()
+
+    def line_of(self, loc: Loc) -> int:  # or of its nearest parent present (a missing key)
+        while loc not in self.lines:
+            loc = loc[:-1]
+        return self.lines[loc]
+
+    def report(self, loc: Loc, message: str, line: int | None = None) -> None:
+        self.problems.append((line or self.line_of(loc), loc, message))
+
+    def refuse(self, node: Node, message: str) -> None:
+        self.report(self.at, message, _line(node))
+        self.replaced.add(self.at)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        if node not in self.recursive_objects:
+            return super().construct_object(node, deep=True)  # depth first, so `at` is right
+        self.refuse(node, "is an alias of a node that holds it; remove the loop")
+
+    def _child(self, part: str | int, line: int, node: Node) -> Any:
+        outer, self.at = self.at, (*self.at, part)
+        self.lines[self.at] = line
+        value, self.at = self.construct_object(node), outer
+        return value
+
+    def _sequence(self, node: SequenceNode) -> list[Any]:
+        return [self._child(i, _line(item), item) for i, item in enumerate(node.value)]
+
+    def _mapping(self, node: MappingNode) -> dict[str, Any]:
+        own = {id(pair) for pair in node.value if pair[0].tag != MERGE}  # merged keys yield to own
+        try:
+            self.flatten_mapping(node)  # merged pairs first
+        except yaml.constructor.ConstructorError:
+            self.refuse(node, "`<<` must merge other mappings: one, or a list of them")
+            node.value = [pair for pair in node.value if pair[0].tag != MERGE]
+        result: dict[str, Any] = {}
+        first: dict[str, int] = {}
+        for pair in node.value:
+            (key_node, value_node), key, line = pair, pair[0].value, _line(pair[0])
+            if not isinstance(key_node, ScalarNode) or key_node.tag not in (STR, INT, FLOAT, BOOL):
+                self.report(self.at, "keys must be text, e.g. `name: value`", line)
+            elif _SECRET_KEY.search(re.sub(r"[^a-z0-9]", "", key.lower())):
+                self.report((*self.at, key), _SECRET, line)  # and its value is never read
+            elif key in first and id(pair) in own:
+                self.report((*self.at, key), f"duplicate key (first on line {first[key]})", line)
+            else:
+                first.update({key: line} if id(pair) in own else {})
+                result[key] = self._child(key, line, value_node)
+        return result
+
+    def _typed(self, node: ScalarNode) -> object:
+        with contextlib.suppress(ValueError, KeyError, yaml.YAMLError):  # `!!int x`: the text
+            scalar = Scalar(node.value)
+            scalar.value = yaml.SafeLoader.yaml_constructors[node.tag](self, node)
+            return scalar
+        return node.value
+
+    def _unsupported(self, node: Node) -> None:
+        tag = f"uses the YAML tag {node.tag!r}, which the config does not support"
+        self.refuse(node, f"{tag}; remove it")
+
+    yaml_constructors: typing.ClassVar[dict[str | None, Any]] = {
+        **dict.fromkeys((STR, TIMESTAMP), yaml.SafeLoader.construct_yaml_str),  # dates as text
+        **dict.fromkeys((INT, FLOAT, BOOL), _typed),
+        NULL: yaml.SafeLoader.construct_yaml_null,
+        SEQ: _sequence,
+        MAP: _mapping,
+        None: _unsupported,
+    }
+
+
+def path(loc: Loc) -> str:
+    """``("pipelines", 0, "metrics", "a b")`` -> ``pipelines[0].metrics["a b"]``."""
+    key = re.compile(r"[A-Za-z_][\w-]*", re.ASCII)
+    parts = (str(p) if key.fullmatch(str(p)) else json.dumps([p], ensure_ascii=False) for p in loc)
+    return ".".join(parts).replace(".[", "[")
+
+
+def show(value: object) -> str:
+    """A value as messages quote it: ``'usa'``, ``a list``, ``an empty value``."""
+    if isinstance(value, Mapping):
+        keys = ", ".join(map(str, list(value)[:5]))
+        return f"a mapping with {len(value)} keys ({keys})" if value else "an empty mapping"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if isinstance(value, str) and value:
+        return repr(str(value) if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, str | bool):
+        return str(value).lower() or "an empty text"
+    return "an empty value" if value is None else repr(value)
+
+
+def suggest(value: str, choices: Collection[str]) -> str:
+    """``"did you mean 'X'? "`` for a case-only difference or a close typo, else ``""``."""
+    by_case = {choice.casefold(): choice for choice in choices}
+    close = [by_case[value.casefold()]] if value.casefold() in by_case else []
+    close = close or difflib.get_close_matches(value, list(choices), n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def format_problems(source: str, problems: list[tuple[int, Loc, str]]) -> str:
+    ordered = sorted(problems, key=lambda problem: problem[0])  # stable: a line keeps its order
+    head = f"{source}: {len(ordered)} problem{'s' * (len(ordered) != 1)} in the config file:"
+    lines = (f"  {source}:{n}: {path(loc) or '(top level)'}: {text}" for n, loc, text in ordered)
+    return "\n".join([head, *lines])
+
+
+def syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int, Loc, str]:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = exc.problem or "invalid YAML"
+    if exc.context:
+        where = f" (line {exc.context_mark.line + 1})" if exc.context_mark is not None else ""
+        problem = f"{exc.context}{where}, {problem}"
+    message = f"YAML syntax error at line {line}, column {column}: {problem}"
+    if "'\\t'" in problem:
+        message += "; indent with spaces, YAML does not allow tabs"
+    elif "<block end>" in problem or "<block mapping start>" in problem:
+        message += "; check this line's indentation against the lines above it"
+    return (line, (), message)
