@@ -19,8 +19,8 @@ The tree::
     ├── DeliveryError                 (publishing stopped: batch_id, kind, items, status_code)
     │   └── ItemTooLargeError         (item_bytes, max_bytes: one item over the body limit)
     ├── BatchStateError               (batch_id, status: not a batch in doubt)
-    └── WarehouseError
-        └── WarehouseLockedError      (another process holds the DuckDB file)
+    └── WarehouseError                (path)
+        └── WarehouseLockedError      (pid: another process holds the DuckDB file)
 
 No message or attribute ever holds a secret: URLs are redacted before an error is built and
 bodies are truncated to ``MAX_ERROR_BODY`` characters.
@@ -144,11 +144,26 @@ class ConfigError(PendoAssetsError, ValueError):
 
 
 class WarehouseError(PendoAssetsError):
-    """The DuckDB warehouse could not be opened or written."""
+    """The DuckDB warehouse (``path``) could not be opened or written."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class WarehouseLockedError(WarehouseError):
-    """Another process holds the DuckDB warehouse file open."""
+    """Another process (``pid``, when DuckDB names it) holds the DuckDB warehouse file open."""
+
+    def __init__(self, *, path: str, pid: int | None) -> None:
+        holder = f" (process {pid})" if pid else ""
+        super().__init__(
+            f"the warehouse {path} is open in another process{holder}. DuckDB allows one writer "
+            "per file: close that session (for example quit the duckdb CLI or a notebook holding "
+            "it) and run again. For ad-hoc SQL while runs write, query the Parquet exports in "
+            "data/exports/ instead.",
+            path=path,
+        )
+        self.pid = pid
 
 
 class UsageError(ConfigError):

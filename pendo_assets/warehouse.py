@@ -99,15 +99,12 @@ class Warehouse:
             except duckdb.IOException as exc:
                 text = str(exc)
                 if "lock" not in text.lower():
-                    raise WarehouseError(f"cannot open the warehouse {self.path}: {text}") from exc
+                    message = f"cannot open the warehouse {self.path}: {text}"
+                    raise WarehouseError(message, path=str(self.path)) from exc
                 if time.monotonic() >= deadline:
-                    pid = _LOCK_PID.search(text)
-                    holder = f" (process {pid.group(1)})" if pid else ""
+                    pid = _LOCK_PID.search(text)  # DuckDB's own message: the only place it says
                     raise WarehouseLockedError(
-                        f"the warehouse {self.path} is open in another process{holder}. "
-                        "DuckDB allows one writer per file: close that session (for example quit "
-                        "the duckdb CLI or a notebook holding it) and run again. For ad-hoc SQL "
-                        "while runs write, query the Parquet exports in data/exports/ instead."
+                        path=str(self.path), pid=int(pid.group(1)) if pid else None
                     ) from exc
                 time.sleep(0.2)
 
