@@ -47,7 +47,7 @@ from ._config_yaml import (
     value_of,
 )
 from .errors import ConfigError
-from .types import PENDO_HOSTS, Aggregation, JSONDict, Model, Region
+from .types import Aggregation, JSONDict, Model, Region
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -238,16 +238,6 @@ class PendoSettings(_Model):
         default="all", description="`all` or a list of Pendo app ids (integers)"
     )
 
-    @property
-    def zone(self) -> zoneinfo.ZoneInfo:
-        """The subscription's time zone; partitions are its days."""
-        return zoneinfo.ZoneInfo(self.timezone)
-
-    @property
-    def host(self) -> str:
-        """The Pendo host for ``region``, e.g. ``app.eu.pendo.io`` (DESIGN.md §5)."""
-        return PENDO_HOSTS[self.region]
-
 
 class FeatureSpec(_Model):
     """A Pendo feature whose events become Planhat User Activities."""
@@ -290,11 +280,6 @@ class PipelineSpec(_Model):
         "(or `pipeline_file:`, a JSON file holding them)",
     )
     pipeline_file: _Text | None = Field(default=None, description="a JSON file holding the stages")
-
-    @property
-    def row_source(self) -> str:
-        """The source stage's row source, e.g. ``featureEvents``."""
-        return next(str(key) for key in self.stages[0]["source"] if key != "timeSeries")
 
 
 class SyncSettings(_Model):
