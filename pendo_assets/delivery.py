@@ -390,18 +390,12 @@ class Publisher:
 
     def _store_plan(self, days: Sequence[date], plan: Plan) -> None:
         now = pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us"))
-        replace_days(
-            self.conn,
-            table="planned_activities",
-            days=days,
-            frames=[plan.activities.with_columns(now.alias("planned_at"))],
-        )
-        replace_days(
-            self.conn,
-            table="planned_metrics",
-            days=days,
-            frames=[plan.metrics.with_columns(now.alias("planned_at"))],
-        )
+        for table, frame in (
+            ("planned_activities", plan.activities),
+            ("planned_metrics", plan.metrics),
+        ):
+            frames = [frame.with_columns(now.alias("planned_at"))]
+            replace_days(self.conn, table=table, days=days, frames=frames)
 
     def _limits(self) -> tuple[int, int]:
         """Items and bytes per batch: the settings, lowered to what the sender accepts."""
