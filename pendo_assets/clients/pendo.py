@@ -31,30 +31,21 @@ import msgspec
 from ..errors import ConfigError, PageDriftError, PagingLimitError, PayloadShapeError
 from ..models import Feature, FeatureEventPage
 from ..types import PENDO_HOSTS, JSONDict, Region
-from ._http import PooledClient, Redactor, RetryPolicy, Sleep, build_http_client, send_with_retries
+from ._http import PooledClient, RetryPolicy, Sleep, check_max_pages
 from ._pendo_rows import (
     AGGREGATION_PATH,
-    MAX_VISITOR_ID_LENGTH,
     _edges,
     _finish_feature_events,
     _prepare_feature_events,
     _Prepared,
+    _results,
+    _shape_error,
     _without_first_row,
     decode_feature_events,
 )
 from ._prefetch import prefetch
 
-__all__ = [
-    "AGGREGATION_PATH",
-    "FEATURE_EVENT_SORT",
-    "MAX_VISITOR_ID_LENGTH",
-    "AppIds",
-    "PendoClient",
-    "day_window",
-    "decode_feature_events",
-    "feature_filter",
-    "source_stage",
-]
+__all__ = ["PendoClient", "day_window", "decode_feature_events", "feature_filter", "source_stage"]
 
 #: ``pendo.app_ids``: every app of the subscription, or the listed Pendo app ids.
 AppIds: TypeAlias = Literal["all"] | Sequence[int]
@@ -80,14 +71,10 @@ _REGION_HINT: Final = (
 )
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PageT = TypeVar("_PageT")
-
-
-class _PipelineEnvelope(msgspec.Struct):
-    results: list[dict[str, Any]]
-
-
-_PIPELINE_DECODER: Final = msgspec.json.Decoder(_PipelineEnvelope)
 _SOURCE_EXAMPLE: Final = '{"source": {"featureEvents": null, "timeSeries": {...}}}'
+_PIPELINE_DECODER: Final = msgspec.json.Decoder(
+    msgspec.defstruct("_PipelineEnvelope", [("results", list[dict[str, Any]])])
+)
 
 
 def day_window(day: date, timezone: str) -> tuple[int, int]:
@@ -175,11 +162,6 @@ def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -
     return {"source": stage}
 
 
-# --------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------
-
-
 class PendoClient(PooledClient):
     """Pendo Engage v1 API client for one subscription (one integration key, one region).
 
@@ -222,22 +204,23 @@ class PendoClient(PooledClient):
             )
         if page_size < 1:
             raise ConfigError(f"page_size must be 1 or more, got {page_size}")
+        super().__init__(
+            secrets=[integration_key],
+            timeout=timeout,
+            retry=retry,
+            transport=transport,
+            sleep=sleep,
+        )
         self.region: str = region
         host = PENDO_HOSTS[cast(Region, region)]
         self.base_url: str = (base_url or f"https://{host}").rstrip("/")
         self._base_url = self.base_url
         self.page_size = page_size
         self._key_header = {"x-pendo-integration-key": integration_key}
-        self._redactor = Redactor([integration_key])
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
-        self._http = build_http_client(timeout=timeout, transport=transport)
         self._answered = False  # True after the first 2xx: the key and host are known good
 
     def __repr__(self) -> str:
         return f"PendoClient(region={self.region!r}, base_url={self.base_url!r})"
-
-    # -- plain calls ---------------------------------------------------------------------------
 
     def verify_key(self) -> None:
         """Check the integration key against the configured host (``GET /api/v1/token/verify``).
@@ -279,8 +262,6 @@ class PendoClient(PooledClient):
                 ) from None
         return features
 
-    # -- aggregations --------------------------------------------------------------------------
-
     def feature_event_pages(
         self,
         *,
@@ -311,7 +292,7 @@ class PendoClient(PooledClient):
             ApiError: From the request (after retries) or a malformed answer.
         """
         ids = _feature_ids(feature_ids)
-        _check_max_pages(max_pages)
+        check_max_pages(max_pages)
         first_ms, _ = day_window(day, timezone)
         head: list[JSONDict] = [
             source_stage({"featureEvents": None}, first_ms=first_ms, app_ids=app_ids),
@@ -323,11 +304,7 @@ class PendoClient(PooledClient):
             prepared: _Prepared, page_index: int, skip_first: bool
         ) -> tuple[FeatureEventPage, int]:
             page = _finish_feature_events(
-                prepared,
-                day_ms=first_ms,
-                feature_ids=ids,
-                page_index=page_index,
-                url=AGGREGATION_PATH,
+                prepared, day_ms=first_ms, feature_ids=ids, page_index=page_index
             )
             if skip_first:
                 page = _without_first_row(page)
@@ -372,7 +349,7 @@ class PendoClient(PooledClient):
             PagingLimitError: ``max_pages`` full pages and still more rows.
             ApiError: From the request or a malformed answer.
         """
-        _check_max_pages(max_pages)
+        check_max_pages(max_pages)
         first_ms, _ = day_window(day, timezone)
         pipeline = _windowed(stages, first_ms, app_ids)
         sort = [sort_field] if isinstance(sort_field, str) else list(sort_field)
@@ -380,27 +357,8 @@ class PendoClient(PooledClient):
             raise ConfigError(f"sort_field must name one or more fields, got {sort_field!r}")
         pipeline.append({"sort": sort})
 
-        def prepare(body: bytes) -> _Prepared:
-            try:
-                rows = self._pipeline_rows(body)
-            except PayloadShapeError:
-                return _Prepared(body, None, None, None, None)  # `finish` raises it
-            keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
-            first, last = keys if keys else (None, None)
-            return _Prepared(body, rows, len(rows), first, last)
-
-        def finish(
-            prepared: _Prepared, page_index: int, skip_first: bool
-        ) -> tuple[list[JSONDict], int]:
-            rows = prepared.rows
-            if rows is None:
-                rows = self._pipeline_rows(prepared.body)
-            rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
-            return rows, len(rows)
-
-        return self._paged(pipeline, f"pipeline-{day.isoformat()}", max_pages, prepare, finish)
-
-    # -- helpers -------------------------------------------------------------------------------
+        label = f"pipeline-{day.isoformat()}"
+        return self._paged(pipeline, label, max_pages, _prepare_pipeline, _finish_pipeline)
 
     def _paged(
         self,
@@ -412,16 +370,12 @@ class PendoClient(PooledClient):
     ) -> Iterator[_PageT]:
         """Append skip/limit to ``head`` page by page until a page has fewer rows than the limit.
 
-        Pendo has no cursor, and a day's rows can change while it is read (late data,
-        re-tagging). So every page after the first starts one row early: that row must be the
-        previous page's last row, field for field, or rows shifted between the two requests and
-        the page could hold a row twice or miss one. Then `PageDriftError` is raised and the
-        caller reads the day again.
-
-        Requests run one page ahead of the caller (`prefetch`): page k+1 is requested and read
-        far enough to count its rows (``prepare``) while the caller builds page k (``finish``).
-        The requests made are exactly those of reading page after page: a short page is the
-        last one requested, and memory holds at most two pages.
+        Pendo has no cursor, and a day's rows can change while it is read. So every page after
+        the first starts one row early: that row must be the previous page's last row, field for
+        field, else rows shifted between the two requests and `PageDriftError` is raised (the
+        caller reads the day again). Page k+1 is requested and counted (``prepare``, in a
+        `prefetch` thread) while the caller builds page k (``finish``); a short page is the last
+        one requested, and memory holds at most two pages.
         """
         fetches = self._fetched(head, label, max_pages, prepare)
         with prefetch(fetches, name=f"pendo-{label}") as fetched:
@@ -465,16 +419,10 @@ class PendoClient(PooledClient):
             prepared = prepare(self._aggregate(pipeline, f"{label}-{page_index}"))
             if overlap and (prepared.first is None or prepared.first != previous_last):
                 problem = (
-                    f"Pendo's rows for {label} changed between page {page_index} and page "
+                    f"the rows for {label} changed between page {page_index} and page "
                     f"{page_index + 1} (data arriving or reprocessed while it was read)"
                 )
-                raise PageDriftError(
-                    problem,
-                    service="pendo",
-                    method="POST",
-                    url=self._redactor.url(self.base_url + AGGREGATION_PATH),
-                    problem=problem,
-                )
+                raise self._shape("POST", AGGREGATION_PATH, problem, PageDriftError)
             previous_last, count = prepared.last, prepared.count
             yield prepared
             del prepared
@@ -488,22 +436,6 @@ class PendoClient(PooledClient):
         }
         response = self._send("POST", AGGREGATION_PATH, content=msgspec.json.encode(payload))
         return response.content
-
-    def _pipeline_rows(self, body: bytes) -> list[JSONDict]:
-        try:
-            return _PIPELINE_DECODER.decode(body).results
-        except msgspec.ValidationError as exc:
-            raise self._shape("POST", AGGREGATION_PATH, f"unexpected shape ({exc})") from None
-        except msgspec.DecodeError:
-            pass
-        try:
-            document = json.loads(body)  # NaN / Infinity tokens
-        except ValueError as exc:
-            raise self._shape("POST", AGGREGATION_PATH, f"not JSON ({exc})") from None
-        results = document.get("results") if isinstance(document, dict) else None
-        if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
-            raise self._shape("POST", AGGREGATION_PATH, "expected results: a list of objects")
-        return results
 
     def _send(
         self,
@@ -519,21 +451,42 @@ class PendoClient(PooledClient):
             "Accept": "application/json",
             "Content-Type": "application/json",
         }
-        request = self._http.build_request(
-            method, self.base_url + path, params=params, content=content, headers=headers
-        )
-        response = send_with_retries(
-            request,
-            client=self._http,
-            service="pendo",
-            redactor=self._redactor,
-            policy=self._retry,
+        response = self._request(
+            method,
+            self.base_url + path,
+            headers=headers,
             idempotent=True,
-            sleep=self._sleep,
             hint=None if self._answered else _REGION_HINT,
+            params=params,
+            content=content,
         )
         self._answered = True
         return response
+
+
+def _pipeline_rows(body: bytes) -> list[JSONDict]:
+    rows = _results(body, _PIPELINE_DECODER)
+    if not all(isinstance(row, dict) for row in rows):  # read by Python's json (NaN, Infinity)
+        raise _shape_error("expected results: a list of objects")
+    return rows
+
+
+def _prepare_pipeline(body: bytes) -> _Prepared:
+    try:
+        rows = _pipeline_rows(body)
+    except PayloadShapeError:
+        return _Prepared(body, None, None, None, None)  # `_finish_pipeline` raises it
+    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
+    first, last = keys if keys else (None, None)
+    return _Prepared(body, rows, len(rows), first, last)
+
+
+def _finish_pipeline(
+    prepared: _Prepared, page_index: int, skip_first: bool
+) -> tuple[list[JSONDict], int]:
+    rows = prepared.rows if prepared.rows is not None else _pipeline_rows(prepared.body)
+    rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
+    return rows, len(rows)
 
 
 def _feature_ids(feature_ids: Sequence[str]) -> list[str]:
@@ -558,11 +511,6 @@ def _app_ids_param(app_ids: AppIds) -> str | list[int]:
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ConfigError(f"app_ids must be 'all' or a non-empty list of integers, got {ids!r}")
     return ids
-
-
-def _check_max_pages(max_pages: int) -> None:
-    if max_pages < 1:
-        raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
 
 
 def _windowed(

@@ -24,15 +24,7 @@ import polars as pl
 from ..errors import BatchError, ConfigError, PagingLimitError
 from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, PlanhatSnapshot
 from ..types import JSONDict, Model
-from ._http import (
-    AttemptHooks,
-    PooledClient,
-    Redactor,
-    RetryPolicy,
-    Sleep,
-    build_http_client,
-    send_with_retries,
-)
+from ._http import AttemptHooks, PooledClient, RetryPolicy, Sleep, check_max_pages
 
 __all__ = ["MAX_ANALYTICS_BODY_BYTES", "MODEL_PAGE_LIMITS", "PlanhatClient"]
 
@@ -104,6 +96,13 @@ class PlanhatClient(PooledClient):
             )
         if max_items < 1:
             raise ConfigError(f"max_items must be 1 or more, got {max_items}")
+        super().__init__(
+            secrets=[api_token, tenant_token],
+            timeout=timeout,
+            retry=retry,
+            transport=transport,
+            sleep=sleep,
+        )
         self.api_url = self._base_url = api_url.rstrip("/")
         self.analytics_url = analytics_url.rstrip("/")
         self.max_body_bytes = max_body_bytes
@@ -112,15 +111,9 @@ class PlanhatClient(PooledClient):
         tenant = quote(tenant_token, safe="")
         self._activities_url = f"{self.analytics_url}/analytics/bulk/{tenant}"
         self._dimensiondata_url = f"{self.analytics_url}/dimensiondata/{tenant}"
-        self._redactor = Redactor([api_token, tenant_token])
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
-        self._http = build_http_client(timeout=timeout, transport=transport)
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
-
-    # -- snapshot ------------------------------------------------------------------------------
 
     def iter_pages(
         self,
@@ -160,8 +153,7 @@ class PlanhatClient(PooledClient):
                 f"page_size for /{path} must be between 1 and {maximum} "
                 f"(a page shorter than it is the stop rule), got {page_size}"
             )
-        if max_pages < 1:
-            raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
+        check_max_pages(max_pages)
         params = {"select": ",".join(select), "sort": "_id"}
         # Arguments are checked above, when called; requests start on the first next().
         return self._offset_pages(f"/{path}", params, limit, max_pages)
@@ -229,8 +221,6 @@ class PlanhatClient(PooledClient):
                 )
                 value = None
             column.append(value)
-
-    # -- analytics writes ----------------------------------------------------------------------
 
     def post_activities(
         self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
@@ -321,8 +311,6 @@ class PlanhatClient(PooledClient):
         if count != items:
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def _offset_pages(
         self, path: str, params: Mapping[str, str], limit: int, max_pages: int
     ) -> Iterator[list[JSONDict]]:
@@ -361,25 +349,17 @@ class PlanhatClient(PooledClient):
             headers.update(self._bearer)
         if content is not None:
             headers["Content-Type"] = "application/json"
-        request = self._http.build_request(
-            method, url, params=params, content=content, headers=headers
-        )
-        return send_with_retries(
-            request,
-            client=self._http,
-            service="planhat",
-            redactor=self._redactor,
-            policy=self._retry,
+        return self._request(
+            method,
+            url,
+            headers=headers,
             idempotent=idempotent,
-            sleep=self._sleep,
             hint=_TOKEN_HINT if bearer else None,
             hint_statuses=(401, 403),
+            params=params,
+            content=content,
             hooks=hooks,
         )
-
-
-def _list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else []
 
 
 def _dimension_data_result(content: bytes) -> DimensionDataResult:
@@ -393,22 +373,16 @@ def _dimension_data_result(content: bytes) -> DimensionDataResult:
     if not isinstance(data, dict):
         logger.warning("Planhat accepted a metrics batch with an unexpected answer; ignored")
         return DimensionDataResult(processed=None)
-    processed = data.get("processed")
     errors: list[JSONDict] = []
-    for entry in _list(data.get("errors")):
-        if isinstance(entry, dict):
-            item = entry.get("item")
-            errors.append(
-                {
-                    "item": item if isinstance(item, dict) else {},
-                    "error": str(entry.get("error", "")),
-                }
-            )
-        else:
-            errors.append({"item": {}, "error": str(entry)})
-    return DimensionDataResult(
-        processed=processed
-        if isinstance(processed, int) and not isinstance(processed, bool)
-        else None,
-        errors=errors,
-    )
+    entries = data.get("errors")
+    for entry in entries if isinstance(entries, list) else []:
+        entry = entry if isinstance(entry, dict) else {"error": entry}
+        item = entry.get("item")
+        error = {
+            "item": item if isinstance(item, dict) else {},
+            "error": str(entry.get("error", "")),
+        }
+        errors.append(error)
+    processed = data.get("processed")
+    valid = isinstance(processed, int) and not isinstance(processed, bool)
+    return DimensionDataResult(processed=processed if valid else None, errors=errors)
