@@ -81,6 +81,7 @@ class PooledClient:
     requests sent under one retry policy, and the errors about an answer with their fields."""
 
     _service: ClassVar[Service]
+    _hint_statuses: ClassVar[tuple[int, ...]]  # the refusals the client's hint explains
     _base_url: str  # the host that paths in errors are relative to
 
     def __init__(
@@ -112,14 +113,16 @@ class PooledClient:
         method: str,
         url: str,
         *,
-        headers: Mapping[str, str],
-        idempotent: bool,
+        auth: Mapping[str, str],
         hint: str | None,
-        hint_statuses: tuple[int, ...] = (400, 403),
+        idempotent: bool = True,
         params: Mapping[str, str] | None = None,
         content: bytes | None = None,
         hooks: AttemptHooks | None = None,
     ) -> httpx.Response:
+        headers = {"Accept": "application/json", **auth}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         request = self._http.build_request(
             method, url, params=params, content=content, headers=headers
         )
@@ -132,7 +135,7 @@ class PooledClient:
             idempotent=idempotent,
             sleep=self._sleep,
             hint=hint,
-            hint_statuses=hint_statuses,
+            hint_statuses=self._hint_statuses,
             hooks=hooks,
         )
 
@@ -213,13 +216,9 @@ class RetryPolicy:
     def delay(self, *, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
-        Args:
-            attempt: The attempt that just failed.
-            retry_after: The server's ``Retry-After`` in seconds, if it sent one.
-
         Returns:
-            ``retry_after`` when given, else ``backoff_factor * 2 ** (attempt - 1)`` plus jitter;
-            never more than ``max_delay``.
+            The server's ``retry_after`` when given, else ``backoff_factor * 2 ** (attempt - 1)``
+            plus jitter; never more than ``max_delay``.
         """
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay)
@@ -230,11 +229,7 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Parse a ``Retry-After`` header: delay seconds or an HTTP date.
-
-    Args:
-        value: The header value, or None when absent.
-        now: The current time (for HTTP dates); defaults to the system clock.
+    """Parse a ``Retry-After`` header (delay seconds or an HTTP date, relative to ``now``).
 
     Returns:
         Seconds to wait (never negative), or None when absent or unparseable.
@@ -365,9 +360,8 @@ def build_http_client(
 ) -> httpx.Client:
     """Build the ``httpx.Client`` both API clients use.
 
-    Connections are pooled and kept alive between calls. Idle connections expire after 5 s, well
-    before common server idle timeouts (60 s and more), so a write is never sent on a connection
-    the server is closing: that would turn a harmless retry into an unknown outcome.
+    Idle pooled connections expire after 5 s, well before common server idle timeouts, so a write
+    is never sent on a connection the server is closing (a retry would become an unknown outcome).
 
     Args:
         timeout: Defaults to ``httpx.Timeout(10.0, read=60.0)``; a number sets every timeout.
@@ -388,10 +382,8 @@ def build_http_client(
 def _unlinked(response: httpx.Response) -> httpx.Response:
     """The response, freed as soon as the caller drops it.
 
-    httpx links a response and its (already read) stream both ways, so a dropped response waits
-    for the cyclic garbage collector, with its body and its request's body: tens of MB per Pendo
-    page or Planhat batch, piling up for as long as no collection runs. Replacing the spent
-    stream breaks the cycle; the body stays readable (``content``, ``json()``).
+    httpx links a response and its read stream both ways, so a dropped response (tens of MB of
+    body) waits for the cyclic GC. Replacing the spent stream breaks the cycle; ``content`` stays.
     """
     response.stream = httpx.ByteStream(b"")
     return response
@@ -582,11 +574,7 @@ _HTML_TAG = re.compile(r"<[^>]*>?")
 
 
 def _readable(body: str, content_type: str) -> str:
-    """The error body as one line of text; an HTML error page becomes its title or its text.
-
-    Gateways and load balancers answer 502/503 with an HTML page: its markup says nothing, its
-    title (``503 Service Temporarily Unavailable``) says it all.
-    """
+    """The error body as one line; a gateway's HTML error page becomes its title or its text."""
     if "html" in content_type.lower() or body.lstrip().startswith("<"):
         title = _HTML_TITLE.search(body)
         text = title.group(1) if title else _HTML_TAG.sub(" ", _HTML_DROP.sub(" ", body))

@@ -93,11 +93,9 @@ def decode_feature_events(
 ) -> FeatureEventPage:
     """Decode one aggregation response of featureEvents rows into a `FeatureEventPage`.
 
-    The fast path decodes the whole body into strict structs in one call, builds the Arrow
-    columns and runs the cheap checks vectorised. When the strict types do not fit some row (a
-    null, a string number, an integer id, a float), each row is tried against the strict struct
-    and only the rows that do not fit are classified one by one; a body with non-standard tokens
-    (``NaN``, ``Infinity``) is read with Python's ``json``.
+    The whole body is decoded into strict structs and checked vectorised; when some row does not
+    fit (a null, a string number, a float), only the rows that do not fit are classified one by
+    one. A body with ``NaN`` or ``Infinity`` tokens is read with Python's ``json``.
 
     Args:
         body: The response body, ``{"results": [...]}``.
@@ -120,13 +118,8 @@ def decode_feature_events(
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    """A response body read as far as paging needs: its rows and its edge rows' keys.
-
-    ``rows`` holds the strictly decoded rows (None when some row does not fit the strict types:
-    the page decoder then reads it permissively). ``count`` is the number of rows in the body,
-    None when it cannot be read at all (the page decoder reports why). ``first`` and ``last``
-    identify the first and last rows by the values of all their fields.
-    """
+    """A body read as far as paging needs: its strict rows (None: read it permissively), its row
+    count (None: unreadable, decoding reports why) and its edge rows' keys (see `_row_key`)."""
 
     body: bytes
     rows: list[_StrictRow] | list[JSONDict] | None
@@ -144,7 +137,7 @@ def _prepare_feature_events(body: bytes) -> _Prepared:
         except PayloadShapeError:
             return _Prepared(body, None, None, None, None)
         keys = [
-            _row_key(values) if (values := _loose(item)) else _text(item)
+            _row_key(values) if (values := _loose(item)) is not None else _text(item)
             for item in _edges(results)
         ]
         first, last = keys if keys else (None, None)

@@ -1,15 +1,8 @@
 """Pendo Engage v1 client: key check, feature catalogue, and paged day-window aggregations.
 
-Feature events for one subscription-local day come back as pages of a fixed Arrow schema
-(`FEATURE_EVENT_SCHEMA`), decoded by `decode_feature_events`: every row is either in the page's
-table or in its ``rejects`` with a reason. Nothing is silently dropped.
-
-Both aggregations (feature events and the user's pipelines) start with a source stage built by
-`source_stage`: the day window, and the configured apps (``pendo.app_ids``) for every row source
-that names none (Pendo reads the default app only otherwise).
-
-Pages are requested one ahead, in a worker thread (`prefetch`): while page k is decoded, page
-k+1 is already on its way, so a day costs little more than decoding it.
+Feature event pages are decoded by `decode_feature_events` (every row in the table or in the
+rejects, with why); both aggregations start with the source stage of `source_stage`. Pages are
+requested one ahead (`prefetch`), so a day costs little more than decoding it.
 
 Reference: /work/shared/reference/pendo_api.md (sections 1, 2, 3, 5).
 """
@@ -49,8 +42,7 @@ __all__ = ["PendoClient", "day_window", "decode_feature_events", "feature_filter
 
 #: ``pendo.app_ids``: every app of the subscription, or the listed Pendo app ids.
 AppIds: TypeAlias = Literal["all"] | Sequence[int]
-#: A total order over featureEvents rows, so skip/limit pages neither overlap nor leave gaps.
-# Every field of a row, so the order is total: two rows equal on all of them are the same row.
+#: Every field of a row: a total order, so skip/limit pages neither overlap nor leave gaps.
 FEATURE_EVENT_SORT: Final = (
     "visitorId",
     "accountId",
@@ -131,12 +123,10 @@ def _quote(value: str) -> str:
 
 
 def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -> JSONDict:
-    """Build the source stage of an aggregation over one subscription-local day.
+    """Build the source stage of an aggregation (feature events or a pipeline) over one day.
 
-    The one builder of both requests (feature events and the user's pipelines). ``timeSeries``
-    becomes the day window (``dayRange``, local midnight, count 1). A row source that names no
-    ``appId`` reads the configured apps: without one Pendo answers for the subscription's
-    default app only (pendo_api.md 2.2). A row source's own ``appId`` is kept.
+    ``timeSeries`` becomes the day window. A row source that names no ``appId`` reads
+    ``app_ids``: without one Pendo answers for the default app only (pendo_api.md 2.2).
 
     Args:
         source: The source stage's value, e.g. ``{"featureEvents": None}`` (not modified).
@@ -163,10 +153,7 @@ def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -
 
 
 class PendoClient(PooledClient):
-    """Pendo Engage v1 API client for one subscription (one integration key, one region).
-
-    Usable on its own (REPL, scripts) and as a context manager; every request goes through the
-    shared retry policy of ``clients._http``. Aggregations are read-only, so they are retried.
+    """Pendo Engage v1 API client for one subscription; aggregations are read-only, so retried.
 
     Args:
         integration_key: The Pendo integration key (read-only is enough); never logged.
@@ -183,6 +170,7 @@ class PendoClient(PooledClient):
     """
 
     _service = "pendo"
+    _hint_statuses = (400, 403)
 
     def __init__(
         self,
@@ -216,7 +204,11 @@ class PendoClient(PooledClient):
         self.base_url: str = (base_url or f"https://{host}").rstrip("/")
         self._base_url = self.base_url
         self.page_size = page_size
-        self._key_header = {"x-pendo-integration-key": integration_key}
+        # Pendo's examples send Content-Type on every call, GETs included (pendo_api.md 1.1).
+        self._key_header = {
+            "x-pendo-integration-key": integration_key,
+            "Content-Type": "application/json",
+        }
         self._answered = False  # True after the first 2xx: the key and host are known good
 
     def __repr__(self) -> str:
@@ -273,9 +265,6 @@ class PendoClient(PooledClient):
     ) -> Iterator[FeatureEventPage]:
         """Yield the featureEvents rows of one subscription-local day, one page per request.
 
-        Each request is one aggregation: featureEvents source over the day window, a filter on
-        the feature ids, a sort on every row key (a stable order for skip/limit), skip, limit.
-
         Args:
             day: The day in the subscription's timezone.
             timezone: The subscription's IANA timezone.
@@ -327,9 +316,7 @@ class PendoClient(PooledClient):
     ) -> Iterator[list[JSONDict]]:
         """Run a user pipeline over one subscription-local day and yield its rows page by page.
 
-        The first stage must be a ``source``, rebuilt by `source_stage`: its ``timeSeries`` is
-        the day window, and a row source without ``appId`` reads ``app_ids`` (as feature
-        events do). ``sort``, ``skip`` and ``limit`` are appended.
+        The first stage, a ``source``, is rebuilt by `source_stage`; sort, skip and limit follow.
 
         Args:
             stages: The pipeline (not modified).
@@ -445,17 +432,10 @@ class PendoClient(PooledClient):
         params: Mapping[str, str] | None = None,
         content: bytes | None = None,
     ) -> httpx.Response:
-        # Pendo's examples send Content-Type on every call, GETs included (pendo_api.md 1.1).
-        headers = {
-            **self._key_header,
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-        }
         response = self._request(
             method,
             self.base_url + path,
-            headers=headers,
-            idempotent=True,
+            auth=self._key_header,
             hint=None if self._answered else _REGION_HINT,
             params=params,
             content=content,
@@ -516,11 +496,8 @@ def _app_ids_param(app_ids: AppIds) -> str | list[int]:
 def _windowed(
     stages: Sequence[Mapping[str, Any]], first_ms: int, app_ids: AppIds
 ) -> list[JSONDict]:
-    if isinstance(stages, str | bytes) or not stages:
-        raise ConfigError(
-            f"the pipeline is empty; its first stage must be a source like {_SOURCE_EXAMPLE}"
-        )
-    source = stages[0].get("source") if isinstance(stages[0], Mapping) else None
+    head = stages[0] if stages and not isinstance(stages, str | bytes) else None
+    source = head.get("source") if isinstance(head, Mapping) else None
     if not isinstance(source, Mapping):
         raise ConfigError(
             f"the pipeline's first stage must be a source stage like {_SOURCE_EXAMPLE}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -46,9 +46,7 @@ _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class PlanhatClient(PooledClient):
-    """Planhat API client: main API (snapshot) and analytics writes.
-
-    Usable on its own and as a context manager. One pooled ``httpx.Client`` serves both hosts.
+    """Planhat API client: main API (snapshot) and analytics writes, one pool for both hosts.
 
     Args:
         api_token: Service-account token, sent as ``Authorization: Bearer``; never logged.
@@ -67,6 +65,7 @@ class PlanhatClient(PooledClient):
     """
 
     _service = "planhat"
+    _hint_statuses = (401, 403)
 
     def __init__(
         self,
@@ -189,12 +188,7 @@ class PlanhatClient(PooledClient):
                     frame.height - unique.height,
                 )
             frames[model] = unique
-        return PlanhatSnapshot(
-            endusers=frames["EndUser"],
-            companies=frames["Company"],
-            assets=frames["Asset"],
-            projects=frames["Project"],
-        )
+        return PlanhatSnapshot(**{MODEL_PAGE_LIMITS[m][0]: frame for m, frame in frames.items()})
 
     def _collect(self, model: Model, item: JSONDict, columns: dict[str, list[Any]]) -> None:
         object_id = item.get("_id")
@@ -241,8 +235,14 @@ class PlanhatClient(PooledClient):
             ApiTransportError: Planhat could not be reached; nothing was sent.
         """
         self._check_batch(body, items)
-        self._send(
-            "POST", self._activities_url, content=body, bearer=False, idempotent=False, hooks=hooks
+        self._request(
+            "POST",
+            self._activities_url,
+            auth={},
+            hint=None,
+            idempotent=False,
+            content=body,
+            hooks=hooks,
         )
         logger.info("Planhat accepted a batch of %d activities (%d bytes)", items, len(body))
 
@@ -264,19 +264,17 @@ class PlanhatClient(PooledClient):
             ``processed`` and Planhat's per-item ``errors`` (``{"item", "error"}``).
 
         Raises:
-            BatchError: Empty, over a limit, or not ``items`` long; nothing was sent.
-            DeliveryUnknownError: The batch may have reached Planhat; do not resend blindly.
-            PayloadTooLargeError: 413; nothing was accepted, split and send again.
-            ApiStatusError: Planhat answered an error (after retries); nothing was accepted.
-            ApiTransportError: Planhat could not be reached; nothing was sent.
+            BatchError, DeliveryUnknownError, PayloadTooLargeError, ApiStatusError,
+                ApiTransportError: As for `post_activities`.
         """
         self._check_batch(body, items)
-        response = self._send(
+        response = self._request(
             "POST",
             self._dimensiondata_url,
-            content=body,
-            bearer=True,
+            auth=self._bearer,
+            hint=_TOKEN_HINT,
             idempotent=False,
+            content=body,
             hooks=hooks,
         )
         result = _dimension_data_result(response.content)
@@ -316,8 +314,8 @@ class PlanhatClient(PooledClient):
     ) -> Iterator[list[JSONDict]]:
         for page_index in range(max_pages):
             query = {**params, "limit": str(limit), "offset": str(page_index * limit)}
-            response = self._send(
-                "GET", self.api_url + path, params=query, bearer=True, idempotent=True
+            response = self._request(
+                "GET", self.api_url + path, auth=self._bearer, hint=_TOKEN_HINT, params=query
             )
             data = self._json(response, "GET", path)
             if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
@@ -331,34 +329,6 @@ class PlanhatClient(PooledClient):
             f"{max_pages} full pages of {limit} and still more; raise max_pages (stopping here "
             "would give an incomplete listing)",
             PagingLimitError,
-        )
-
-    def _send(
-        self,
-        method: Literal["GET", "POST"],
-        url: str,
-        *,
-        bearer: bool,
-        idempotent: bool,
-        params: Mapping[str, str] | None = None,
-        content: bytes | None = None,
-        hooks: AttemptHooks | None = None,
-    ) -> httpx.Response:
-        headers = {"Accept": "application/json"}
-        if bearer:
-            headers.update(self._bearer)
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        return self._request(
-            method,
-            url,
-            headers=headers,
-            idempotent=idempotent,
-            hint=_TOKEN_HINT if bearer else None,
-            hint_statuses=(401, 403),
-            params=params,
-            content=content,
-            hooks=hooks,
         )
 
 
