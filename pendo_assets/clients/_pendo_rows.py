@@ -89,7 +89,7 @@ _POLARS_TYPES: Final = tuple(
 
 
 def decode_feature_events(
-    body: bytes, *, day_ms: int, feature_ids: Sequence[str], page_index: int = 0
+    body: bytes, *, day_ms: int, feature_ids: Sequence[str]
 ) -> FeatureEventPage:
     """Decode one aggregation response of featureEvents rows into a `FeatureEventPage`.
 
@@ -101,7 +101,6 @@ def decode_feature_events(
         body: The response body, ``{"results": [...]}``.
         day_ms: The requested local midnight; rows of another ``day`` are rejected.
         feature_ids: The requested feature ids; rows of other features are rejected.
-        page_index: Stored on the page.
 
     Returns:
         The page; ``table.num_rows + len(rejects) == row_count`` == rows in the body, and the
@@ -111,9 +110,7 @@ def decode_feature_events(
         PayloadShapeError: The body is not JSON or has no ``results`` array.
     """
     prepared = _prepare_feature_events(body)
-    return _finish_feature_events(
-        prepared, day_ms=day_ms, feature_ids=feature_ids, page_index=page_index
-    )
+    return _finish_feature_events(prepared, day_ms=day_ms, feature_ids=feature_ids, page_index=0)
 
 
 @dataclass(frozen=True, slots=True)

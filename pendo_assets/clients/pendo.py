@@ -86,21 +86,17 @@ def day_window(day: date, timezone: str) -> tuple[int, int]:
     Raises:
         ConfigError: ``timezone`` is not a known IANA zone.
     """
-    zone = _zone(timezone)
-    start = datetime.combine(day, dtime.min, tzinfo=zone)
-    end = datetime.combine(day + timedelta(days=1), dtime.min, tzinfo=zone)
-    one_ms = timedelta(milliseconds=1)
-    return (start - _EPOCH) // one_ms, (end - _EPOCH) // one_ms
-
-
-def _zone(timezone: str) -> ZoneInfo:
     try:
-        return ZoneInfo(timezone)
+        zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"unknown timezone {timezone!r}: use an IANA zone name such as America/New_York, "
             "Europe/Paris or UTC"
         ) from exc
+    start = datetime.combine(day, dtime.min, tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), dtime.min, tzinfo=zone)
+    one_ms = timedelta(milliseconds=1)
+    return (start - _EPOCH) // one_ms, (end - _EPOCH) // one_ms
 
 
 def feature_filter(feature_ids: Sequence[str]) -> str:
@@ -108,9 +104,6 @@ def feature_filter(feature_ids: Sequence[str]) -> str:
 
     Ids are double-quoted with ``\\`` escaped before ``"`` (an id holding a quote otherwise
     makes Pendo answer 400 "Cannot parse filter expression"; Estuary PR #4477).
-
-    Args:
-        feature_ids: Pendo feature ids.
 
     Returns:
         ``featureId == "a" || featureId == "b"``.

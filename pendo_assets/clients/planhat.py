@@ -153,9 +153,8 @@ class PlanhatClient(PooledClient):
                 f"(a page shorter than it is the stop rule), got {page_size}"
             )
         check_max_pages(max_pages)
-        params = {"select": ",".join(select), "sort": "_id"}
         # Arguments are checked above, when called; requests start on the first next().
-        return self._offset_pages(f"/{path}", params, limit, max_pages)
+        return self._offset_pages(f"/{path}", ",".join(select), limit, max_pages)
 
     def snapshot(self, *, max_pages: int = DEFAULT_MAX_PAGES) -> PlanhatSnapshot:
         """Read End Users, Companies, Assets and Projects whole, de-duplicated by ``_id``.
@@ -310,10 +309,11 @@ class PlanhatClient(PooledClient):
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
 
     def _offset_pages(
-        self, path: str, params: Mapping[str, str], limit: int, max_pages: int
+        self, path: str, select: str, limit: int, max_pages: int
     ) -> Iterator[list[JSONDict]]:
         for page_index in range(max_pages):
-            query = {**params, "limit": str(limit), "offset": str(page_index * limit)}
+            offset = str(page_index * limit)
+            query = {"select": select, "sort": "_id", "limit": str(limit), "offset": offset}
             response = self._request(
                 "GET", self.api_url + path, auth=self._bearer, hint=_TOKEN_HINT, params=query
             )
