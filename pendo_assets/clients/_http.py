@@ -51,16 +51,8 @@ from ..errors import (
 )
 from ..types import SERVICE_NAMES, Service
 
-__all__ = [
-    "AttemptHooks",
-    "PooledClient",
-    "Redactor",
-    "RetryPolicy",
-    "Sleep",
-    "build_http_client",
-    "parse_retry_after",
-    "send_with_retries",
-]
+__all__ = ["AttemptHooks", "PooledClient", "Redactor", "RetryPolicy", "Sleep", "api_error"]
+__all__ += ["build_http_client", "check_max_pages", "parse_retry_after", "send_with_retries"]
 
 logger = logging.getLogger("pendo_assets.clients")
 _E = TypeVar("_E", bound=ApiError)
@@ -86,12 +78,25 @@ _KEYLIKE_IN_TEXT = re.compile(
 
 class PooledClient:
     """Base of the API clients: a pooled ``httpx.Client`` closed on ``close()`` or ``with`` exit,
-    and the errors about an answer (`PayloadShapeError`, paging errors) with their fields."""
+    requests sent under one retry policy, and the errors about an answer with their fields."""
 
-    _http: httpx.Client
-    _redactor: Redactor
     _service: ClassVar[Service]
+    _hint_statuses: ClassVar[tuple[int, ...]]  # the refusals the client's hint explains
     _base_url: str  # the host that paths in errors are relative to
+
+    def __init__(
+        self,
+        *,
+        secrets: Iterable[str],
+        timeout: httpx.Timeout | float | None,
+        retry: RetryPolicy | None,
+        transport: httpx.BaseTransport | None,
+        sleep: Sleep,
+    ) -> None:
+        self._redactor = Redactor(secrets)
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._http = build_http_client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> Self:
         return self
@@ -103,6 +108,37 @@ class PooledClient:
         """Close pooled connections."""
         self._http.close()
 
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        auth: Mapping[str, str],
+        hint: str | None,
+        idempotent: bool = True,
+        params: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        hooks: AttemptHooks | None = None,
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json", **auth}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._http.build_request(
+            method, url, params=params, content=content, headers=headers
+        )
+        return send_with_retries(
+            request,
+            client=self._http,
+            service=self._service,
+            redactor=self._redactor,
+            policy=self._retry,
+            idempotent=idempotent,
+            sleep=self._sleep,
+            hint=hint,
+            hint_statuses=self._hint_statuses,
+            hooks=hooks,
+        )
+
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         try:
             return msgspec.json.decode(response.content)
@@ -113,16 +149,44 @@ class PooledClient:
         self, method: str, path: str, problem: str, cls: type[ApiError] = PayloadShapeError
     ) -> ApiError:
         """``cls`` (`PayloadShapeError` by default) for ``problem`` at ``method path``."""
-        endpoint = f"{SERVICE_NAMES[self._service]} {method} {path}"
         url = self._redactor.url(self._base_url + path)
-        return cls(
-            f"{endpoint}: {problem}",
-            service=self._service,
-            method=method,
-            url=url,
-            endpoint=endpoint,
-            problem=problem,
-        )
+        return api_error(cls, self._service, method, url, path, problem)
+
+
+def api_error(
+    cls: type[_E],
+    service: Service,
+    method: str,
+    url: str,
+    path: str,
+    problem: str,
+    sep: str = ": ",
+    **fields: Any,
+) -> _E:
+    """Build (not raise) ``cls``, its message ``<Service> <method> <path><sep><problem>``.
+
+    ``url`` must be redacted already; ``fields`` are the subclass's own (``status_code``...).
+    """
+    endpoint = f"{SERVICE_NAMES[service]} {method} {path}"
+    return cls(
+        f"{endpoint}{sep}{problem}",
+        service=service,
+        method=method,
+        url=url,
+        endpoint=endpoint,
+        problem=problem,
+        **fields,
+    )
+
+
+def check_max_pages(max_pages: int) -> None:
+    """Refuse paging without a hard stop rule.
+
+    Raises:
+        ConfigError: ``max_pages`` is below 1.
+    """
+    if max_pages < 1:
+        raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
 
 
 @dataclass(frozen=True)
@@ -144,25 +208,17 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ConfigError(f"RetryPolicy.attempts must be 1 or more, got {self.attempts}")
-        if not (self.backoff_factor >= 0 and math.isfinite(self.backoff_factor)):
-            raise ConfigError(
-                f"RetryPolicy.backoff_factor must be a finite number >= 0, got {self.backoff_factor}"
-            )
-        if not (self.max_delay >= 0 and math.isfinite(self.max_delay)):
-            raise ConfigError(
-                f"RetryPolicy.max_delay must be a finite number >= 0, got {self.max_delay}"
-            )
+        for name in ("backoff_factor", "max_delay"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"RetryPolicy.{name} must be a finite number >= 0, got {value}")
 
     def delay(self, *, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
-        Args:
-            attempt: The attempt that just failed.
-            retry_after: The server's ``Retry-After`` in seconds, if it sent one.
-
         Returns:
-            ``retry_after`` when given, else ``backoff_factor * 2 ** (attempt - 1)`` plus jitter;
-            never more than ``max_delay``.
+            The server's ``retry_after`` when given, else ``backoff_factor * 2 ** (attempt - 1)``
+            plus jitter; never more than ``max_delay``.
         """
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay)
@@ -173,39 +229,24 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Parse a ``Retry-After`` header: delay seconds or an HTTP date.
-
-    Args:
-        value: The header value, or None when absent.
-        now: The current time (for HTTP dates); defaults to the system clock.
+    """Parse a ``Retry-After`` header (delay seconds or an HTTP date, relative to ``now``).
 
     Returns:
         Seconds to wait (never negative), or None when absent or unparseable.
     """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
+    text = (value or "").strip()
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        when = when.replace(tzinfo=UTC)
-    current = now or datetime.now(UTC)
-    return max((when - current).total_seconds(), 0.0)
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None  # also absent or empty
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
-
-# --------------------------------------------------------------------------------------------
-# Redaction
-# --------------------------------------------------------------------------------------------
 
 _registry_lock = threading.Lock()
 _registered_secrets: tuple[str, ...] = ()
@@ -294,14 +335,11 @@ class _ScrubLogFilter(logging.Filter):
 # tenant token is part of the analytics URL path, so an application that turns on INFO logging
 # globally would write the token to its logs. These loggers are raised to WARNING here, and a
 # scrubbing filter masks registered secrets should someone lower them again on purpose.
+# A logger's filters do not see its children's records, so each httpcore logger gets one.
 _LIBRARY_LOGGERS: Final = (
     "httpx",
     "httpcore",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
+    *(f"httpcore.{name}" for name in ("connection", "http11", "http2", "proxy", "socks")),
 )
 
 
@@ -317,27 +355,16 @@ def _quiet_library_loggers() -> None:
 _quiet_library_loggers()
 
 
-# --------------------------------------------------------------------------------------------
-# Client and sending
-# --------------------------------------------------------------------------------------------
-
-
 def build_http_client(
-    *,
-    timeout: httpx.Timeout | float | None = None,
-    headers: Mapping[str, str] | None = None,
-    transport: httpx.BaseTransport | None = None,
+    *, timeout: httpx.Timeout | float | None = None, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
     """Build the ``httpx.Client`` both API clients use.
 
-    Connections are pooled and kept alive between calls. Idle connections expire after 5 s, well
-    before common server idle timeouts (60 s and more), so a write is never sent on a connection
-    the server is closing: that would turn a harmless retry into an unknown outcome.
+    Idle pooled connections expire after 5 s, well before common server idle timeouts, so a write
+    is never sent on a connection the server is closing (a retry would become an unknown outcome).
 
     Args:
         timeout: Defaults to ``httpx.Timeout(10.0, read=60.0)``; a number sets every timeout.
-        headers: Extra default headers. Keep secrets out of them (send them per request), so no
-            ``repr`` of the client's headers can show them.
         transport: An ``httpx.MockTransport`` in tests.
 
     Returns:
@@ -345,7 +372,7 @@ def build_http_client(
     """
     return httpx.Client(
         timeout=_DEFAULT_TIMEOUT if timeout is None else timeout,
-        headers={"User-Agent": _USER_AGENT, **(headers or {})},
+        headers={"User-Agent": _USER_AGENT},  # secrets go per request, never in a client's repr
         limits=httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=5.0),
         transport=transport,
         follow_redirects=False,
@@ -355,10 +382,8 @@ def build_http_client(
 def _unlinked(response: httpx.Response) -> httpx.Response:
     """The response, freed as soon as the caller drops it.
 
-    httpx links a response and its (already read) stream both ways, so a dropped response waits
-    for the cyclic garbage collector, with its body and its request's body: tens of MB per Pendo
-    page or Planhat batch, piling up for as long as no collection runs. Replacing the spent
-    stream breaks the cycle; the body stays readable (``content``, ``json()``).
+    httpx links a response and its read stream both ways, so a dropped response (tens of MB of
+    body) waits for the cyclic GC. Replacing the spent stream breaks the cycle; ``content`` stays.
     """
     response.stream = httpx.ByteStream(b"")
     return response
@@ -403,12 +428,10 @@ def send_with_retries(
         redactor: Knows the secrets to keep out of messages and logs.
         policy: Attempts and waits.
         idempotent: True when sending the request twice is harmless (see the module docstring).
-        sleep: Called with each wait in seconds; tests pass a recorder.
-        hint: Appended to the message of a refusal whose status is in ``hint_statuses``
-            (e.g. "check the region").
+        sleep: Called with each wait in seconds.
+        hint: Appended to the message of a refusal whose status is in ``hint_statuses``.
         hint_statuses: The statuses ``hint`` explains.
-        hooks: Told before each attempt is sent and when an attempt certainly did not land
-            and another will follow (so a caller can record "not sent" while it waits).
+        hooks: Told before each attempt, and when one certainly did not land and another follows.
 
     Returns:
         The response, body read, status 2xx.
@@ -500,28 +523,21 @@ class _Call:
         self.method = method
         self.safe_url = redactor.url(url)
         self.redactor = redactor
-        self.endpoint = f"{self.name} {method} {redactor.path(url)}"
+        self.path = redactor.path(url)
+        self.endpoint = f"{self.name} {method} {self.path}"
         self.logged = f"{self.name} {method} {self.safe_url}"
 
     def error(self, cls: type[_E], problem: str, sep: str = " ", **fields: Any) -> _E:
-        return cls(
-            f"{self.endpoint}{sep}{problem}",
-            service=self.service,
-            method=self.method,
-            url=self.safe_url,
-            endpoint=self.endpoint,
-            problem=problem,
-            **fields,
+        return api_error(
+            cls, self.service, self.method, self.safe_url, self.path, problem, sep, **fields
         )
 
     def transport_error(
         self, exc: httpx.RequestError, after: str, idempotent: bool
     ) -> tuple[ApiError, bool]:
-        """Map a transport error; return the error and whether another attempt may be made.
+        """The error and whether another attempt may be made.
 
-        ``httpx.DecodingError`` (the answer's body could not be decoded) lands in the "may have
-        been applied" branch for writes: the service answered, but with a status that cannot be
-        trusted.
+        A write whose answer could not be decoded (``httpx.DecodingError``) may have been applied.
         """
         detail = f"{type(exc).__name__}: {self.redactor.text(str(exc)) or 'no detail'}"
         if isinstance(exc, _NEVER_SENT_FATAL):
@@ -558,11 +574,7 @@ _HTML_TAG = re.compile(r"<[^>]*>?")
 
 
 def _readable(body: str, content_type: str) -> str:
-    """The error body as one line of text; an HTML error page becomes its title or its text.
-
-    Gateways and load balancers answer 502/503 with an HTML page: its markup says nothing, its
-    title (``503 Service Temporarily Unavailable``) says it all.
-    """
+    """The error body as one line; a gateway's HTML error page becomes its title or its text."""
     if "html" in content_type.lower() or body.lstrip().startswith("<"):
         title = _HTML_TITLE.search(body)
         text = title.group(1) if title else _HTML_TAG.sub(" ", _HTML_DROP.sub(" ", body))

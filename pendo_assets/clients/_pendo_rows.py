@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Annotated, Any, Final, cast
@@ -24,20 +24,18 @@ import pyarrow as pa
 from ..errors import PayloadShapeError
 from ..models import FEATURE_EVENT_SCHEMA, FeatureEventPage, RejectedRow
 from ..types import JSONDict
+from ._http import api_error
 
 __all__ = ["AGGREGATION_PATH", "MAX_VISITOR_ID_LENGTH", "decode_feature_events"]
 
 AGGREGATION_PATH: Final = "/api/v1/aggregation"
 MAX_VISITOR_ID_LENGTH: Final = 1024
-_INT64_MAX: Final = 2**63 - 1
-_INT64_MIN: Final = -(2**63)
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_Int64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
 # gc=False: millions of rows are allocated per day; these structs never form reference cycles,
 # and keeping them out of the cyclic GC makes decoding several times faster.
-
-
-_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class _StrictRow(msgspec.Struct, gc=False):
@@ -61,21 +59,6 @@ class _RawEnvelope(msgspec.Struct, gc=False):
     results: list[msgspec.Raw]
 
 
-class _LooseRow(msgspec.Struct, gc=False):
-    """Every field may hold any JSON value or be absent (UNSET): classified afterwards."""
-
-    visitorId: Any = msgspec.UNSET
-    accountId: Any = msgspec.UNSET
-    featureId: Any = msgspec.UNSET
-    appId: Any = msgspec.UNSET
-    day: Any = msgspec.UNSET
-    numEvents: Any = msgspec.UNSET
-    numMinutes: Any = msgspec.UNSET
-    remoteIp: Any = msgspec.UNSET
-    userAgent: Any = msgspec.UNSET
-    server: Any = msgspec.UNSET
-
-
 # Source field order matches FEATURE_EVENT_SCHEMA's column order.
 _SOURCE_FIELDS: Final = (
     "visitorId",
@@ -89,11 +72,15 @@ _SOURCE_FIELDS: Final = (
     "userAgent",
     "server",
 )
+_UNSET: Final = msgspec.UNSET
+# Every field may hold any JSON value or be absent (UNSET): classified afterwards.
+_LooseRow = msgspec.defstruct(
+    "_LooseRow", [(name, Any, _UNSET) for name in _SOURCE_FIELDS], gc=False
+)
 _STRICT_DECODER: Final = msgspec.json.Decoder(_StrictEnvelope)
 _STRICT_ROW_DECODER: Final = msgspec.json.Decoder(_StrictRow)
 _RAW_DECODER: Final = msgspec.json.Decoder(_RawEnvelope)
 _LOOSE_ROW_DECODER: Final = msgspec.json.Decoder(_LooseRow)
-_UNSET: Final = msgspec.UNSET
 _get_all_fields: Final = attrgetter(*_SOURCE_FIELDS)
 _GETTERS: Final = tuple(attrgetter(name) for name in _SOURCE_FIELDS)
 _POLARS_TYPES: Final = tuple(
@@ -102,27 +89,18 @@ _POLARS_TYPES: Final = tuple(
 
 
 def decode_feature_events(
-    body: bytes,
-    *,
-    day_ms: int,
-    feature_ids: Sequence[str],
-    page_index: int = 0,
-    url: str = AGGREGATION_PATH,
+    body: bytes, *, day_ms: int, feature_ids: Sequence[str]
 ) -> FeatureEventPage:
     """Decode one aggregation response of featureEvents rows into a `FeatureEventPage`.
 
-    The fast path decodes the whole body into strict structs in one call, builds the Arrow
-    columns and runs the cheap checks vectorised. When the strict types do not fit some row (a
-    null, a string number, an integer id, a float), the page is decoded permissively: each row
-    is tried against the strict struct and only the rows that do not fit are classified one by
-    one; a body with non-standard tokens (``NaN``, ``Infinity``) is read with Python's ``json``.
+    The whole body is decoded into strict structs and checked vectorised; when some row does not
+    fit (a null, a string number, a float), only the rows that do not fit are classified one by
+    one. A body with ``NaN`` or ``Infinity`` tokens is read with Python's ``json``.
 
     Args:
         body: The response body, ``{"results": [...]}``.
         day_ms: The requested local midnight; rows of another ``day`` are rejected.
         feature_ids: The requested feature ids; rows of other features are rejected.
-        page_index: Stored on the page.
-        url: Named in a `PayloadShapeError`.
 
     Returns:
         The page; ``table.num_rows + len(rejects) == row_count`` == rows in the body, and the
@@ -131,24 +109,14 @@ def decode_feature_events(
     Raises:
         PayloadShapeError: The body is not JSON or has no ``results`` array.
     """
-    return _finish_feature_events(
-        _prepare_feature_events(body),
-        day_ms=day_ms,
-        feature_ids=feature_ids,
-        page_index=page_index,
-        url=url,
-    )
+    prepared = _prepare_feature_events(body)
+    return _finish_feature_events(prepared, day_ms=day_ms, feature_ids=feature_ids, page_index=0)
 
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    """A response body read as far as paging needs: its rows and its edge rows' keys.
-
-    ``rows`` holds the strictly decoded rows (None when some row does not fit the strict types:
-    the page decoder then reads it permissively). ``count`` is the number of rows in the body,
-    None when it cannot be read at all (the page decoder reports why). ``first`` and ``last``
-    identify the first and last rows by the values of all their fields.
-    """
+    """A body read as far as paging needs: its strict rows (None: read it permissively), its row
+    count (None: unreadable, decoding reports why) and its edge rows' keys (see `_row_key`)."""
 
     body: bytes
     rows: list[_StrictRow] | list[JSONDict] | None
@@ -161,34 +129,61 @@ def _prepare_feature_events(body: bytes) -> _Prepared:
     try:
         rows = _STRICT_DECODER.decode(body).results
     except msgspec.DecodeError:
-        count, first, last = _outline(body)
-        return _Prepared(body, None, count, first, last)
-    if not rows:
-        return _Prepared(body, rows, 0, None, None)
-    first, last = (_row_key(_get_all_fields(row)) for row in (rows[0], rows[-1]))
+        try:
+            results = _results(body)
+        except PayloadShapeError:
+            return _Prepared(body, None, None, None, None)
+        keys = [
+            _row_key(values) if (values := _loose(item)) is not None else _text(item)
+            for item in _edges(results)
+        ]
+        first, last = keys if keys else (None, None)
+        return _Prepared(body, None, len(results), first, last)
+    keys = [_row_key(_get_all_fields(row)) for row in _edges(rows)]
+    first, last = keys if keys else (None, None)
     return _Prepared(body, rows, len(rows), first, last)
 
 
 def _finish_feature_events(
-    prepared: _Prepared,
-    *,
-    day_ms: int,
-    feature_ids: Sequence[str],
-    page_index: int,
-    url: str,
+    prepared: _Prepared, *, day_ms: int, feature_ids: Sequence[str], page_index: int
 ) -> FeatureEventPage:
     wanted = frozenset(feature_ids)
-    body = prepared.body
     if prepared.rows is None:
-        return _decode_permissive(body, day_ms, wanted, page_index, url)
-    rows = cast(list[_StrictRow], prepared.rows)
-    table, rejects = _checked_table(rows, None, day_ms, wanted, _raw_texts(body))
+        table, rejects, count = _decode_permissive(prepared.body, day_ms, wanted)
+    else:
+        rows = cast(list[_StrictRow], prepared.rows)
+        table, rejects = _checked_table(rows, None, day_ms, wanted, _texts(prepared.body))
+        count = len(rows)
     return FeatureEventPage(
         table=table,
         rejects=rejects,
         page_index=page_index,
-        row_count=len(rows),
-        body_bytes=len(body),
+        row_count=count,
+        body_bytes=len(prepared.body),
+    )
+
+
+def _results(body: bytes, decoder: msgspec.json.Decoder[Any] = _RAW_DECODER) -> list[Any]:
+    """The body's ``results`` by ``decoder``, or by Python's ``json`` for NaN/Infinity tokens."""
+    try:
+        return cast(list[Any], decoder.decode(body).results)
+    except msgspec.ValidationError as exc:
+        raise _shape_error(f"the answer has no results array ({exc})") from None
+    except msgspec.DecodeError:
+        pass
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _shape_error(f"the answer is not JSON ({exc})") from None
+    results = document.get("results") if isinstance(document, dict) else None
+    if not isinstance(results, list):
+        raise _shape_error("the answer has no results array")
+    return results
+
+
+def _shape_error(problem: str) -> PayloadShapeError:
+    return api_error(
+        PayloadShapeError, "pendo", "POST", AGGREGATION_PATH, AGGREGATION_PATH, problem
     )
 
 
@@ -203,37 +198,24 @@ def _row_key(values: Sequence[Any]) -> str:
     )
 
 
-def _outline(body: bytes) -> tuple[int | None, str | None, str | None]:
-    """Rows in a body that does not decode strictly, and its edge rows' keys (see `_row_key`)."""
-    try:
-        raws = _RAW_DECODER.decode(body).results
-    except msgspec.DecodeError:
+def _loose(item: Any) -> tuple[Any, ...] | None:
+    """A raw or parsed row's fields in `_SOURCE_FIELDS` order (UNSET when absent), or None when
+    the row is not a JSON object."""
+    if isinstance(item, msgspec.Raw):
         try:
-            results = json.loads(body)["results"]
-        except (ValueError, KeyError, TypeError):
-            return None, None, None
-        if not isinstance(results, list):
-            return None, None, None
-        keys = [
-            _row_key([row.get(name, _UNSET) for name in _SOURCE_FIELDS])
-            if isinstance(row, dict)
-            else json.dumps(row, default=repr)
-            for row in _edges(results)
-        ]
-        count = len(results)
-    else:
-        keys = [_raw_key(raw) for raw in _edges(raws)]
-        count = len(raws)
-    if not keys:
-        return count, None, None
-    return count, keys[0], keys[-1]
+            return _get_all_fields(_LOOSE_ROW_DECODER.decode(item))
+        except msgspec.DecodeError:
+            return None
+    return (
+        tuple(item.get(name, _UNSET) for name in _SOURCE_FIELDS) if isinstance(item, dict) else None
+    )
 
 
-def _raw_key(raw: msgspec.Raw) -> str:
-    try:
-        return _row_key(_get_all_fields(_LOOSE_ROW_DECODER.decode(raw)))
-    except msgspec.DecodeError:  # not an object: the row as sent
-        return bytes(raw).decode("utf-8", errors="replace")
+def _text(item: Any) -> str:
+    """A raw or parsed row's JSON text; a parsed one keeps NaN/Infinity visible as sent."""
+    if isinstance(item, msgspec.Raw):
+        return bytes(item).decode("utf-8", errors="replace")
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
 
 
 def _edges(items: list[Any]) -> list[Any]:
@@ -245,25 +227,22 @@ def _without_first_row(page: FeatureEventPage) -> FeatureEventPage:
     if page.row_count == 0:
         return page
     first_rejected = any(r.index == 0 for r in page.rejects)
-    table = page.table if first_rejected else page.table.slice(1)
-    rejects = [replace(r, index=r.index - 1) for r in page.rejects if r.index != 0]
-    return FeatureEventPage(
-        table=table,
-        rejects=rejects,
-        page_index=page.page_index,
+    return replace(
+        page,
+        table=page.table if first_rejected else page.table.slice(1),
+        rejects=[replace(r, index=r.index - 1) for r in page.rejects if r.index != 0],
         row_count=page.row_count - 1,
-        body_bytes=page.body_bytes,
     )
 
 
-def _raw_texts(body: bytes) -> Callable[[int], str]:
-    """Row index -> the row's JSON text, decoding the body again only if a row is rejected."""
-    cache: list[msgspec.Raw] = []
+def _texts(body: bytes) -> Callable[[int], str]:
+    """Row index -> the row's JSON text, reading the body again only if a row is rejected."""
+    cache: list[Any] = []
 
     def text_of(index: int) -> str:
         if not cache:
-            cache.extend(_RAW_DECODER.decode(body).results)
-        return bytes(cache[index]).decode("utf-8", errors="replace")
+            cache.extend(_results(body))
+        return _text(cache[index])
 
     return text_of
 
@@ -309,36 +288,21 @@ def _checked_table(
 
 
 def _decode_permissive(
-    body: bytes,
-    day_ms: int,
-    wanted: frozenset[str],
-    page_index: int,
-    url: str,
-) -> FeatureEventPage:
-    try:
-        raws = _RAW_DECODER.decode(body).results
-    except msgspec.ValidationError as exc:
-        raise _shape_error(f"the answer has no results array ({exc})", url) from None
-    except msgspec.DecodeError:
-        # Not standard JSON (NaN, Infinity): Python's json module reads those tokens as floats.
-        results = _nonstandard_results(body, url)
-        candidates = _nonstandard_rows(results)
+    body: bytes, day_ms: int, wanted: frozenset[str]
+) -> tuple[pa.Table, list[RejectedRow], int]:
+    """The table, rejects and row count of a body that does not decode strictly."""
+    results = _results(body)
 
-        def text_of(index: int) -> str:
-            # json.loads keeps no row text; re-encoding keeps NaN/Infinity visible as sent.
-            return json.dumps(results[index], ensure_ascii=False, separators=(",", ":"))
-
-    else:
-        candidates = _raw_rows(raws)
-
-        def text_of(index: int) -> str:
-            return bytes(raws[index]).decode("utf-8", errors="replace")
+    def text_of(index: int) -> str:
+        return _text(results[index])
 
     rows: list[_StrictRow] = []
     body_index: list[int] = []
     rejects: list[RejectedRow] = []
-    for index, row, values in candidates:
+    for index, item in enumerate(results):
+        row = _strict(item)
         if row is None:
+            values = _loose(item)
             if values is None:
                 problems = [("row is not a JSON object", "row is not a JSON object")]
             else:
@@ -350,73 +314,18 @@ def _decode_permissive(
                 continue
         rows.append(row)
         body_index.append(index)
-    count = len(rows) + len(rejects)
     table, more = _checked_table(rows, body_index, day_ms, wanted, text_of)
-    if more:
-        rejects = sorted(rejects + more, key=attrgetter("index"))
-    return FeatureEventPage(
-        table=table,
-        rejects=rejects,
-        page_index=page_index,
-        row_count=count,
-        body_bytes=len(body),
-    )
+    return table, sorted(rejects + more, key=attrgetter("index")), len(results)
 
 
-_Candidate = tuple[int, "_StrictRow | None", "tuple[Any, ...] | None"]
-
-
-def _raw_rows(raws: list[msgspec.Raw]) -> Iterator[_Candidate]:
-    """Yield ``(index, strict row, None)`` for rows that fit, else ``(index, None, values)``.
-
-    ``values`` are the row's fields in `_SOURCE_FIELDS` order (UNSET when absent), or None when
-    the row is not a JSON object.
-    """
-    for index, raw in enumerate(raws):
-        try:
-            yield index, _STRICT_ROW_DECODER.decode(raw), None
-        except msgspec.DecodeError:
-            try:
-                loose = _LOOSE_ROW_DECODER.decode(raw)
-            except msgspec.DecodeError:
-                yield index, None, None
-            else:
-                yield index, None, _get_all_fields(loose)
-
-
-def _nonstandard_rows(results: list[Any]) -> Iterator[_Candidate]:
-    """Like `_raw_rows`, for rows already parsed by Python's ``json``."""
-    for index, row in enumerate(results):
-        if not isinstance(row, dict):
-            yield index, None, None
-            continue
-        try:
-            yield index, msgspec.convert(row, _StrictRow), None
-        except msgspec.ValidationError:
-            yield index, None, tuple(row.get(name, _UNSET) for name in _SOURCE_FIELDS)
-
-
-def _nonstandard_results(body: bytes, url: str) -> list[Any]:
+def _strict(item: Any) -> _StrictRow | None:
+    """A raw or parsed row as a strict row, or None when it does not fit the strict types."""
     try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise _shape_error(f"the answer is not JSON ({exc})", url) from None
-    results = document.get("results") if isinstance(document, dict) else None
-    if not isinstance(results, list):
-        raise _shape_error("the answer has no results array", url)
-    return results
-
-
-def _shape_error(problem: str, url: str) -> PayloadShapeError:
-    endpoint = f"Pendo POST {AGGREGATION_PATH}"
-    return PayloadShapeError(
-        f"{endpoint}: {problem}",
-        service="pendo",
-        method="POST",
-        url=url,
-        endpoint=endpoint,
-        problem=problem,
-    )
+        if isinstance(item, msgspec.Raw):
+            return _STRICT_ROW_DECODER.decode(item)
+        return msgspec.convert(item, _StrictRow) if isinstance(item, dict) else None
+    except msgspec.DecodeError:  # ValidationError included
+        return None
 
 
 #: A row's problem: its kind (a stable label, no value from Pendo) and its text for people.
@@ -451,7 +360,7 @@ def _classify(
     visitor, account, feature, app, day, events, minutes, remote_ip, user_agent, server = values
     reasons: list[_Problem] = []
 
-    visitor = _id_string("visitorId", visitor, reasons, required=True)
+    visitor = _string("visitorId", visitor, reasons, required=True, numeric=True)
     if isinstance(visitor, str):
         if visitor == "":
             _add(reasons, "visitorId is empty")
@@ -460,39 +369,37 @@ def _classify(
             reasons.append((kind, f"{kind} ({len(visitor)})"))
         elif _CONTROL_CHARS.search(visitor):
             _add(reasons, "visitorId contains control characters")
-    account = _id_string("accountId", account, reasons, required=False)
-
-    if feature is _UNSET or feature is None:
-        _add(reasons, f"featureId is {'missing' if feature is _UNSET else 'null'}")
-    elif not isinstance(feature, str):
-        _add(reasons, "featureId is not a string", _show(feature))
-    elif feature not in wanted:
+    account = _string("accountId", account, reasons, numeric=True)
+    feature = _string("featureId", feature, reasons, required=True)
+    if isinstance(feature, str) and feature not in wanted:
         text = f"featureId {feature!r} is not one of the requested features"
         reasons.append(("featureId is not one of the requested features", text))
-
-    app = _optional_int("appId", app, reasons)
-    day = _count("day", day, reasons, allow_negative=True)
+    app = _integer("appId", app, reasons, optional=True, negative=True)
+    day = _integer("day", day, reasons, negative=True)
     if isinstance(day, int) and day != day_ms:
         text = f"day {day} is not the requested local midnight {day_ms}"
         reasons.append(("day is not the requested local midnight", text))
-    events = _count("numEvents", events, reasons)
-    minutes = _count("numMinutes", minutes, reasons)
-    remote_ip = _optional_string("remoteIp", remote_ip, reasons)
-    user_agent = _optional_string("userAgent", user_agent, reasons)
-    server = _optional_string("server", server, reasons)
+    events = _integer("numEvents", events, reasons)
+    minutes = _integer("numMinutes", minutes, reasons)
+    remote_ip = _string("remoteIp", remote_ip, reasons)
+    user_agent = _string("userAgent", user_agent, reasons)
+    server = _string("server", server, reasons)
     if reasons:
         return None, reasons
     return (visitor, account, feature, app, day, events, minutes, remote_ip, user_agent, server), []
 
 
-def _id_string(name: str, value: Any, reasons: list[_Problem], *, required: bool) -> Any:
+def _string(
+    name: str, value: Any, reasons: list[_Problem], *, required: bool = False, numeric: bool = False
+) -> Any:
+    """A string field: return it, or record why it is unusable and return None."""
     if value is _UNSET or value is None:
         if required:
             _add(reasons, f"{name} is {'missing' if value is _UNSET else 'null'}")
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if numeric and isinstance(value, int) and not isinstance(value, bool):
         # Defensive cast: all documented ids are strings, but a numeric id sent as a JSON number
         # means the same visitor/account as its decimal string (pendo_api.md section 8).
         return str(value)
@@ -500,25 +407,19 @@ def _id_string(name: str, value: Any, reasons: list[_Problem], *, required: bool
     return None
 
 
-def _optional_string(name: str, value: Any, reasons: list[_Problem]) -> Any:
-    if value is _UNSET or value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    _add(reasons, f"{name} is not a string", _show(value))
-    return None
-
-
-def _optional_int(name: str, value: Any, reasons: list[_Problem]) -> Any:
-    if value is _UNSET or value is None:
-        return None
-    return _count(name, value, reasons, allow_negative=True)
-
-
-def _count(name: str, value: Any, reasons: list[_Problem], *, allow_negative: bool = False) -> Any:
+def _integer(
+    name: str,
+    value: Any,
+    reasons: list[_Problem],
+    *,
+    optional: bool = False,
+    negative: bool = False,
+) -> Any:
     """An integer field: return the int, or record why it is unusable and return None."""
     problem: tuple[str, str | None] | None = None
     if value is _UNSET or value is None:
+        if optional:
+            return None
         problem = ("is missing" if value is _UNSET else "is null", None)
     elif isinstance(value, str):
         problem = ("is a string", _show(value))
@@ -532,7 +433,7 @@ def _count(name: str, value: Any, reasons: list[_Problem], *, allow_negative: bo
         problem = ("is not an integer", _show(value))
     elif not _INT64_MIN <= value <= _INT64_MAX:
         problem = ("is out of range", str(int(value)))
-    elif value < 0 and not allow_negative:
+    elif value < 0 and not negative:
         problem = ("is negative", str(int(value)))
     if problem is not None:
         _add(reasons, f"{name} {problem[0]}", problem[1])

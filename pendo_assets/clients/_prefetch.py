@@ -1,8 +1,5 @@
-"""Iterating in a worker thread, a bounded number of items ahead of the caller.
-
-The Pendo client requests page k+1 while the caller builds page k, and landing decodes pages
-while DuckDB writes the ones before. Both use `prefetch`, built on ``concurrent.futures``.
-"""
+"""Iterating in a worker thread, a bounded number of items ahead of the caller (Pendo pages
+requested while the caller builds the one before; landing decoding while DuckDB writes)."""
 
 from __future__ import annotations
 

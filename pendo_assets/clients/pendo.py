@@ -1,15 +1,8 @@
 """Pendo Engage v1 client: key check, feature catalogue, and paged day-window aggregations.
 
-Feature events for one subscription-local day come back as pages of a fixed Arrow schema
-(`FEATURE_EVENT_SCHEMA`), decoded by `decode_feature_events`: every row is either in the page's
-table or in its ``rejects`` with a reason. Nothing is silently dropped.
-
-Both aggregations (feature events and the user's pipelines) start with a source stage built by
-`source_stage`: the day window, and the configured apps (``pendo.app_ids``) for every row source
-that names none (Pendo reads the default app only otherwise).
-
-Pages are requested one ahead, in a worker thread (`prefetch`): while page k is decoded, page
-k+1 is already on its way, so a day costs little more than decoding it.
+Feature event pages are decoded by `decode_feature_events` (every row in the table or in the
+rejects, with why); both aggregations start with the source stage of `source_stage`. Pages are
+requested one ahead (`prefetch`), so a day costs little more than decoding it.
 
 Reference: /work/shared/reference/pendo_api.md (sections 1, 2, 3, 5).
 """
@@ -31,35 +24,25 @@ import msgspec
 from ..errors import ConfigError, PageDriftError, PagingLimitError, PayloadShapeError
 from ..models import Feature, FeatureEventPage
 from ..types import PENDO_HOSTS, JSONDict, Region
-from ._http import PooledClient, Redactor, RetryPolicy, Sleep, build_http_client, send_with_retries
+from ._http import PooledClient, RetryPolicy, Sleep, check_max_pages
 from ._pendo_rows import (
     AGGREGATION_PATH,
-    MAX_VISITOR_ID_LENGTH,
     _edges,
     _finish_feature_events,
     _prepare_feature_events,
     _Prepared,
+    _results,
+    _shape_error,
     _without_first_row,
     decode_feature_events,
 )
 from ._prefetch import prefetch
 
-__all__ = [
-    "AGGREGATION_PATH",
-    "FEATURE_EVENT_SORT",
-    "MAX_VISITOR_ID_LENGTH",
-    "AppIds",
-    "PendoClient",
-    "day_window",
-    "decode_feature_events",
-    "feature_filter",
-    "source_stage",
-]
+__all__ = ["PendoClient", "day_window", "decode_feature_events", "feature_filter", "source_stage"]
 
 #: ``pendo.app_ids``: every app of the subscription, or the listed Pendo app ids.
 AppIds: TypeAlias = Literal["all"] | Sequence[int]
-#: A total order over featureEvents rows, so skip/limit pages neither overlap nor leave gaps.
-# Every field of a row, so the order is total: two rows equal on all of them are the same row.
+#: Every field of a row: a total order, so skip/limit pages neither overlap nor leave gaps.
 FEATURE_EVENT_SORT: Final = (
     "visitorId",
     "accountId",
@@ -80,14 +63,10 @@ _REGION_HINT: Final = (
 )
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PageT = TypeVar("_PageT")
-
-
-class _PipelineEnvelope(msgspec.Struct):
-    results: list[dict[str, Any]]
-
-
-_PIPELINE_DECODER: Final = msgspec.json.Decoder(_PipelineEnvelope)
 _SOURCE_EXAMPLE: Final = '{"source": {"featureEvents": null, "timeSeries": {...}}}'
+_PIPELINE_DECODER: Final = msgspec.json.Decoder(
+    msgspec.defstruct("_PipelineEnvelope", [("results", list[dict[str, Any]])])
+)
 
 
 def day_window(day: date, timezone: str) -> tuple[int, int]:
@@ -107,21 +86,17 @@ def day_window(day: date, timezone: str) -> tuple[int, int]:
     Raises:
         ConfigError: ``timezone`` is not a known IANA zone.
     """
-    zone = _zone(timezone)
-    start = datetime.combine(day, dtime.min, tzinfo=zone)
-    end = datetime.combine(day + timedelta(days=1), dtime.min, tzinfo=zone)
-    one_ms = timedelta(milliseconds=1)
-    return (start - _EPOCH) // one_ms, (end - _EPOCH) // one_ms
-
-
-def _zone(timezone: str) -> ZoneInfo:
     try:
-        return ZoneInfo(timezone)
+        zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"unknown timezone {timezone!r}: use an IANA zone name such as America/New_York, "
             "Europe/Paris or UTC"
         ) from exc
+    start = datetime.combine(day, dtime.min, tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), dtime.min, tzinfo=zone)
+    one_ms = timedelta(milliseconds=1)
+    return (start - _EPOCH) // one_ms, (end - _EPOCH) // one_ms
 
 
 def feature_filter(feature_ids: Sequence[str]) -> str:
@@ -129,9 +104,6 @@ def feature_filter(feature_ids: Sequence[str]) -> str:
 
     Ids are double-quoted with ``\\`` escaped before ``"`` (an id holding a quote otherwise
     makes Pendo answer 400 "Cannot parse filter expression"; Estuary PR #4477).
-
-    Args:
-        feature_ids: Pendo feature ids.
 
     Returns:
         ``featureId == "a" || featureId == "b"``.
@@ -144,12 +116,10 @@ def _quote(value: str) -> str:
 
 
 def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -> JSONDict:
-    """Build the source stage of an aggregation over one subscription-local day.
+    """Build the source stage of an aggregation (feature events or a pipeline) over one day.
 
-    The one builder of both requests (feature events and the user's pipelines). ``timeSeries``
-    becomes the day window (``dayRange``, local midnight, count 1). A row source that names no
-    ``appId`` reads the configured apps: without one Pendo answers for the subscription's
-    default app only (pendo_api.md 2.2). A row source's own ``appId`` is kept.
+    ``timeSeries`` becomes the day window. A row source that names no ``appId`` reads
+    ``app_ids``: without one Pendo answers for the default app only (pendo_api.md 2.2).
 
     Args:
         source: The source stage's value, e.g. ``{"featureEvents": None}`` (not modified).
@@ -175,16 +145,8 @@ def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -
     return {"source": stage}
 
 
-# --------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------
-
-
 class PendoClient(PooledClient):
-    """Pendo Engage v1 API client for one subscription (one integration key, one region).
-
-    Usable on its own (REPL, scripts) and as a context manager; every request goes through the
-    shared retry policy of ``clients._http``. Aggregations are read-only, so they are retried.
+    """Pendo Engage v1 API client for one subscription; aggregations are read-only, so retried.
 
     Args:
         integration_key: The Pendo integration key (read-only is enough); never logged.
@@ -201,6 +163,7 @@ class PendoClient(PooledClient):
     """
 
     _service = "pendo"
+    _hint_statuses = (400, 403)
 
     def __init__(
         self,
@@ -222,22 +185,27 @@ class PendoClient(PooledClient):
             )
         if page_size < 1:
             raise ConfigError(f"page_size must be 1 or more, got {page_size}")
+        super().__init__(
+            secrets=[integration_key],
+            timeout=timeout,
+            retry=retry,
+            transport=transport,
+            sleep=sleep,
+        )
         self.region: str = region
         host = PENDO_HOSTS[cast(Region, region)]
         self.base_url: str = (base_url or f"https://{host}").rstrip("/")
         self._base_url = self.base_url
         self.page_size = page_size
-        self._key_header = {"x-pendo-integration-key": integration_key}
-        self._redactor = Redactor([integration_key])
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
-        self._http = build_http_client(timeout=timeout, transport=transport)
+        # Pendo's examples send Content-Type on every call, GETs included (pendo_api.md 1.1).
+        self._key_header = {
+            "x-pendo-integration-key": integration_key,
+            "Content-Type": "application/json",
+        }
         self._answered = False  # True after the first 2xx: the key and host are known good
 
     def __repr__(self) -> str:
         return f"PendoClient(region={self.region!r}, base_url={self.base_url!r})"
-
-    # -- plain calls ---------------------------------------------------------------------------
 
     def verify_key(self) -> None:
         """Check the integration key against the configured host (``GET /api/v1/token/verify``).
@@ -279,8 +247,6 @@ class PendoClient(PooledClient):
                 ) from None
         return features
 
-    # -- aggregations --------------------------------------------------------------------------
-
     def feature_event_pages(
         self,
         *,
@@ -291,9 +257,6 @@ class PendoClient(PooledClient):
         max_pages: int = DEFAULT_MAX_PAGES,
     ) -> Iterator[FeatureEventPage]:
         """Yield the featureEvents rows of one subscription-local day, one page per request.
-
-        Each request is one aggregation: featureEvents source over the day window, a filter on
-        the feature ids, a sort on every row key (a stable order for skip/limit), skip, limit.
 
         Args:
             day: The day in the subscription's timezone.
@@ -311,7 +274,7 @@ class PendoClient(PooledClient):
             ApiError: From the request (after retries) or a malformed answer.
         """
         ids = _feature_ids(feature_ids)
-        _check_max_pages(max_pages)
+        check_max_pages(max_pages)
         first_ms, _ = day_window(day, timezone)
         head: list[JSONDict] = [
             source_stage({"featureEvents": None}, first_ms=first_ms, app_ids=app_ids),
@@ -323,11 +286,7 @@ class PendoClient(PooledClient):
             prepared: _Prepared, page_index: int, skip_first: bool
         ) -> tuple[FeatureEventPage, int]:
             page = _finish_feature_events(
-                prepared,
-                day_ms=first_ms,
-                feature_ids=ids,
-                page_index=page_index,
-                url=AGGREGATION_PATH,
+                prepared, day_ms=first_ms, feature_ids=ids, page_index=page_index
             )
             if skip_first:
                 page = _without_first_row(page)
@@ -350,9 +309,7 @@ class PendoClient(PooledClient):
     ) -> Iterator[list[JSONDict]]:
         """Run a user pipeline over one subscription-local day and yield its rows page by page.
 
-        The first stage must be a ``source``, rebuilt by `source_stage`: its ``timeSeries`` is
-        the day window, and a row source without ``appId`` reads ``app_ids`` (as feature
-        events do). ``sort``, ``skip`` and ``limit`` are appended.
+        The first stage, a ``source``, is rebuilt by `source_stage`; sort, skip and limit follow.
 
         Args:
             stages: The pipeline (not modified).
@@ -372,7 +329,7 @@ class PendoClient(PooledClient):
             PagingLimitError: ``max_pages`` full pages and still more rows.
             ApiError: From the request or a malformed answer.
         """
-        _check_max_pages(max_pages)
+        check_max_pages(max_pages)
         first_ms, _ = day_window(day, timezone)
         pipeline = _windowed(stages, first_ms, app_ids)
         sort = [sort_field] if isinstance(sort_field, str) else list(sort_field)
@@ -380,27 +337,8 @@ class PendoClient(PooledClient):
             raise ConfigError(f"sort_field must name one or more fields, got {sort_field!r}")
         pipeline.append({"sort": sort})
 
-        def prepare(body: bytes) -> _Prepared:
-            try:
-                rows = self._pipeline_rows(body)
-            except PayloadShapeError:
-                return _Prepared(body, None, None, None, None)  # `finish` raises it
-            keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
-            first, last = keys if keys else (None, None)
-            return _Prepared(body, rows, len(rows), first, last)
-
-        def finish(
-            prepared: _Prepared, page_index: int, skip_first: bool
-        ) -> tuple[list[JSONDict], int]:
-            rows = prepared.rows
-            if rows is None:
-                rows = self._pipeline_rows(prepared.body)
-            rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
-            return rows, len(rows)
-
-        return self._paged(pipeline, f"pipeline-{day.isoformat()}", max_pages, prepare, finish)
-
-    # -- helpers -------------------------------------------------------------------------------
+        label = f"pipeline-{day.isoformat()}"
+        return self._paged(pipeline, label, max_pages, _prepare_pipeline, _finish_pipeline)
 
     def _paged(
         self,
@@ -412,16 +350,12 @@ class PendoClient(PooledClient):
     ) -> Iterator[_PageT]:
         """Append skip/limit to ``head`` page by page until a page has fewer rows than the limit.
 
-        Pendo has no cursor, and a day's rows can change while it is read (late data,
-        re-tagging). So every page after the first starts one row early: that row must be the
-        previous page's last row, field for field, or rows shifted between the two requests and
-        the page could hold a row twice or miss one. Then `PageDriftError` is raised and the
-        caller reads the day again.
-
-        Requests run one page ahead of the caller (`prefetch`): page k+1 is requested and read
-        far enough to count its rows (``prepare``) while the caller builds page k (``finish``).
-        The requests made are exactly those of reading page after page: a short page is the
-        last one requested, and memory holds at most two pages.
+        Pendo has no cursor, and a day's rows can change while it is read. So every page after
+        the first starts one row early: that row must be the previous page's last row, field for
+        field, else rows shifted between the two requests and `PageDriftError` is raised (the
+        caller reads the day again). Page k+1 is requested and counted (``prepare``, in a
+        `prefetch` thread) while the caller builds page k (``finish``); a short page is the last
+        one requested, and memory holds at most two pages.
         """
         fetches = self._fetched(head, label, max_pages, prepare)
         with prefetch(fetches, name=f"pendo-{label}") as fetched:
@@ -465,16 +399,10 @@ class PendoClient(PooledClient):
             prepared = prepare(self._aggregate(pipeline, f"{label}-{page_index}"))
             if overlap and (prepared.first is None or prepared.first != previous_last):
                 problem = (
-                    f"Pendo's rows for {label} changed between page {page_index} and page "
+                    f"the rows for {label} changed between page {page_index} and page "
                     f"{page_index + 1} (data arriving or reprocessed while it was read)"
                 )
-                raise PageDriftError(
-                    problem,
-                    service="pendo",
-                    method="POST",
-                    url=self._redactor.url(self.base_url + AGGREGATION_PATH),
-                    problem=problem,
-                )
+                raise self._shape("POST", AGGREGATION_PATH, problem, PageDriftError)
             previous_last, count = prepared.last, prepared.count
             yield prepared
             del prepared
@@ -489,22 +417,6 @@ class PendoClient(PooledClient):
         response = self._send("POST", AGGREGATION_PATH, content=msgspec.json.encode(payload))
         return response.content
 
-    def _pipeline_rows(self, body: bytes) -> list[JSONDict]:
-        try:
-            return _PIPELINE_DECODER.decode(body).results
-        except msgspec.ValidationError as exc:
-            raise self._shape("POST", AGGREGATION_PATH, f"unexpected shape ({exc})") from None
-        except msgspec.DecodeError:
-            pass
-        try:
-            document = json.loads(body)  # NaN / Infinity tokens
-        except ValueError as exc:
-            raise self._shape("POST", AGGREGATION_PATH, f"not JSON ({exc})") from None
-        results = document.get("results") if isinstance(document, dict) else None
-        if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
-            raise self._shape("POST", AGGREGATION_PATH, "expected results: a list of objects")
-        return results
-
     def _send(
         self,
         method: Literal["GET", "POST"],
@@ -513,27 +425,41 @@ class PendoClient(PooledClient):
         params: Mapping[str, str] | None = None,
         content: bytes | None = None,
     ) -> httpx.Response:
-        # Pendo's examples send Content-Type on every call, GETs included (pendo_api.md 1.1).
-        headers = {
-            **self._key_header,
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-        }
-        request = self._http.build_request(
-            method, self.base_url + path, params=params, content=content, headers=headers
-        )
-        response = send_with_retries(
-            request,
-            client=self._http,
-            service="pendo",
-            redactor=self._redactor,
-            policy=self._retry,
-            idempotent=True,
-            sleep=self._sleep,
+        response = self._request(
+            method,
+            self.base_url + path,
+            auth=self._key_header,
             hint=None if self._answered else _REGION_HINT,
+            params=params,
+            content=content,
         )
         self._answered = True
         return response
+
+
+def _pipeline_rows(body: bytes) -> list[JSONDict]:
+    rows = _results(body, _PIPELINE_DECODER)
+    if not all(isinstance(row, dict) for row in rows):  # read by Python's json (NaN, Infinity)
+        raise _shape_error("expected results: a list of objects")
+    return rows
+
+
+def _prepare_pipeline(body: bytes) -> _Prepared:
+    try:
+        rows = _pipeline_rows(body)
+    except PayloadShapeError:
+        return _Prepared(body, None, None, None, None)  # `_finish_pipeline` raises it
+    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
+    first, last = keys if keys else (None, None)
+    return _Prepared(body, rows, len(rows), first, last)
+
+
+def _finish_pipeline(
+    prepared: _Prepared, page_index: int, skip_first: bool
+) -> tuple[list[JSONDict], int]:
+    rows = prepared.rows if prepared.rows is not None else _pipeline_rows(prepared.body)
+    rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
+    return rows, len(rows)
 
 
 def _feature_ids(feature_ids: Sequence[str]) -> list[str]:
@@ -560,19 +486,11 @@ def _app_ids_param(app_ids: AppIds) -> str | list[int]:
     return ids
 
 
-def _check_max_pages(max_pages: int) -> None:
-    if max_pages < 1:
-        raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
-
-
 def _windowed(
     stages: Sequence[Mapping[str, Any]], first_ms: int, app_ids: AppIds
 ) -> list[JSONDict]:
-    if isinstance(stages, str | bytes) or not stages:
-        raise ConfigError(
-            f"the pipeline is empty; its first stage must be a source like {_SOURCE_EXAMPLE}"
-        )
-    source = stages[0].get("source") if isinstance(stages[0], Mapping) else None
+    head = stages[0] if stages and not isinstance(stages, str | bytes) else None
+    source = head.get("source") if isinstance(head, Mapping) else None
     if not isinstance(source, Mapping):
         raise ConfigError(
             f"the pipeline's first stage must be a source stage like {_SOURCE_EXAMPLE}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -24,15 +24,7 @@ import polars as pl
 from ..errors import BatchError, ConfigError, PagingLimitError
 from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, PlanhatSnapshot
 from ..types import JSONDict, Model
-from ._http import (
-    AttemptHooks,
-    PooledClient,
-    Redactor,
-    RetryPolicy,
-    Sleep,
-    build_http_client,
-    send_with_retries,
-)
+from ._http import AttemptHooks, PooledClient, RetryPolicy, Sleep, check_max_pages
 
 __all__ = ["MAX_ANALYTICS_BODY_BYTES", "MODEL_PAGE_LIMITS", "PlanhatClient"]
 
@@ -54,9 +46,7 @@ _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class PlanhatClient(PooledClient):
-    """Planhat API client: main API (snapshot) and analytics writes.
-
-    Usable on its own and as a context manager. One pooled ``httpx.Client`` serves both hosts.
+    """Planhat API client: main API (snapshot) and analytics writes, one pool for both hosts.
 
     Args:
         api_token: Service-account token, sent as ``Authorization: Bearer``; never logged.
@@ -75,6 +65,7 @@ class PlanhatClient(PooledClient):
     """
 
     _service = "planhat"
+    _hint_statuses = (401, 403)
 
     def __init__(
         self,
@@ -104,6 +95,13 @@ class PlanhatClient(PooledClient):
             )
         if max_items < 1:
             raise ConfigError(f"max_items must be 1 or more, got {max_items}")
+        super().__init__(
+            secrets=[api_token, tenant_token],
+            timeout=timeout,
+            retry=retry,
+            transport=transport,
+            sleep=sleep,
+        )
         self.api_url = self._base_url = api_url.rstrip("/")
         self.analytics_url = analytics_url.rstrip("/")
         self.max_body_bytes = max_body_bytes
@@ -112,15 +110,9 @@ class PlanhatClient(PooledClient):
         tenant = quote(tenant_token, safe="")
         self._activities_url = f"{self.analytics_url}/analytics/bulk/{tenant}"
         self._dimensiondata_url = f"{self.analytics_url}/dimensiondata/{tenant}"
-        self._redactor = Redactor([api_token, tenant_token])
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
-        self._http = build_http_client(timeout=timeout, transport=transport)
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
-
-    # -- snapshot ------------------------------------------------------------------------------
 
     def iter_pages(
         self,
@@ -160,11 +152,9 @@ class PlanhatClient(PooledClient):
                 f"page_size for /{path} must be between 1 and {maximum} "
                 f"(a page shorter than it is the stop rule), got {page_size}"
             )
-        if max_pages < 1:
-            raise ConfigError(f"max_pages must be 1 or more (a hard stop rule), got {max_pages}")
-        params = {"select": ",".join(select), "sort": "_id"}
+        check_max_pages(max_pages)
         # Arguments are checked above, when called; requests start on the first next().
-        return self._offset_pages(f"/{path}", params, limit, max_pages)
+        return self._offset_pages(f"/{path}", ",".join(select), limit, max_pages)
 
     def snapshot(self, *, max_pages: int = DEFAULT_MAX_PAGES) -> PlanhatSnapshot:
         """Read End Users, Companies, Assets and Projects whole, de-duplicated by ``_id``.
@@ -197,12 +187,7 @@ class PlanhatClient(PooledClient):
                     frame.height - unique.height,
                 )
             frames[model] = unique
-        return PlanhatSnapshot(
-            endusers=frames["EndUser"],
-            companies=frames["Company"],
-            assets=frames["Asset"],
-            projects=frames["Project"],
-        )
+        return PlanhatSnapshot(**{MODEL_PAGE_LIMITS[m][0]: frame for m, frame in frames.items()})
 
     def _collect(self, model: Model, item: JSONDict, columns: dict[str, list[Any]]) -> None:
         object_id = item.get("_id")
@@ -230,8 +215,6 @@ class PlanhatClient(PooledClient):
                 value = None
             column.append(value)
 
-    # -- analytics writes ----------------------------------------------------------------------
-
     def post_activities(
         self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
     ) -> None:
@@ -251,8 +234,14 @@ class PlanhatClient(PooledClient):
             ApiTransportError: Planhat could not be reached; nothing was sent.
         """
         self._check_batch(body, items)
-        self._send(
-            "POST", self._activities_url, content=body, bearer=False, idempotent=False, hooks=hooks
+        self._request(
+            "POST",
+            self._activities_url,
+            auth={},
+            hint=None,
+            idempotent=False,
+            content=body,
+            hooks=hooks,
         )
         logger.info("Planhat accepted a batch of %d activities (%d bytes)", items, len(body))
 
@@ -274,19 +263,17 @@ class PlanhatClient(PooledClient):
             ``processed`` and Planhat's per-item ``errors`` (``{"item", "error"}``).
 
         Raises:
-            BatchError: Empty, over a limit, or not ``items`` long; nothing was sent.
-            DeliveryUnknownError: The batch may have reached Planhat; do not resend blindly.
-            PayloadTooLargeError: 413; nothing was accepted, split and send again.
-            ApiStatusError: Planhat answered an error (after retries); nothing was accepted.
-            ApiTransportError: Planhat could not be reached; nothing was sent.
+            BatchError, DeliveryUnknownError, PayloadTooLargeError, ApiStatusError,
+                ApiTransportError: As for `post_activities`.
         """
         self._check_batch(body, items)
-        response = self._send(
+        response = self._request(
             "POST",
             self._dimensiondata_url,
-            content=body,
-            bearer=True,
+            auth=self._bearer,
+            hint=_TOKEN_HINT,
             idempotent=False,
+            content=body,
             hooks=hooks,
         )
         result = _dimension_data_result(response.content)
@@ -321,15 +308,14 @@ class PlanhatClient(PooledClient):
         if count != items:
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def _offset_pages(
-        self, path: str, params: Mapping[str, str], limit: int, max_pages: int
+        self, path: str, select: str, limit: int, max_pages: int
     ) -> Iterator[list[JSONDict]]:
         for page_index in range(max_pages):
-            query = {**params, "limit": str(limit), "offset": str(page_index * limit)}
-            response = self._send(
-                "GET", self.api_url + path, params=query, bearer=True, idempotent=True
+            offset = str(page_index * limit)
+            query = {"select": select, "sort": "_id", "limit": str(limit), "offset": offset}
+            response = self._request(
+                "GET", self.api_url + path, auth=self._bearer, hint=_TOKEN_HINT, params=query
             )
             data = self._json(response, "GET", path)
             if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
@@ -345,42 +331,6 @@ class PlanhatClient(PooledClient):
             PagingLimitError,
         )
 
-    def _send(
-        self,
-        method: Literal["GET", "POST"],
-        url: str,
-        *,
-        bearer: bool,
-        idempotent: bool,
-        params: Mapping[str, str] | None = None,
-        content: bytes | None = None,
-        hooks: AttemptHooks | None = None,
-    ) -> httpx.Response:
-        headers = {"Accept": "application/json"}
-        if bearer:
-            headers.update(self._bearer)
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        request = self._http.build_request(
-            method, url, params=params, content=content, headers=headers
-        )
-        return send_with_retries(
-            request,
-            client=self._http,
-            service="planhat",
-            redactor=self._redactor,
-            policy=self._retry,
-            idempotent=idempotent,
-            sleep=self._sleep,
-            hint=_TOKEN_HINT if bearer else None,
-            hint_statuses=(401, 403),
-            hooks=hooks,
-        )
-
-
-def _list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else []
-
 
 def _dimension_data_result(content: bytes) -> DimensionDataResult:
     if not content.strip():
@@ -393,22 +343,16 @@ def _dimension_data_result(content: bytes) -> DimensionDataResult:
     if not isinstance(data, dict):
         logger.warning("Planhat accepted a metrics batch with an unexpected answer; ignored")
         return DimensionDataResult(processed=None)
-    processed = data.get("processed")
     errors: list[JSONDict] = []
-    for entry in _list(data.get("errors")):
-        if isinstance(entry, dict):
-            item = entry.get("item")
-            errors.append(
-                {
-                    "item": item if isinstance(item, dict) else {},
-                    "error": str(entry.get("error", "")),
-                }
-            )
-        else:
-            errors.append({"item": {}, "error": str(entry)})
-    return DimensionDataResult(
-        processed=processed
-        if isinstance(processed, int) and not isinstance(processed, bool)
-        else None,
-        errors=errors,
-    )
+    entries = data.get("errors")
+    for entry in entries if isinstance(entries, list) else []:
+        entry = entry if isinstance(entry, dict) else {"error": entry}
+        item = entry.get("item")
+        error = {
+            "item": item if isinstance(item, dict) else {},
+            "error": str(entry.get("error", "")),
+        }
+        errors.append(error)
+    processed = data.get("processed")
+    valid = isinstance(processed, int) and not isinstance(processed, bool)
+    return DimensionDataResult(processed=processed if valid else None, errors=errors)
