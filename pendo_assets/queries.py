@@ -43,7 +43,6 @@ __all__ = [
     "insert_raw_feature_events_stream",
     "mark_batch",
     "match_totals",
-    "next_batch_id",
     "quarantined_visitor_id_rows",
     "record_item_errors",
     "record_landed_day",
@@ -110,16 +109,8 @@ def _scalar(conn: Conn, sql: str, params: Sequence[object] = ()) -> int | float:
 
 @contextmanager
 def transaction(conn: Conn) -> Iterator[Conn]:
-    """``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on any exception.
-
-    Every transaction of the product goes through here.
-
-    Args:
-        conn: An open connection, not already inside a transaction.
-
-    Yields:
-        The same connection.
-    """
+    """``BEGIN`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on any exception; every
+    transaction of the product goes through here (``conn`` must not be in one already)."""
     conn.execute("BEGIN TRANSACTION")
     try:
         yield conn
@@ -130,16 +121,8 @@ def transaction(conn: Conn) -> Iterator[Conn]:
 
 
 def insert_frame(conn: Conn, table: str, frame: Frame) -> int:
-    """Insert a Polars or Arrow frame into ``table`` by column name.
-
-    Args:
-        conn: An open connection (inside the caller's transaction, if any).
-        table: Target table; a trusted identifier from this package, never user input.
-        frame: Rows to insert; columns are matched by name.
-
-    Returns:
-        The number of rows inserted.
-    """
+    """Insert a Polars or Arrow frame into ``table`` (a name of this package, never user input)
+    by column name; returns the rows inserted."""
     _check_identifier(table)
     rows = frame.height if isinstance(frame, pl.DataFrame) else int(frame.num_rows)
     if rows == 0:
@@ -153,18 +136,8 @@ def insert_frame(conn: Conn, table: str, frame: Frame) -> int:
 
 
 def replace_days(conn: Conn, *, table: str, days: Sequence[date], frames: Sequence[Frame]) -> int:
-    """Replace the rows of ``days`` in ``table`` with ``frames``, in one transaction.
-
-    On any error the transaction is rolled back, so the previous rows of those days stay.
-
-    Args:
-        conn: An open read-write connection, not inside a transaction.
-        table: Target table with a ``day`` column; a trusted identifier.
-        days: The days to replace.
-        frames: The new rows (may be empty: the days are then cleared).
-
-    Returns:
-        Rows inserted.
+    """Replace the rows of ``days`` in ``table`` with ``frames`` (none: the days are cleared)
+    in one transaction, so on any error the days keep their previous rows; returns rows inserted.
     """
     with transaction(conn):
         return replace_days_in_transaction(conn, table=table, days=days, frames=frames)
@@ -203,16 +176,8 @@ def apply_migration(conn: Conn, *, version: int, name: str, sql: str) -> None:
 def export_views(
     conn: Conn, directory: Path, views: Sequence[str] = EXPORTED_VIEWS
 ) -> dict[str, int]:
-    """Write each view to ``directory/<view>.parquet`` (atomically replacing the old file).
-
-    Args:
-        conn: An open connection.
-        directory: Export folder, created on demand.
-        views: View names (trusted identifiers).
-
-    Returns:
-        Rows written per view.
-    """
+    """Write each view to ``directory/<view>.parquet`` (created on demand, the old file replaced
+    atomically); returns the rows written per view."""
     directory.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for view in views:
@@ -496,11 +461,6 @@ def settle_interrupted_batches(
     return len(rows)
 
 
-def next_batch_id(conn: Conn) -> int:
-    """A new batch id from the outbox's sequence."""
-    return int(_scalar(conn, "SELECT nextval('outbox_batch_ids')"))
-
-
 def insert_batch(
     conn: Conn,
     *,
@@ -516,7 +476,7 @@ def insert_batch(
         The new batch id.
     """
     with transaction(conn):
-        batch_id = next_batch_id(conn)
+        batch_id = int(_scalar(conn, "SELECT nextval('outbox_batch_ids')"))
         conn.execute(
             "INSERT INTO outbox_batches (batch_id, kind, aggregation, status, items, body_bytes, "
             "created_at, run_id) VALUES (?, ?, ?, 'prepared', ?, ?, current_timestamp, ?)",
