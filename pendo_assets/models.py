@@ -225,15 +225,10 @@ UNMATCHED_VISITOR_SCHEMA: Final = pl.Schema(
         "num_events": pl.Int64,
     }
 )
-#: ``matched_metrics``: one row per Planhat object x dimensionId x day.
+#: ``matched_metrics``: one row per Planhat object x dimensionId x day (a value, its id matched).
 MATCHED_METRIC_SCHEMA: Final = pl.Schema(
     {
-        "day": pl.Date,
-        "pipeline": pl.String,
-        "model": pl.String,
-        "external_id": pl.String,
-        "dimension_id": pl.String,
-        "value": pl.Float64,
-        "aggregation": pl.String,
+        "external_id" if name == "id" else name: dtype
+        for name, dtype in PIPELINE_VALUE_SCHEMA.items()
     }
 )
