@@ -17,6 +17,7 @@ Builders (``...`` as a value drops the key): `pendo_event`, `pendo_feature`, `pl
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -253,9 +254,8 @@ class FakePendoClient(_Closable):
             raise failure
         for index, page in enumerate(_pages(rows, self.page_size)):
             body = json.dumps({"startTime": first_ms, "results": page}).encode()
-            yield decode_feature_events(
-                body, day_ms=first_ms, feature_ids=feature_ids, page_index=index
-            )
+            page = decode_feature_events(body, day_ms=first_ms, feature_ids=feature_ids)
+            yield dataclasses.replace(page, page_index=index)
 
     def pipeline_pages(
         self,
