@@ -17,9 +17,14 @@ import warnings
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, queries
 from .errors import ConfigError, PendoAssetsError
+
+if TYPE_CHECKING:  # imported at run time only by the commands that use them
+    from .config import Config
+    from .sandbox import Sandbox
 
 __all__ = ["main"]
 
@@ -95,13 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet()
     _load_dotenv()
     try:
-        if args.command == "sync":
-            return _sync(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "sandbox":
-            return _sandbox(args)
-        return _batches(args)
+        command = {"sync": _sync, "demo": _demo, "sandbox": _sandbox, "batches": _batches}
+        return command[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -161,8 +161,7 @@ def _demo(args: argparse.Namespace) -> int:
     spec = SandboxSpec() if args.rows_per_day is None else SandboxSpec.for_rows(args.rows_per_day)
     with Sandbox(spec) as sandbox:
         config_path = demo_dir / "pendo_planhat.yaml"
-        tz_today = sandbox.dataset.today()
-        end = tz_today - timedelta(days=1)
+        end = sandbox.dataset.today() - timedelta(days=1)
         start = end - timedelta(days=args.days - 1)
         sandbox.write_config(config_path, start_date=start)
         env = {
@@ -214,12 +213,8 @@ def _demo(args: argparse.Namespace) -> int:
     return outcome.exit_code or again.exit_code
 
 
-def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> str:
+def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) -> str:
     """Compare what the sandbox's Planhat received with the generator's ground truth."""
-    from .config import Config
-    from .sandbox import Sandbox
-
-    assert isinstance(sandbox, Sandbox) and isinstance(config, Config)
     from .warehouse import Warehouse, warehouse_path_from_env
 
     with Warehouse(warehouse_path_from_env()).connect() as conn:
@@ -240,9 +235,7 @@ def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> 
     points = sandbox.received.metric_points()
     agg = {dim: p.aggregation for p in config.pipelines for dim in p.metrics.values()}
     got_m = {k: (sum(v) if agg.get(k[0]) == "sum" else v[-1]) for k, v in points.items()}
-    ok_a = received == truth
-    ok_m = got_m == truth_m
-    mark = "matches" if ok_a and ok_m else "DOES NOT match"
+    mark = "matches" if received == truth and got_m == truth_m else "DOES NOT match"
     return (
         f"Planhat now holds {sum(received.values()):,} events over {len(received):,} activity keys and "
         f"{len(got_m):,} metric values: this {mark} the sandbox's ground truth "

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -89,19 +89,11 @@ class SyncOutcome:
     def last_line(self) -> str:
         """One line: what happened, naming the day, endpoint and status of a failure."""
         span = f"{self.days[0]}..{self.days[-1]}" if self.days else ""
+        doubt = f"{self.batches_in_doubt} batch(es) are in doubt: see `pendo-planhat batches list`"
+        notes = [doubt] if self.batches_in_doubt else []
         if not self.success:
-            doubt = (
-                f"; also {self.batches_in_doubt} batch(es) are in doubt: see "
-                "`pendo-planhat batches list`"
-                if self.batches_in_doubt
-                else ""
-            )
-            return f"sync failed for {span}: {_one_line(self.failure or 'unknown error')}{doubt}"
-        notes = []
-        if self.batches_in_doubt:
-            notes.append(
-                f"{self.batches_in_doubt} batch(es) are in doubt: see `pendo-planhat batches list`"
-            )
+            also = "".join(f"; also {note}" for note in notes)
+            return f"sync failed for {span}: {_one_line(self.failure or 'unknown error')}{also}"
         if self.items_rejected:
             first = f" (first: {_one_line(self.first_rejection)})" if self.first_rejection else ""
             notes.append(
@@ -146,12 +138,7 @@ def check_range(config: Config, start: date, end: date) -> list[date]:
         raise UsageError(
             f"--end {end} is not a complete day yet in {config.pendo.timezone}; the last complete day is {last}"
         )
-    days = []
-    day = start
-    while day <= end:
-        days.append(day)
-        day = date.fromordinal(day.toordinal() + 1)
-    return days
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
@@ -205,7 +192,14 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
     # After a failed run, do not wait long for the warehouse: the failure may be that very lock.
     after = warehouse if result.success else Warehouse(warehouse.path, lock_wait=0.5)
     try:
-        _read_back(outcome, after, exports=not result.success)
+        with after.connect() as conn:
+            outcome.batches_in_doubt = queries.count_batches_in_doubt(conn)
+            outcome.summary = queries.sync_summary(conn, days=days, run_id=result.run_id)
+            outcome.items_rejected, outcome.first_rejection = queries.rejected_items_of_run(
+                conn, run_id=result.run_id
+            )
+            if not result.success:  # publish did not export: data/exports/ reflects every run
+                export_views(conn, after.path.parent / "exports")
     except WarehouseError as exc:  # the lock was taken while the run was writing
         outcome.success = False
         if not outcome.failure:
@@ -213,22 +207,6 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
         elif str(exc) not in outcome.failure:
             outcome.failure = f"{outcome.failure}; {exc}"
     return outcome
-
-
-def _read_back(outcome: SyncOutcome, warehouse: Warehouse, *, exports: bool) -> None:
-    """Headline numbers, batches in doubt and rejected items of the run, from the warehouse.
-
-    After a failed run (publish did not get to it) the unmatched sets and the ledger views are
-    exported here, so ``data/exports/`` always reflects the last run.
-    """
-    with warehouse.connect() as conn:
-        outcome.batches_in_doubt = queries.count_batches_in_doubt(conn)
-        outcome.summary = queries.sync_summary(conn, days=outcome.days, run_id=outcome.run_id)
-        outcome.items_rejected, outcome.first_rejection = queries.rejected_items_of_run(
-            conn, run_id=outcome.run_id
-        )
-        if exports:
-            export_views(conn, warehouse.path.parent / "exports")
 
 
 @contextmanager
