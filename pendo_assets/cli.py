@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
     _quiet()
-    _load_dotenv()
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)  # variables already set win over the file
     try:
         command = {"sync": _sync, "demo": _demo, "sandbox": _sandbox, "batches": _batches}
         return command[args.command](args)
@@ -120,13 +122,6 @@ def _quiet() -> None:
     logging.getLogger("pendo_assets.clients").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*is currently in beta")
     warnings.filterwarnings("ignore", message=r".*is currently in preview")
-
-
-def _load_dotenv() -> None:
-    from dotenv import load_dotenv
-
-    # Variables already set win over the .env file.
-    load_dotenv(Path.cwd() / ".env", override=False)
 
 
 def _print_summary(summary: dict[str, int | float]) -> None:
@@ -178,12 +173,9 @@ def _demo(args: argparse.Namespace) -> int:
             f"pendo-planhat demo: {args.days}-day backfill {start}..{end} against the local sandbox"
         )
         outcome = run_sync(config=config, start=start, end=end)
-        first_s = time.perf_counter() - started
-        print()
-        print(f"Backfill run {outcome.run_id} ({first_s:.0f} s):")
+        print(f"\nBackfill run {outcome.run_id} ({time.perf_counter() - started:.0f} s):")
         _print_summary(outcome.summary)
-        verdict = _verify_against_truth(sandbox, config, outcome.days)
-        print(verdict)
+        print(_verify_against_truth(sandbox, config, outcome.days))
         rerun_start = max(start, end - timedelta(days=6))
         again = run_sync(config=config, start=rerun_start, end=end)
         print(
@@ -191,8 +183,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"{again.summary.get('metric_items_sent', 0)} metric items sent "
             "(nothing changed, so nothing is sent twice)"
         )
-    print()
-    print("Where to look next:")
+    print("\nWhere to look next:")
     print(
         f"  Dagster UI on the same data:  set -a; . {demo_dir}/demo.env; set +a; "
         f"DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml"
@@ -246,12 +237,9 @@ def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) ->
 def _sandbox(args: argparse.Namespace) -> int:
     from .sandbox import SandboxSpec, serve_forever
 
-    overrides = {} if args.seed is None else {"seed": args.seed}
-    spec = (
-        SandboxSpec(**overrides)
-        if args.rows_per_day is None
-        else SandboxSpec.for_rows(args.rows_per_day, **overrides)
-    )
+    seed = {} if args.seed is None else {"seed": args.seed}
+    rows = args.rows_per_day
+    spec = SandboxSpec(**seed) if rows is None else SandboxSpec.for_rows(rows, **seed)
     args.config_out.parent.mkdir(parents=True, exist_ok=True)
     serve_forever(
         spec,

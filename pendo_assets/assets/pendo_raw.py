@@ -4,14 +4,14 @@
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 
 import dagster as dg
 
-from ..config import Config, PipelineSpec
+from ..config import Config
 from ..errors import ApiError, PendoAssetsError
 from ..landing import (
     FeatureEventsDay,
-    PipelineDay,
     fetch_pipeline_day,
     ingest_feature_events,
     land_pipeline_day,
@@ -154,9 +154,7 @@ def build_pendo_raw_assets(
                 if attempts.give_up(sorted({d for d, _ in jobs[i:]}), count=len(jobs) - i):
                     break
 
-                def fetch(day: date = day, spec: PipelineSpec = spec) -> PipelineDay:
-                    return fetch_pipeline_day(client, spec=spec, day=day, config=config)
-
+                fetch = partial(fetch_pipeline_day, client, spec=spec, day=day, config=config)
                 try:
                     result = reread(fetch, retry=pendo.retry(), what=f"{day} pipeline {spec.name}")
                     land_pipeline_day(conn, result)
