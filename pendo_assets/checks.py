@@ -8,6 +8,17 @@ from .assets._common import open_warehouse, tag_days, window
 from .config import Config
 from .resources import WarehouseResource
 
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+def _result(
+    problem: str | None, metadata: dict[str, int | str], severity: dg.AssetCheckSeverity = ERROR
+) -> dg.AssetCheckResult:
+    """Passed when there is no ``problem``, which is the description otherwise."""
+    return dg.AssetCheckResult(
+        passed=problem is None, severity=severity, description=problem, metadata=metadata
+    )
+
 
 def build_checks(
     config: Config,
@@ -17,6 +28,8 @@ def build_checks(
     activities: dg.AssetsDefinition,
     publish: dg.AssetsDefinition,
 ) -> list[dg.AssetChecksDefinition]:
+    min_rate = config.sync.min_match_rate
+
     @dg.asset_check(
         asset=feature_events,
         name="rows_have_visitor_ids",
@@ -29,17 +42,11 @@ def build_checks(
         with open_warehouse(warehouse) as conn:
             rows = queries.quarantined_visitor_id_rows(conn, days=days)
         bad = sum(n for _, n in rows)
-        return dg.AssetCheckResult(
-            passed=bad == 0,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=None
-            if bad == 0
-            else (
-                f"{bad} row(s) without a usable visitorId, on "
-                + ", ".join(f"{d} ({n})" for d, n in rows[:10])
-                + "; see quarantine_feature_events"
-            ),
-            metadata={"rows_without_visitor_id": bad, "partition_window": window(days)},
+        on = ", ".join(f"{d} ({n})" for d, n in rows[:10])
+        problem = f"{bad} row(s) without a usable visitorId, on {on}; see quarantine_feature_events"
+        return _result(
+            problem if bad else None,
+            {"rows_without_visitor_id": bad, "partition_window": window(days)},
         )
 
     @dg.asset_check(
@@ -47,7 +54,7 @@ def build_checks(
         name="match_rate_above_threshold",
         description=(
             f"Share of identified visitors' events matched to an End User is at least "
-            f"sync.min_match_rate ({config.sync.min_match_rate:.0%})."
+            f"sync.min_match_rate ({min_rate:.0%})."
         ),
     )
     def match_rate_above_threshold(
@@ -58,12 +65,10 @@ def build_checks(
             matched, unmatched = queries.match_totals(conn, days=days)
         rate = matched / (matched + unmatched) if matched + unmatched else 1.0
         return dg.AssetCheckResult(
-            passed=rate >= config.sync.min_match_rate,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=(
-                f"match rate {rate:.1%} for {window(days)} (threshold {config.sync.min_match_rate:.0%}); "
-                "see unmatched_visitors"
-            ),
+            passed=rate >= min_rate,
+            severity=ERROR,
+            description=f"match rate {rate:.1%} for {window(days)} (threshold {min_rate:.0%}); "
+            "see unmatched_visitors",
             metadata={
                 "match_rate": round(rate, 4),
                 "matched_events": matched,
@@ -79,18 +84,15 @@ def build_checks(
     def no_batches_in_doubt(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
             rows = [(b, k, n) for b, k, _, n, _, _ in queries.select_batches_in_doubt(conn)]
-        return dg.AssetCheckResult(
-            passed=not rows,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=None
-            if not rows
-            else (
-                f"{len(rows)} batch(es) may or may not have reached Planhat; their keys are held "
-                "back. Check Planhat, then run `pendo-planhat batches resolve BATCH_ID "
-                "--delivered` or `--resend`. Batches: "
-                + ", ".join(f"{b} ({k}, {n} items)" for b, k, n in rows[:20])
-            ),
-            metadata={"batches_in_doubt": len(rows), "items_in_doubt": sum(n for _, _, n in rows)},
+        problem = (
+            f"{len(rows)} batch(es) may or may not have reached Planhat; their keys are held "
+            "back. Check Planhat, then run `pendo-planhat batches resolve BATCH_ID "
+            "--delivered` or `--resend`. Batches: "
+            + ", ".join(f"{b} ({k}, {n} items)" for b, k, n in rows[:20])
+        )
+        items = sum(n for _, _, n in rows)
+        return _result(
+            problem if rows else None, {"batches_in_doubt": len(rows), "items_in_doubt": items}
         )
 
     @dg.asset_check(
@@ -101,16 +103,12 @@ def build_checks(
     def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
             keys, excess = queries.activity_drift_totals(conn)
-        return dg.AssetCheckResult(
-            passed=keys == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=None
-            if keys == 0
-            else (
-                f"{keys} activity key(s) hold {excess} more event(s) in Planhat than Pendo reports "
-                "now (Pendo reprocessed history); activities cannot be retracted"
-            ),
-            metadata={"drift_keys": keys, "drift_events": excess},
+        problem = (
+            f"{keys} activity key(s) hold {excess} more event(s) in Planhat than Pendo reports "
+            "now (Pendo reprocessed history); activities cannot be retracted"
+        )
+        return _result(
+            problem if keys else None, {"drift_keys": keys, "drift_events": excess}, WARN
         )
 
     return [

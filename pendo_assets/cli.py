@@ -17,9 +17,14 @@ import warnings
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, queries
 from .errors import ConfigError, PendoAssetsError
+
+if TYPE_CHECKING:  # imported at run time only by the commands that use them
+    from .config import Config
+    from .sandbox import Sandbox
 
 __all__ = ["main"]
 
@@ -93,15 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
     _quiet()
-    _load_dotenv()
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)  # variables already set win over the file
     try:
-        if args.command == "sync":
-            return _sync(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "sandbox":
-            return _sandbox(args)
-        return _batches(args)
+        command = {"sync": _sync, "demo": _demo, "sandbox": _sandbox, "batches": _batches}
+        return command[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -120,13 +122,6 @@ def _quiet() -> None:
     logging.getLogger("pendo_assets.clients").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*is currently in beta")
     warnings.filterwarnings("ignore", message=r".*is currently in preview")
-
-
-def _load_dotenv() -> None:
-    from dotenv import load_dotenv
-
-    # Variables already set win over the .env file.
-    load_dotenv(Path.cwd() / ".env", override=False)
 
 
 def _print_summary(summary: dict[str, int | float]) -> None:
@@ -161,8 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
     spec = SandboxSpec() if args.rows_per_day is None else SandboxSpec.for_rows(args.rows_per_day)
     with Sandbox(spec) as sandbox:
         config_path = demo_dir / "pendo_planhat.yaml"
-        tz_today = sandbox.dataset.today()
-        end = tz_today - timedelta(days=1)
+        end = sandbox.dataset.today() - timedelta(days=1)
         start = end - timedelta(days=args.days - 1)
         sandbox.write_config(config_path, start_date=start)
         env = {
@@ -179,12 +173,9 @@ def _demo(args: argparse.Namespace) -> int:
             f"pendo-planhat demo: {args.days}-day backfill {start}..{end} against the local sandbox"
         )
         outcome = run_sync(config=config, start=start, end=end)
-        first_s = time.perf_counter() - started
-        print()
-        print(f"Backfill run {outcome.run_id} ({first_s:.0f} s):")
+        print(f"\nBackfill run {outcome.run_id} ({time.perf_counter() - started:.0f} s):")
         _print_summary(outcome.summary)
-        verdict = _verify_against_truth(sandbox, config, outcome.days)
-        print(verdict)
+        print(_verify_against_truth(sandbox, config, outcome.days))
         rerun_start = max(start, end - timedelta(days=6))
         again = run_sync(config=config, start=rerun_start, end=end)
         print(
@@ -192,8 +183,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"{again.summary.get('metric_items_sent', 0)} metric items sent "
             "(nothing changed, so nothing is sent twice)"
         )
-    print()
-    print("Where to look next:")
+    print("\nWhere to look next:")
     print(
         f"  Dagster UI on the same data:  set -a; . {demo_dir}/demo.env; set +a; "
         f"DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml"
@@ -214,12 +204,8 @@ def _demo(args: argparse.Namespace) -> int:
     return outcome.exit_code or again.exit_code
 
 
-def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> str:
+def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) -> str:
     """Compare what the sandbox's Planhat received with the generator's ground truth."""
-    from .config import Config
-    from .sandbox import Sandbox
-
-    assert isinstance(sandbox, Sandbox) and isinstance(config, Config)
     from .warehouse import Warehouse, warehouse_path_from_env
 
     with Warehouse(warehouse_path_from_env()).connect() as conn:
@@ -240,9 +226,7 @@ def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> 
     points = sandbox.received.metric_points()
     agg = {dim: p.aggregation for p in config.pipelines for dim in p.metrics.values()}
     got_m = {k: (sum(v) if agg.get(k[0]) == "sum" else v[-1]) for k, v in points.items()}
-    ok_a = received == truth
-    ok_m = got_m == truth_m
-    mark = "matches" if ok_a and ok_m else "DOES NOT match"
+    mark = "matches" if received == truth and got_m == truth_m else "DOES NOT match"
     return (
         f"Planhat now holds {sum(received.values()):,} events over {len(received):,} activity keys and "
         f"{len(got_m):,} metric values: this {mark} the sandbox's ground truth "
@@ -253,12 +237,9 @@ def _verify_against_truth(sandbox: object, config: object, days: list[date]) -> 
 def _sandbox(args: argparse.Namespace) -> int:
     from .sandbox import SandboxSpec, serve_forever
 
-    overrides = {} if args.seed is None else {"seed": args.seed}
-    spec = (
-        SandboxSpec(**overrides)
-        if args.rows_per_day is None
-        else SandboxSpec.for_rows(args.rows_per_day, **overrides)
-    )
+    seed = {} if args.seed is None else {"seed": args.seed}
+    rows = args.rows_per_day
+    spec = SandboxSpec(**seed) if rows is None else SandboxSpec.for_rows(rows, **seed)
     args.config_out.parent.mkdir(parents=True, exist_ok=True)
     serve_forever(
         spec,

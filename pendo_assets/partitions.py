@@ -9,7 +9,7 @@ import dagster as dg
 
 from .config import Config
 
-__all__ = ["daily_partitions", "last_complete_day", "partition_days"]
+__all__ = ["daily_partitions", "last_complete_day"]
 
 
 def daily_partitions(config: Config) -> dg.DailyPartitionsDefinition:
@@ -25,12 +25,6 @@ def daily_partitions(config: Config) -> dg.DailyPartitionsDefinition:
     )
 
 
-def last_complete_day(config: Config, *, now: datetime | None = None) -> date:
+def last_complete_day(config: Config) -> date:
     """Yesterday in the subscription's timezone."""
-    current = now or datetime.now(ZoneInfo(config.pendo.timezone))
-    return current.astimezone(ZoneInfo(config.pendo.timezone)).date() - timedelta(days=1)
-
-
-def partition_days(keys: list[str]) -> list[date]:
-    """Partition keys as dates."""
-    return [date.fromisoformat(k) for k in keys]
+    return datetime.now(ZoneInfo(config.pendo.timezone)).date() - timedelta(days=1)

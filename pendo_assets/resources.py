@@ -83,13 +83,9 @@ class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return Warehouse(self.path)
 
     @property
-    def data_dir(self) -> Path:
-        return Path(self.path).parent
-
-    @property
     def exports_dir(self) -> Path:
-        return self.data_dir / "exports"
+        return Path(self.path).parent / "exports"
 
     @property
     def staging_dir(self) -> Path:
-        return self.data_dir / "staging"
+        return Path(self.path).parent / "staging"

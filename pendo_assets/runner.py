@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -82,26 +82,17 @@ class SyncOutcome:
 
     @property
     def exit_code(self) -> int:
-        settled = self.success and not self.batches_in_doubt and not self.items_rejected
-        return 0 if settled else 1
+        return 0 if self.success and not self.batches_in_doubt and not self.items_rejected else 1
 
     @property
     def last_line(self) -> str:
         """One line: what happened, naming the day, endpoint and status of a failure."""
         span = f"{self.days[0]}..{self.days[-1]}" if self.days else ""
+        doubt = f"{self.batches_in_doubt} batch(es) are in doubt: see `pendo-planhat batches list`"
+        notes = [doubt] if self.batches_in_doubt else []
         if not self.success:
-            doubt = (
-                f"; also {self.batches_in_doubt} batch(es) are in doubt: see "
-                "`pendo-planhat batches list`"
-                if self.batches_in_doubt
-                else ""
-            )
-            return f"sync failed for {span}: {_one_line(self.failure or 'unknown error')}{doubt}"
-        notes = []
-        if self.batches_in_doubt:
-            notes.append(
-                f"{self.batches_in_doubt} batch(es) are in doubt: see `pendo-planhat batches list`"
-            )
+            also = "".join(f"; also {note}" for note in notes)
+            return f"sync failed for {span}: {_one_line(self.failure or 'unknown error')}{also}"
         if self.items_rejected:
             first = f" (first: {_one_line(self.first_rejection)})" if self.first_rejection else ""
             notes.append(
@@ -117,19 +108,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def ensure_dagster_home(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
-    """Make sure ``DAGSTER_HOME`` is set to an absolute path holding a ``dagster.yaml``.
-
-    Unset, it defaults to ``./dagster_home`` (absolute). A relative value is made absolute
-    (Dagster refuses relative paths).
-    """
-    env = os.environ if environ is None else environ
-    home = Path(env.get("DAGSTER_HOME") or "dagster_home").absolute()
+def ensure_dagster_home() -> Path:
+    """Set ``DAGSTER_HOME`` (default ``./dagster_home``) to an absolute path (Dagster refuses
+    relative ones) holding a ``dagster.yaml``."""
+    home = Path(os.environ.get("DAGSTER_HOME") or "dagster_home").absolute()
     home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = home / "dagster.yaml"
-    if not instance_yaml.exists():
-        instance_yaml.write_text(DEFAULT_INSTANCE_YAML, encoding="utf-8")
-    env["DAGSTER_HOME"] = str(home)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DEFAULT_INSTANCE_YAML, encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
@@ -146,18 +132,12 @@ def check_range(config: Config, start: date, end: date) -> list[date]:
         raise UsageError(
             f"--end {end} is not a complete day yet in {config.pendo.timezone}; the last complete day is {last}"
         )
-    days = []
-    day = start
-    while day <= end:
-        days.append(day)
-        day = date.fromordinal(day.toordinal() + 1)
-    return days
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
 
 
-def check_environment(environ: Mapping[str, str] | None = None) -> None:
+def check_environment() -> None:
     """Raise a `UsageError` naming every required variable that is not set."""
-    env = os.environ if environ is None else environ
-    missing = [name for name in REQUIRED_ENV if not env.get(name)]
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
         raise UsageError(
             "missing environment variable(s): "
@@ -199,36 +179,24 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
             },
             raise_on_error=False,
         )
-    outcome = SyncOutcome(success=result.success, run_id=result.run_id, days=days)
-    if not result.success:
-        outcome.failure = _failure_message(result)
+    failure = None if result.success else _failure_message(result)
+    outcome = SyncOutcome(success=result.success, run_id=result.run_id, days=days, failure=failure)
     # After a failed run, do not wait long for the warehouse: the failure may be that very lock.
     after = warehouse if result.success else Warehouse(warehouse.path, lock_wait=0.5)
     try:
-        _read_back(outcome, after, exports=not result.success)
+        with after.connect() as conn:
+            outcome.batches_in_doubt = queries.count_batches_in_doubt(conn)
+            outcome.summary = queries.sync_summary(conn, days=days, run_id=result.run_id)
+            outcome.items_rejected, outcome.first_rejection = queries.rejected_items_of_run(
+                conn, run_id=result.run_id
+            )
+            if not result.success:  # publish did not export: data/exports/ reflects every run
+                export_views(conn, after.path.parent / "exports")
     except WarehouseError as exc:  # the lock was taken while the run was writing
         outcome.success = False
-        if not outcome.failure:
-            outcome.failure = str(exc)
-        elif str(exc) not in outcome.failure:
-            outcome.failure = f"{outcome.failure}; {exc}"
+        if str(exc) not in (failure or ""):
+            outcome.failure = f"{failure}; {exc}" if failure else str(exc)
     return outcome
-
-
-def _read_back(outcome: SyncOutcome, warehouse: Warehouse, *, exports: bool) -> None:
-    """Headline numbers, batches in doubt and rejected items of the run, from the warehouse.
-
-    After a failed run (publish did not get to it) the unmatched sets and the ledger views are
-    exported here, so ``data/exports/`` always reflects the last run.
-    """
-    with warehouse.connect() as conn:
-        outcome.batches_in_doubt = queries.count_batches_in_doubt(conn)
-        outcome.summary = queries.sync_summary(conn, days=outcome.days, run_id=outcome.run_id)
-        outcome.items_rejected, outcome.first_rejection = queries.rejected_items_of_run(
-            conn, run_id=outcome.run_id
-        )
-        if exports:
-            export_views(conn, warehouse.path.parent / "exports")
 
 
 @contextmanager

@@ -14,7 +14,6 @@ import duckdb
 
 from ..clients import RetryPolicy
 from ..errors import DayRejectedError, PayloadShapeError, WarehouseError
-from ..partitions import partition_days
 from ..resources import WarehouseResource
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -48,7 +47,7 @@ def daily_asset(
 
 def run_days(context: dg.AssetExecutionContext) -> list[date]:
     """The partition days this step covers (one day, or a single-run range)."""
-    return partition_days(list(context.partition_keys))
+    return [date.fromisoformat(k) for k in context.partition_keys]
 
 
 def tag_days(tags: Mapping[str, str], partitions: dg.DailyPartitionsDefinition) -> list[date]:
@@ -57,10 +56,9 @@ def tag_days(tags: Mapping[str, str], partitions: dg.DailyPartitionsDefinition) 
         keys = partitions.get_partition_keys_in_range(
             dg.PartitionKeyRange(tags[RANGE_START], tags[RANGE_END])
         )
-        return partition_days(list(keys))
-    if PARTITION in tags:
-        return partition_days([tags[PARTITION]])
-    return []
+    else:
+        keys = [tags[PARTITION]] if PARTITION in tags else []
+    return [date.fromisoformat(k) for k in keys]
 
 
 def window(days: list[date]) -> str:
@@ -109,38 +107,29 @@ def reread(
             return read()
         except PayloadShapeError as exc:
             if attempt >= attempts:
-                raise _malformed_after(exc, attempts) from None
+                times = f"{attempts} times" if attempts > 1 else "once"
+                raise PayloadShapeError(
+                    f"{exc.endpoint} answered 200 with an unusable body ({times}): {exc.problem}",
+                    service=exc.service,
+                    method=exc.method,
+                    url=exc.url,
+                    endpoint=exc.endpoint,
+                    problem=exc.problem,
+                ) from None
             delay = retry.delay(attempt=attempt, retry_after=None)
             log.warning("%s: %s; reading it again in %.1f s", what, exc, delay)
             sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _malformed_after(exc: PayloadShapeError, attempts: int) -> PayloadShapeError:
-    times = f"{attempts} times" if attempts > 1 else "once"
-    return PayloadShapeError(
-        f"{exc.endpoint} answered 200 with an unusable body ({times}): {exc.problem}",
-        service=exc.service,
-        method=exc.method,
-        url=exc.url,
-        endpoint=exc.endpoint,
-        problem=exc.problem,
-    )
-
-
 def day_error(day: date, exc: BaseException, label: str = "") -> str:
-    """``2026-11-03[ label]: problem`` on one line; the day and label come from the caller, the
-    problem from the error's own fields where it has them."""
+    """``2026-11-03[ label]: problem`` on one line."""
     text = exc.problem if isinstance(exc, DayRejectedError) else str(exc)
     return f"{day.isoformat()}{label}: {' '.join(text.split())}"
 
 
 def failure_description(failures: Sequence[str], *, count: int, summary: str) -> str:
-    """A step failure: the first line tells the whole story, one line per failure follows.
-
-    The first line names the first failure (its day, endpoint and status come from the error),
-    how many more of the ``count`` failed (pipeline) days there are, and ``summary``;
-    ``pendo-planhat sync`` prints it in its last line.
-    """
+    """The first failure, how many more of ``count`` there are and ``summary`` on the first line
+    (``pendo-planhat sync`` prints it in its last line), then one line per failure."""
     more = f" (+{count - 1} more)" if count > 1 else ""
     return "\n".join([f"{failures[0].rstrip('.')}{more}; {summary}", *failures])

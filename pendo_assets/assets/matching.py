@@ -13,6 +13,8 @@ from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
 from ._common import daily_asset, open_warehouse, run_days, window
 
+VISITOR_REASONS = ("anonymous", "no_enduser", "ambiguous")
+
 
 def build_matching_assets(
     config: Config,
@@ -53,12 +55,8 @@ def build_matching_assets(
                 )
                 m, u = pl.collect_all([matched, unmatched])
                 with transaction(conn):
-                    replace_days_in_transaction(
-                        conn, table="matched_activities", days=[day], frames=[m]
-                    )
-                    replace_days_in_transaction(
-                        conn, table="unmatched_visitor_rows", days=[day], frames=[u]
-                    )
+                    for table, frame in (("matched_activities", m), ("unmatched_visitor_rows", u)):
+                        replace_days_in_transaction(conn, table=table, days=[day], frames=[frame])
                 matched_keys += m.height
                 matched_events += int(m["count"].sum() or 0)
                 for reason, n_events, n_visitors in (
@@ -81,14 +79,8 @@ def build_matching_assets(
                 "matched_keys": matched_keys,
                 "matched_events": matched_events,
                 "match_rate": round(match_rate, 4),
-                **{
-                    f"unmatched_events: {r}": events_by_reason[r]
-                    for r in ("anonymous", "no_enduser", "ambiguous")
-                },
-                **{
-                    f"unmatched_visitors: {r}": visitors_by_reason[r]
-                    for r in ("anonymous", "no_enduser", "ambiguous")
-                },
+                **{f"unmatched_events: {r}": events_by_reason[r] for r in VISITOR_REASONS},
+                **{f"unmatched_visitors: {r}": visitors_by_reason[r] for r in VISITOR_REASONS},
             }
         )
 
@@ -115,10 +107,8 @@ def build_matching_assets(
             matched, unmatched = match_metrics(values.lazy(), objects.lazy())
             m, u = pl.collect_all([matched, unmatched])
             with transaction(conn):
-                replace_days_in_transaction(conn, table="matched_metrics", days=days, frames=[m])
-                replace_days_in_transaction(
-                    conn, table="unmatched_account_rows", days=days, frames=[u]
-                )
+                for table, frame in (("matched_metrics", m), ("unmatched_account_rows", u)):
+                    replace_days_in_transaction(conn, table=table, days=days, frames=[frame])
         by_reason = dict(u.group_by("reason").len().rows())
         ids = m.select("day", "pipeline", "external_id").n_unique() if m.height else 0
         total_ids = ids + u.height
@@ -131,10 +121,7 @@ def build_matching_assets(
                 "partition_window": window(days),
                 "matched_values": m.height,
                 "match_rate": round(rate, 4),
-                **{
-                    f"unmatched_ids: {r}": int(by_reason.get(r, 0))
-                    for r in ("no_object", "ambiguous")
-                },
+                **{f"unmatched_ids: {r}": by_reason.get(r, 0) for r in ("no_object", "ambiguous")},
             }
         )
 

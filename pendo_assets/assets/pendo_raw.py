@@ -4,14 +4,14 @@
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 
 import dagster as dg
 
-from ..config import Config, PipelineSpec
+from ..config import Config
 from ..errors import ApiError, PendoAssetsError
 from ..landing import (
     FeatureEventsDay,
-    PipelineDay,
     fetch_pipeline_day,
     ingest_feature_events,
     land_pipeline_day,
@@ -33,7 +33,6 @@ from ._common import (
 def build_pendo_raw_assets(
     config: Config, partitions: dg.DailyPartitionsDefinition
 ) -> list[dg.AssetsDefinition]:
-    """The feature-events and pipeline-results assets for this configuration."""
     feature_ids = [f.id for f in config.features]
 
     @daily_asset(
@@ -97,7 +96,7 @@ def build_pendo_raw_assets(
                 except (ApiError, PendoAssetsError) as exc:
                     context.log.error(f"feature events not landed: {attempts.failure(day, exc)}")
                     continue
-                attempts.success()
+                attempts.streak = 0
                 totals.update(
                     rows=staged.rows,
                     quarantined=staged.quarantined,
@@ -155,9 +154,7 @@ def build_pendo_raw_assets(
                 if attempts.give_up(sorted({d for d, _ in jobs[i:]}), count=len(jobs) - i):
                     break
 
-                def fetch(day: date = day, spec: PipelineSpec = spec) -> PipelineDay:
-                    return fetch_pipeline_day(client, spec=spec, day=day, config=config)
-
+                fetch = partial(fetch_pipeline_day, client, spec=spec, day=day, config=config)
                 try:
                     result = reread(fetch, retry=pendo.retry(), what=f"{day} pipeline {spec.name}")
                     land_pipeline_day(conn, result)
@@ -165,7 +162,7 @@ def build_pendo_raw_assets(
                     failure = attempts.failure(day, exc, f" pipeline {spec.name!r}")
                     context.log.error(f"pipeline results not landed: {failure}")
                     continue
-                attempts.success()
+                attempts.streak = 0
                 totals.update(
                     rows=len(result.rows), values=result.values.height, rejected=len(result.rejects)
                 )
@@ -197,12 +194,8 @@ def build_pendo_raw_assets(
 
 @dataclass
 class _Attempts:
-    """A step's (pipeline) days that failed, and when to stop trying the rest.
-
-    After `GIVE_UP_AFTER` (pipeline) days in a row failed on the Pendo API, the API is taken to be
-    unusable for now: the rest is not tried and is reported as one failure that counts them all.
-    A failure of the data (not of the API) does not count towards that streak.
-    """
+    """A step's (pipeline) days that failed, and when to stop trying the rest: after
+    `GIVE_UP_AFTER` in a row failed on the Pendo API, the rest is reported as one failure."""
 
     what: str
     failed: list[str] = field(default_factory=list)
@@ -210,8 +203,7 @@ class _Attempts:
     streak: int = 0
 
     def give_up(self, rest: list[date], *, count: int) -> bool:
-        """True, recording ``count`` (pipeline) days over ``rest`` as not tried, if the API failed
-        too often in a row."""
+        """True, recording ``count`` (pipeline) days over ``rest`` as not tried, if it is time."""
         if self.streak < GIVE_UP_AFTER:
             return False
         self.failed.append(
@@ -229,12 +221,8 @@ class _Attempts:
         self.count += 1
         return self.failed[-1]
 
-    def success(self) -> None:
-        self.streak = 0
-
     def raise_failure(self, summary: str, **metadata: int) -> None:
-        """Fail the step if any (pipeline) day failed, naming the first; ``summary`` says what
-        the step did not do."""
+        """Fail the step if any (pipeline) day failed; ``summary`` says what it did not do."""
         if self.failed:
             raise dg.Failure(
                 description=failure_description(self.failed, count=self.count, summary=summary),

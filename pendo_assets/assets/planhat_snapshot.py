@@ -29,18 +29,16 @@ def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.Dat
     frames = []
     for attr, model in MODEL_NAMES.items():
         df: pl.DataFrame = getattr(snapshot, attr)
+
+        def col(name: str, df: pl.DataFrame = df) -> pl.Expr:
+            return pl.col(name) if name in df.columns else pl.lit(None, pl.String)
+
         cols = {
             "object_id": pl.col("_id"),
             "external_id": pl.col("externalId"),
-            "email": pl.col("email") if "email" in df.columns else pl.lit(None, pl.String),
-            "company_id": (
-                pl.col("_id")
-                if model == "Company"
-                else pl.col("companyId")
-                if "companyId" in df.columns
-                else pl.lit(None, pl.String)
-            ),
-            "name": pl.col("name") if "name" in df.columns else pl.lit(None, pl.String),
+            "email": col("email"),
+            "company_id": pl.col("_id") if model == "Company" else col("companyId"),
+            "name": col("name"),
         }
         frame = df.select(**{k: v.cast(pl.String) for k, v in cols.items()}).join(
             companies, on="company_id", how="left"
@@ -50,7 +48,6 @@ def snapshot_objects(snapshot: PlanhatSnapshot, *, taken_at: datetime) -> pl.Dat
 
 
 def build_planhat_snapshot_asset() -> dg.AssetsDefinition:
-
     @dg.asset(
         name="planhat_snapshot",
         group_name="planhat",

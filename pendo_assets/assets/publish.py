@@ -11,8 +11,6 @@ from ._common import daily_asset, open_warehouse, run_days, window
 
 
 class PublishConfig(dg.Config):
-    """Run-time options of the publish step."""
-
     dry_run: bool = False
     """Compute and store what would be sent (planned_activities, planned_metrics); send nothing."""
 
