@@ -196,22 +196,20 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
 
     ``companyExternalId`` is left out when the End User's company has none.
     """
+    info = pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source"))
     fields = [
         pl.col("external_id").alias("externalId"),
         pl.col("action"),
         pl.col("day").cast(pl.String).alias("date"),
         pl.col("count"),
         pl.col("weight"),
-        pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source")).alias(
-            "info"
-        ),
+        info.alias("info"),
     ]
+    company = pl.col("company_external_id")
     plain = pl.struct(fields).struct.json_encode()
-    with_company = pl.struct(
-        [*fields, pl.col("company_external_id").alias("companyExternalId")]
-    ).struct.json_encode()
+    with_company = pl.struct([*fields, company.alias("companyExternalId")]).struct.json_encode()
     return frame.select(
-        pl.when(pl.col("company_external_id").is_null() | (pl.col("company_external_id") == ""))
+        pl.when(company.is_null() | (company == ""))
         .then(plain)
         .otherwise(with_company)
         .alias("json")
@@ -312,8 +310,7 @@ class Publisher:
             )
         if report.new_in_doubt:
             log.warning(
-                "%d batch(es) have an unknown outcome and are held back",
-                report.new_in_doubt,
+                "%d batch(es) have an unknown outcome and are held back", report.new_in_doubt
             )
         return report
 
@@ -413,16 +410,9 @@ class Publisher:
                     body, items=items.height, hooks=hooks
                 ).errors
         except DeliveryUnknownError as exc:
-            if (
-                kind == "metrics"
-                and aggregation == "last"
-                and attempt < self.settings.last_resend_attempts
-            ):
-                self._mark(
-                    batch_id,
-                    "discarded",
-                    note=f"no answer ({exc}); resent: harmless for a last metric",
-                )
+            if aggregation == "last" and attempt < self.settings.last_resend_attempts:
+                note = f"no answer ({exc}); resent: harmless for a last metric"
+                self._mark(batch_id, "discarded", note=note)
                 self._send_batch(kind, items, encoded, report, attempt=attempt + 1)
                 return
             self._mark(batch_id, "in_doubt", note=f"no answer from Planhat: {exc}")
@@ -494,10 +484,8 @@ class Publisher:
         c = self.conn
         with transaction(c):
             if rejected:
-                frame = pl.DataFrame(
-                    {"k": list(rejected), "error": list(rejected.values())},
-                    schema={"k": pl.String, "error": pl.String},
-                )
+                schema = {"k": pl.String, "error": pl.String}
+                frame = pl.DataFrame(list(rejected.items()), schema=schema, orient="row")
                 queries.record_item_errors(c, batch_id=batch_id, errors=frame)
             note = f"Planhat rejected {len(rejected)} item(s); they are sent again next run"
             self._mark(batch_id, "delivered", note=note if rejected else None)

@@ -390,10 +390,7 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
 
 
 def resolve_feature_actions(
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    config: Config,
-    pendo_features: Iterable[Feature],
+    conn: duckdb.DuckDBPyConnection, *, config: Config, pendo_features: Iterable[Feature]
 ) -> tuple[pl.DataFrame, list[str]]:
     """Decide the Planhat action name and weight of every configured feature, and persist it.
 
@@ -429,12 +426,7 @@ def resolve_feature_actions(
         weights.setdefault(action, float(feature.weight))
     frame = pl.DataFrame(
         rows,
-        schema={
-            "feature_id": pl.String,
-            "action": pl.String,
-            "pendo_name": pl.String,
-            "source": pl.String,
-        },
+        schema=dict.fromkeys(["feature_id", "action", "pendo_name", "source"], pl.String),
         orient="row",
     ).with_columns(
         weight=pl.col("action").replace_strict(weights, return_dtype=pl.Float64),

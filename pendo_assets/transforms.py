@@ -80,10 +80,7 @@ def object_index(objects: pl.LazyFrame) -> pl.LazyFrame:
     return (
         objects.filter(pl.col("external_id").is_not_null() & (pl.col("external_id") != ""))
         .group_by(["model", "external_id"])
-        .agg(
-            pl.len().alias("n_objects"),
-            pl.col("company_external_id").first(),
-        )
+        .agg(pl.len().alias("n_objects"), pl.col("company_external_id").first())
     )
 
 
@@ -269,7 +266,7 @@ def extract_metric_values(
             continue
         for field, dimension in spec.metrics.items():
             found, value = _lookup(row, field)
-            bad = _bad_number(field, found, value)
+            bad = _bad_number(found, value)
             if bad:
                 rejects.append(ValueReject(f"{field} {bad[0]}", bad[1], row))
                 continue
@@ -286,7 +283,7 @@ def extract_metric_values(
     return pl.DataFrame(columns, schema=PIPELINE_VALUE_SCHEMA), rejects
 
 
-def _bad_number(field: str, found: bool, value: Any) -> tuple[str, str | None] | None:
+def _bad_number(found: bool, value: Any) -> tuple[str, str | None] | None:
     """(what is wrong, the value at fault) when JSON cannot carry ``value`` as a number."""
     if not found or value is None:
         return ("is missing" if not found else "is null"), None
