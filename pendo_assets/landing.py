@@ -80,7 +80,7 @@ def ingest_feature_events(
 ) -> FeatureEventsDay:
     """Fetch one day of feature events and land it, streaming, in one transaction.
 
-    See the module docstring. The connection holds that transaction while Pendo answers.
+    As the module docstring describes; the connection holds the transaction while Pendo answers.
 
     Args:
         client: A `PendoClient`.
