@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal, Protocol
 
@@ -40,12 +40,12 @@ from .errors import (
     DeliveryUnknownError,
     ItemTooLargeError,
 )
+from .models import DimensionDataResult
 from .queries import replace_days, transaction
 from .transforms import ACTIVITY_KEY, METRIC_KEY, activity_deltas, metric_deltas
 from .types import BatchKind
 
 __all__ = [
-    "DimensionDataOutcome",
     "Plan",
     "PublishReport",
     "PublishSettings",
@@ -61,13 +61,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class DimensionDataOutcome(Protocol):
-    """What `Sender.post_dimension_data` returns: Planhat's per-item errors."""
-
-    @property
-    def errors(self) -> Sequence[dict[str, object]]: ...
-
-
 class Sender(Protocol):
     """The two Planhat analytics calls; `PlanhatClient` implements it.
 
@@ -81,7 +74,7 @@ class Sender(Protocol):
 
     def post_dimension_data(
         self, body: bytes, *, items: int, hooks: AttemptHooks | None = None
-    ) -> DimensionDataOutcome: ...
+    ) -> DimensionDataResult: ...
 
 
 @dataclass
@@ -159,11 +152,8 @@ class PublishReport:
 
     def as_metadata(self) -> dict[str, int | bool]:
         """Flat numeric fields, ready for Dagster metadata."""
-        out: dict[str, int | bool] = {
-            k: v for k, v in vars(self).items() if isinstance(v, int | bool)
-        }
-        out.update({f"recovery_{k}": v for k, v in vars(self.recovery).items()})
-        return out
+        out: dict[str, int | bool] = {k: v for k, v in vars(self).items() if k != "recovery"}
+        return out | {f"recovery_{k}": v for k, v in asdict(self.recovery).items()}
 
 
 def pack_batches(
@@ -201,34 +191,25 @@ def pack_batches(
     return ranges
 
 
-def _json_array(encoded: pl.Series) -> bytes:
-    """The JSON array body of encoded items, joined in Polars (no Python string per item)."""
-    joined: bytes = encoded.str.join(",").cast(pl.Binary).item()
-    return b"[" + joined + b"]"
-
-
 def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
     """One JSON object per activity item, as Planhat's bulk endpoint takes it.
 
     ``companyExternalId`` is left out when the End User's company has none.
     """
-    common = {
-        "externalId": pl.col("external_id"),
-        "action": pl.col("action"),
-        "date": pl.col("day").cast(pl.String),
-        "count": pl.col("count"),
-        "weight": pl.col("weight"),
-        "info": pl.struct(
-            pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source")
-        ),
-    }
-    fields = [expr.alias(name) for name, expr in common.items()]
+    info = pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source"))
+    fields = [
+        pl.col("external_id").alias("externalId"),
+        pl.col("action"),
+        pl.col("day").cast(pl.String).alias("date"),
+        pl.col("count"),
+        pl.col("weight"),
+        info.alias("info"),
+    ]
+    company = pl.col("company_external_id")
     plain = pl.struct(fields).struct.json_encode()
-    with_company = pl.struct(
-        [*fields, pl.col("company_external_id").alias("companyExternalId")]
-    ).struct.json_encode()
+    with_company = pl.struct([*fields, company.alias("companyExternalId")]).struct.json_encode()
     return frame.select(
-        pl.when(pl.col("company_external_id").is_null() | (pl.col("company_external_id") == ""))
+        pl.when(company.is_null() | (company == ""))
         .then(plain)
         .otherwise(with_company)
         .alias("json")
@@ -268,9 +249,7 @@ def resolve_batch(
         BatchStateError: The batch does not exist or is not in doubt.
     """
     status = queries.select_batch_status(conn, batch_id=batch_id)
-    if status is None:
-        raise BatchStateError(batch_id=batch_id, status=None)
-    if status != "in_doubt":
+    if status != "in_doubt":  # None: no such batch
         raise BatchStateError(batch_id=batch_id, status=status)
     new: queries.BatchStatus = "resolved_delivered" if outcome == "delivered" else "resolved_resend"
     queries.resolve_batch_status(
@@ -302,8 +281,6 @@ class Publisher:
         self.sender = sender
         self.run_id = run_id
         self.settings = settings or PublishSettings()
-
-    # -- recovery ---------------------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
         """Settle what an interrupted run left in the outbox (see the module docstring)."""
@@ -337,8 +314,6 @@ class Publisher:
             )
         return report
 
-    # -- planning ---------------------------------------------------------------------------
-
     def plan(self, days: Sequence[date]) -> Plan:
         """Compute the deltas for ``days`` against the ledger, holding back keys in doubt."""
         c = self.conn
@@ -358,8 +333,6 @@ class Publisher:
             held_metric_keys=held_m.height,
         )
 
-    # -- publishing -------------------------------------------------------------------------
-
     def publish(self, days: Sequence[date], *, dry_run: bool = False) -> PublishReport:
         """Send what Planhat lacks for ``days`` (or, for a dry run, store it as a plan).
 
@@ -377,7 +350,11 @@ class Publisher:
         report.held_activity_keys = plan.held_activity_keys
         report.held_metric_keys = plan.held_metric_keys
         if dry_run:
-            self._store_plan(days, plan)
+            now = pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us"))
+            planned = {"planned_activities": plan.activities, "planned_metrics": plan.metrics}
+            for table, frame in planned.items():
+                frames = [frame.with_columns(now.alias("planned_at"))]
+                replace_days(self.conn, table=table, days=days, frames=frames)
         else:
             if self.sender is None:
                 raise DeliveryError("no Planhat client: cannot publish")
@@ -388,33 +365,20 @@ class Publisher:
         report.batches_in_doubt_total = queries.count_batches_in_doubt(self.conn)
         return report
 
-    def _store_plan(self, days: Sequence[date], plan: Plan) -> None:
-        now = pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us"))
-        for table, frame in (
-            ("planned_activities", plan.activities),
-            ("planned_metrics", plan.metrics),
-        ):
-            frames = [frame.with_columns(now.alias("planned_at"))]
-            replace_days(self.conn, table=table, days=days, frames=frames)
-
-    def _limits(self) -> tuple[int, int]:
-        """Items and bytes per batch: the settings, lowered to what the sender accepts."""
-        items, size = self.settings.max_items, self.settings.max_bytes
-        sender_items = getattr(self.sender, "max_items", None)
-        sender_bytes = getattr(self.sender, "max_body_bytes", None)
-        if isinstance(sender_items, int) and sender_items > 0:
-            items = min(items, sender_items)
-        if isinstance(sender_bytes, int) and sender_bytes > 2:
-            size = min(size, sender_bytes)
-        return items, size
-
     def _send_all(self, kind: BatchKind, items: pl.DataFrame, report: PublishReport) -> None:
         if items.height == 0:
             return
         encoded = (
             encode_activity_items(items) if kind == "activities" else encode_metric_items(items)
         )
-        max_items, max_bytes = self._limits()
+        # The settings, lowered to the sender's own limits.
+        max_items, max_bytes = self.settings.max_items, self.settings.max_bytes
+        sender_items = getattr(self.sender, "max_items", None)
+        sender_bytes = getattr(self.sender, "max_body_bytes", None)
+        if isinstance(sender_items, int) and sender_items > 0:
+            max_items = min(max_items, sender_items)
+        if isinstance(sender_bytes, int) and sender_bytes > 2:
+            max_bytes = min(max_bytes, sender_bytes)
         lengths = encoded.str.len_bytes().cast(pl.Int64).to_numpy()
         for start, stop in pack_batches(lengths, max_items=max_items, max_bytes=max_bytes):
             self._send_batch(kind, items[start:stop], encoded[start:stop], report)
@@ -430,7 +394,8 @@ class Publisher:
     ) -> None:
         assert self.sender is not None
         aggregation = items["aggregation"][0] if kind == "metrics" else None
-        body = _json_array(encoded)
+        # Joined in Polars: no Python string per item.
+        body: bytes = b"[" + encoded.str.join(",").cast(pl.Binary).item() + b"]"
         batch_id = self._prepare(kind, aggregation, items, len(body))
         self._mark(batch_id, "sending", sent=True)
         report.requests += 1
@@ -445,16 +410,9 @@ class Publisher:
                     body, items=items.height, hooks=hooks
                 ).errors
         except DeliveryUnknownError as exc:
-            if (
-                kind == "metrics"
-                and aggregation == "last"
-                and attempt < self.settings.last_resend_attempts
-            ):
-                self._mark(
-                    batch_id,
-                    "discarded",
-                    note=f"no answer ({exc}); resent: harmless for a last metric",
-                )
+            if aggregation == "last" and attempt < self.settings.last_resend_attempts:
+                note = f"no answer ({exc}); resent: harmless for a last metric"
+                self._mark(batch_id, "discarded", note=note)
                 self._send_batch(kind, items, encoded, report, attempt=attempt + 1)
                 return
             self._mark(batch_id, "in_doubt", note=f"no answer from Planhat: {exc}")
@@ -514,8 +472,8 @@ class Publisher:
         errors: Sequence[dict[str, object]],
         report: PublishReport,
     ) -> None:
-        rejected = _map_item_errors(items, errors) if errors else {}
-        if errors and rejected is None:
+        rejected = _map_item_errors(items, errors)
+        if rejected is None:
             self._mark(
                 batch_id,
                 "in_doubt",
@@ -526,30 +484,26 @@ class Publisher:
         c = self.conn
         with transaction(c):
             if rejected:
-                frame = pl.DataFrame(
-                    {"k": list(rejected), "error": list(rejected.values())},
-                    schema={"k": pl.String, "error": pl.String},
-                )
+                schema = {"k": pl.String, "error": pl.String}
+                frame = pl.DataFrame(list(rejected.items()), schema=schema, orient="row")
                 queries.record_item_errors(c, batch_id=batch_id, errors=frame)
-            note = (
-                f"Planhat rejected {len(rejected)} item(s); they are sent again next run"
-                if rejected
-                else None
-            )
-            self._mark(batch_id, "delivered", note=note)
+            note = f"Planhat rejected {len(rejected)} item(s); they are sent again next run"
+            self._mark(batch_id, "delivered", note=note if rejected else None)
         report.batches_delivered += 1
-        report.metric_items_rejected += len(rejected or {})
+        report.metric_items_rejected += len(rejected)
         if kind == "activities":
             report.activity_items_sent += items.height
             report.activity_units_sent += int(items["count"].sum())
         else:
-            report.metric_items_sent += items.height - len(rejected or {})
+            report.metric_items_sent += items.height - len(rejected)
 
 
 def _map_item_errors(
     items: pl.DataFrame, errors: Sequence[dict[str, object]]
 ) -> dict[str, str] | None:
     """Map Planhat's ``{"item", "error"}`` entries to batch items; None if any names no item."""
+    if not errors:
+        return {}  # (activity items have no dimension_id to key them by)
     keys = set(
         items.select(
             pl.concat_str(

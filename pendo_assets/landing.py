@@ -68,14 +68,6 @@ class FeatureEventsDay:
     #: Rows per kind of problem (a row with two problems counts under both).
     kinds: Counter[str] = field(default_factory=Counter)
 
-    @property
-    def quarantine_share(self) -> float:
-        total = self.rows + self.quarantined
-        return self.quarantined / total if total else 0.0
-
-    def cleanup(self) -> None:
-        self.rejects_path.unlink(missing_ok=True)
-
 
 def ingest_feature_events(
     client: Any,
@@ -88,10 +80,7 @@ def ingest_feature_events(
 ) -> FeatureEventsDay:
     """Fetch one day of feature events and land it, streaming, in one transaction.
 
-    Each page goes into DuckDB as soon as it is decoded, while the next one is fetched. The day's raw rows, its
-    quarantined rows and its ``landed_days`` entry are replaced in one transaction; on any error
-    (including too many malformed rows) it is rolled back and the day's previous data stays.
-    The connection holds that transaction while Pendo answers.
+    As the module docstring describes; the connection holds the transaction while Pendo answers.
 
     Args:
         client: A `PendoClient`.
@@ -109,12 +98,60 @@ def ingest_feature_events(
         DayRejectedError: More than ``sync.max_quarantine_share`` of the day is malformed.
         ApiError: Pendo failed after retries (the message names endpoint and status).
     """
-    return _reading_again_on_drift(
-        lambda: _ingest_feature_events_once(
-            client, conn, day=day, config=config, feature_ids=feature_ids, staging_dir=staging_dir
-        ),
-        f"{day}: Pendo's feature events",
-    )
+    staging_dir.mkdir(parents=True, exist_ok=True)
+
+    def once() -> FeatureEventsDay:
+        out = FeatureEventsDay(
+            day=day, rejects_path=staging_dir / f"feature_events_{day}.rejects.parquet"
+        )
+        started = time.perf_counter()
+        now = datetime.now(UTC).replace(tzinfo=None)
+        pages: Iterator[FeatureEventPage] = client.feature_event_pages(  # checks arguments now
+            day=day,
+            timezone=config.pendo.timezone,
+            feature_ids=feature_ids,
+            app_ids=config.pendo.app_ids,
+        )
+        # The first page is on its way while the day's old rows are deleted.
+        stream = _PageStream(pages, out)
+        try:
+            with transaction(conn):
+                queries.delete_raw_feature_events_day(conn, day=day)
+                reader = pa.RecordBatchReader.from_batches(FEATURE_EVENT_SCHEMA, stream.batches())
+                conn.register(_STREAM_VIEW, reader)
+                try:
+                    with _bulk_insert(conn):
+                        queries.insert_raw_feature_events_stream(
+                            conn, view=_STREAM_VIEW, day=day, now=now
+                        )
+                finally:
+                    conn.unregister(_STREAM_VIEW)
+                stream.finish()  # raises what the fetch raised
+                _check_share(
+                    day, None, out.quarantined, out.rows + out.quarantined, out.kinds, config
+                )
+                if out.quarantined:
+                    queries.insert_quarantined_feature_events(
+                        conn, day=day, now=now, path=out.rejects_path
+                    )
+                queries.record_landed_day(
+                    conn,
+                    source="feature_events",
+                    day=day,
+                    rows=out.rows,
+                    quarantined=out.quarantined,
+                    pages=out.pages,
+                    now=now,
+                )
+        except BaseException:
+            stream.close()
+            raise
+        finally:
+            out.rejects_path.unlink(missing_ok=True)
+        out.land_seconds = max(0.0, time.perf_counter() - started - out.fetch_seconds)
+        return out
+
+    return _reading_again_on_drift(once, f"{day}: Pendo's feature events")
 
 
 _T = TypeVar("_T")
@@ -122,75 +159,12 @@ _T = TypeVar("_T")
 
 def _reading_again_on_drift(read: Callable[[], _T], what: str) -> _T:
     """Run ``read``, again from the start when Pendo's rows shift between its page requests."""
-    for attempt in range(1, DRIFT_ATTEMPTS + 1):
+    for _ in range(DRIFT_ATTEMPTS - 1):
         try:
             return read()
         except PageDriftError:
-            if attempt == DRIFT_ATTEMPTS:
-                raise
             log.warning("%s changed while they were read; reading them again", what)
-    raise AssertionError("unreachable")
-
-
-def _ingest_feature_events_once(
-    client: Any,
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    day: date,
-    config: Config,
-    feature_ids: Sequence[str],
-    staging_dir: Path,
-) -> FeatureEventsDay:
-    staging_dir.mkdir(parents=True, exist_ok=True)
-    out = FeatureEventsDay(
-        day=day, rejects_path=staging_dir / f"feature_events_{day}.rejects.parquet"
-    )
-    started = time.perf_counter()
-    now = datetime.now(UTC).replace(tzinfo=None)
-    pages: Iterator[FeatureEventPage] = client.feature_event_pages(  # checks arguments now
-        day=day,
-        timezone=config.pendo.timezone,
-        feature_ids=feature_ids,
-        app_ids=config.pendo.app_ids,
-    )
-    # The first page is on its way while the day's old rows are deleted.
-    stream = _PageStream(pages, out)
-    try:
-        with transaction(conn):
-            queries.delete_raw_feature_events_day(conn, day=day)
-            reader = pa.RecordBatchReader.from_batches(FEATURE_EVENT_SCHEMA, stream.batches())
-            conn.register(_STREAM_VIEW, reader)
-            try:
-                with _bulk_insert(conn):
-                    queries.insert_raw_feature_events_stream(
-                        conn, view=_STREAM_VIEW, day=day, now=now
-                    )
-            finally:
-                conn.unregister(_STREAM_VIEW)
-            stream.finish()  # raises what the fetch raised
-            out.fetch_seconds = stream.fetch_seconds
-            if out.quarantine_share > config.sync.max_quarantine_share:
-                raise _day_rejected(out, config)
-            if out.quarantined:
-                queries.insert_quarantined_feature_events(
-                    conn, day=day, now=now, path=out.rejects_path
-                )
-            queries.record_landed_day(
-                conn,
-                source="feature_events",
-                day=day,
-                rows=out.rows,
-                quarantined=out.quarantined,
-                pages=out.pages,
-                now=now,
-            )
-    except BaseException:
-        stream.abort()
-        raise
-    finally:
-        out.cleanup()
-    out.land_seconds = max(0.0, time.perf_counter() - started - out.fetch_seconds)
-    return out
+    return read()  # the last attempt's drift is raised
 
 
 # Rows per Arrow batch handed to DuckDB (about half a row group): big enough that the hand-over
@@ -199,71 +173,55 @@ _STREAM_BATCH_ROWS = 65_536
 _STREAM_VIEW = "_pendo_planhat_feature_event_pages"
 
 
-class _RejectStage:
-    """Counts a day's pages and rows, and stages its rejected rows in a Parquet file."""
-
-    def __init__(self, out: FeatureEventsDay) -> None:
-        self.out = out
-        self._writer: pq.ParquetWriter | None = None
-
-    def add(self, page: FeatureEventPage) -> None:
-        out = self.out
-        out.pages += 1
-        out.body_bytes += page.body_bytes
-        out.rows += page.table.num_rows
-        if not page.rejects:
-            return
-        out.quarantined += len(page.rejects)
-        for r in page.rejects:
-            out.kinds.update(set(r.kinds))
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(out.rejects_path, _QUARANTINE_SCHEMA)
-        self._writer.write_table(
-            pa.table(
-                {
-                    "reason": [r.reason for r in page.rejects],
-                    "raw": [r.raw for r in page.rejects],
-                    "page": [page.page_index] * len(page.rejects),
-                },
-                schema=_QUARANTINE_SCHEMA,
-            )
-        )
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 class _PageStream:
     """Decoded pages of one day as an Arrow batch stream, produced in a worker thread.
 
     DuckDB pulls the batches from its own thread while the worker fetches and decodes the next
     page (the client requests the one after that meanwhile), so network, decoding and DuckDB's
-    writing overlap. At most two decoded pages wait between them. An error of the fetch ends the
-    stream early; `finish` raises it once DuckDB is done, so the caller rolls back.
+    writing overlap. At most two decoded pages wait between them. The worker counts pages and
+    rows into ``out`` and stages rejected rows in its Parquet file. An error of the fetch ends
+    the stream early; `finish` raises it once DuckDB is done, so the caller rolls back.
     """
 
     def __init__(self, pages: Iterator[FeatureEventPage], out: FeatureEventsDay) -> None:
-        self._rejects = _RejectStage(out)
+        self._out = out
+        self._writer: pq.ParquetWriter | None = None
         self._error: BaseException | None = None
         self._started = time.perf_counter()
-        self.fetch_seconds = 0.0
         self._tables = prefetch(self._produce(pages), ahead=2, name="pendo-pages")
 
     def _produce(self, pages: Iterator[FeatureEventPage]) -> Iterator[pa.Table]:
         try:
             for page in pages:
-                self._rejects.add(page)
+                self._count(page)
                 if page.table.num_rows:
                     yield page.table
                 del page
         finally:
-            self.fetch_seconds = time.perf_counter() - self._started
+            self._out.fetch_seconds = time.perf_counter() - self._started
             close = getattr(pages, "close", None)
             if close is not None:
                 close()  # stops the client's prefetching
-            self._rejects.close()
+            if self._writer is not None:
+                self._writer.close()
+
+    def _count(self, page: FeatureEventPage) -> None:
+        out, rejects = self._out, page.rejects
+        out.pages += 1
+        out.body_bytes += page.body_bytes
+        out.rows += page.table.num_rows
+        out.quarantined += len(rejects)
+        for r in rejects:
+            out.kinds.update(set(r.kinds))
+        if not rejects:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(out.rejects_path, _QUARANTINE_SCHEMA)
+        reasons, raws = [r.reason for r in rejects], [r.raw for r in rejects]
+        pages = [page.page_index] * len(rejects)
+        self._writer.write_table(
+            pa.table({"reason": reasons, "raw": raws, "page": pages}, schema=_QUARANTINE_SCHEMA)
+        )
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows, in batches of `_STREAM_BATCH_ROWS` (runs in DuckDB's scan thread)."""
@@ -276,19 +234,15 @@ class _PageStream:
         except BaseException as exc:  # raised in the caller's thread by finish()
             self._error = exc
 
+    def close(self) -> None:
+        """Stop the worker, or wait for it (a no-op once it is done)."""
+        self._tables.close()
+
     def finish(self) -> None:
         """Wait for the worker and raise the error that ended the stream, if any."""
-        self._tables.close()
+        self.close()
         if self._error is not None:
             raise self._error
-
-    def abort(self) -> None:
-        """Stop the worker (DuckDB failed, or the caller is unwinding)."""
-        self._tables.close()
-
-
-_BULK_INSERT_MB_BASE = 32
-_BULK_INSERT_MB_PER_THREAD = 16
 
 
 @contextmanager
@@ -304,14 +258,15 @@ def _bulk_insert(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     * A small buffer pool: DuckDB keeps every block it writes cached up to its memory limit
       (80 % of RAM by default), so without a cap the process grows with the size of the day
       (about 90 MB more at 4M rows than at 1M). The blocks are already in the file, so dropping
-      them costs nothing; the cap leaves each thread room for the row group it is building.
+      them costs nothing; the cap (32 MB plus 16 per thread) leaves each thread room for the
+      row group it is building.
     """
     threads = int(queries.duckdb_setting(conn, "threads") or 1)
     settings = {
         "preserve_insertion_order": "false",
         "disabled_compression_methods": "'fsst'",
         "write_buffer_row_group_count": "1",
-        "memory_limit": f"'{_BULK_INSERT_MB_BASE + _BULK_INSERT_MB_PER_THREAD * threads}MB'",
+        "memory_limit": f"'{32 + 16 * threads}MB'",
     }
     previous = {name: queries.duckdb_setting(conn, name) for name in settings}
     for name, value in settings.items():
@@ -321,27 +276,26 @@ def _bulk_insert(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     finally:
         for name, old in previous.items():
             queries.set_duckdb_setting(conn, name, None)
-            if not old:
-                continue
             # A setting shown rounded (a memory limit in GiB) is put back by RESET when it was
             # the default; only a value set before is set again.
-            if queries.duckdb_setting(conn, name) != old:
-                queries.set_duckdb_setting(conn, name, _sql_literal(old))
+            if old and queries.duckdb_setting(conn, name) != old:
+                queries.set_duckdb_setting(conn, name, "'" + old.replace("'", "''") + "'")
 
 
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _day_rejected(out: FeatureEventsDay, config: Config) -> DayRejectedError:
-    return DayRejectedError(
-        day=out.day,
-        pipeline=None,
-        rejected=out.quarantined,
-        total=out.rows + out.quarantined,
-        limit=config.sync.max_quarantine_share,
-        top=out.kinds.most_common(3),
-    )
+def _check_share(
+    day: date, pipeline: str | None, rejected: int, total: int, kinds: Counter[str], config: Config
+) -> None:
+    """Raise `DayRejectedError` when more than the configured share of a day is malformed."""
+    limit = config.sync.max_quarantine_share
+    if total and rejected / total > limit:
+        raise DayRejectedError(
+            day=day,
+            pipeline=pipeline,
+            rejected=rejected,
+            total=total,
+            limit=limit,
+            top=kinds.most_common(3),
+        )
 
 
 @dataclass
@@ -387,15 +341,7 @@ def fetch_pipeline_day(
     )
     values, rejects = extract_metric_values(rows, day=day, spec=field_spec)
     bad_rows = len({id(r.row) for r in rejects})
-    if rows and bad_rows / len(rows) > config.sync.max_quarantine_share:
-        raise DayRejectedError(
-            day=day,
-            pipeline=spec.name,
-            rejected=bad_rows,
-            total=len(rows),
-            limit=config.sync.max_quarantine_share,
-            top=Counter(r.kind for r in rejects).most_common(3),
-        )
+    _check_share(day, spec.name, bad_rows, len(rows), Counter(r.kind for r in rejects), config)
     return PipelineDay(
         day=day, pipeline=spec.name, rows=rows, values=values, rejects=rejects, pages=pages
     )
@@ -444,10 +390,7 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
 
 
 def resolve_feature_actions(
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    config: Config,
-    pendo_features: Iterable[Feature],
+    conn: duckdb.DuckDBPyConnection, *, config: Config, pendo_features: Iterable[Feature]
 ) -> tuple[pl.DataFrame, list[str]]:
     """Decide the Planhat action name and weight of every configured feature, and persist it.
 
@@ -464,30 +407,26 @@ def resolve_feature_actions(
     known = queries.feature_action_names(conn, source="pendo")
     warnings: list[str] = []
     rows: list[tuple[str, str, str | None, str]] = []
+    weights: dict[str, float] = {}
     for feature in config.features:
+        name = names.get(feature.id)
         if feature.action:
-            rows.append((feature.id, feature.action, names.get(feature.id), "config"))
+            action, source = feature.action, "config"
         elif feature.id in known:
-            rows.append((feature.id, known[feature.id], names.get(feature.id), "pendo"))
-        elif names.get(feature.id):
-            rows.append((feature.id, str(names[feature.id]), names[feature.id], "pendo"))
+            action, source = known[feature.id], "pendo"
+        elif name:
+            action, source = str(name), "pendo"
         else:
             warnings.append(
                 f"feature {feature.id} is not listed by Pendo and has no action in the config; "
                 "its id is used as the activity name for now"
             )
-            rows.append((feature.id, feature.id, None, "fallback"))
-    weights: dict[str, float] = {}
-    for feature, (_, action, _, _) in zip(config.features, rows, strict=True):
+            action, source, name = feature.id, "fallback", None
+        rows.append((feature.id, action, name, source))
         weights.setdefault(action, float(feature.weight))
     frame = pl.DataFrame(
         rows,
-        schema={
-            "feature_id": pl.String,
-            "action": pl.String,
-            "pendo_name": pl.String,
-            "source": pl.String,
-        },
+        schema=dict.fromkeys(["feature_id", "action", "pendo_name", "source"], pl.String),
         orient="row",
     ).with_columns(
         weight=pl.col("action").replace_strict(weights, return_dtype=pl.Float64),

@@ -10,6 +10,7 @@ two Planhat objects of the same model is ambiguous and never guessed.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -41,7 +42,7 @@ __all__ = [
 
 ANONYMOUS_PREFIX = "_PENDO_T_"
 # Pendo's placeholder when a snippet sends no visitor id; treated as anonymous defensively.
-_ANONYMOUS_LITERALS = ("VISITOR-UNIQUE-ID",)
+_ANONYMOUS_LITERALS = ["VISITOR-UNIQUE-ID"]
 
 ACTIVITY_KEY = ["day", "external_id", "action"]
 METRIC_KEY = ["day", "model", "external_id", "dimension_id"]
@@ -57,7 +58,7 @@ def daily_usage(events: pl.LazyFrame) -> pl.LazyFrame:
         events: Raw rows with ``day, visitor_id, account_id, feature_id, num_events``.
 
     Returns:
-        ``day, visitor_id, account_id, feature_id, num_events`` with one row per key.
+        The same columns, with one row per key.
     """
     return events.group_by(["day", "visitor_id", "account_id", "feature_id"]).agg(
         pl.col("num_events").sum().cast(pl.Int64)
@@ -79,21 +80,23 @@ def object_index(objects: pl.LazyFrame) -> pl.LazyFrame:
     return (
         objects.filter(pl.col("external_id").is_not_null() & (pl.col("external_id") != ""))
         .group_by(["model", "external_id"])
-        .agg(
-            pl.len().alias("n_objects"),
-            pl.col("company_external_id").first().alias("company_external_id"),
-        )
+        .agg(pl.len().alias("n_objects"), pl.col("company_external_id").first())
     )
 
 
-def _is_anonymous(col: pl.Expr) -> pl.Expr:
-    return col.str.starts_with(ANONYMOUS_PREFIX) | col.is_in(list(_ANONYMOUS_LITERALS))
+def _unmatched_reason(missing: str) -> pl.Expr:
+    """``missing`` when no object carries the id, ``ambiguous`` when several do, else null."""
+    return (
+        pl.when(pl.col("n_objects").is_null())
+        .then(pl.lit(missing))
+        .when(pl.col("n_objects") > 1)
+        .then(pl.lit("ambiguous"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
 
 
 def match_activities(
-    usage: pl.LazyFrame,
-    objects: pl.LazyFrame,
-    feature_actions: pl.LazyFrame,
+    usage: pl.LazyFrame, objects: pl.LazyFrame, feature_actions: pl.LazyFrame
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Match daily usage to End Users and fold features into Planhat actions.
 
@@ -111,43 +114,58 @@ def match_activities(
     endusers = object_index(objects.filter(pl.col("model") == "EndUser")).select(
         pl.col("external_id").alias("visitor_id"), "n_objects", "company_external_id"
     )
+    visitor = pl.col("visitor_id")
+    anonymous = visitor.str.starts_with(ANONYMOUS_PREFIX) | visitor.is_in(_ANONYMOUS_LITERALS)
     labelled = (
         usage.join(feature_actions.select("feature_id"), on="feature_id", how="semi")
         .join(endusers, on="visitor_id", how="left")
         .with_columns(
-            pl.when(_is_anonymous(pl.col("visitor_id")))
+            pl.when(anonymous)
             .then(pl.lit("anonymous"))
-            .when(pl.col("n_objects").is_null())
-            .then(pl.lit("no_enduser"))
-            .when(pl.col("n_objects") > 1)
-            .then(pl.lit("ambiguous"))
-            .otherwise(pl.lit(None, dtype=pl.String))
+            .otherwise(_unmatched_reason("no_enduser"))
             .alias("reason")
         )
     )
-    key = ["day", "visitor_id", "action"]
-    words, bits = _feature_bits(feature_actions)
+    numbered = _feature_bits(feature_actions)
+    bits = pl.LazyFrame(
+        numbered,
+        schema={"feature_id": pl.String, "_word": pl.Int64, "_bit": pl.Int64},
+        orient="row",
+    )
+    words = [f"_w{w}" for w in range(max(1, -(-len(numbered) // _BITS_PER_WORD)))]
     grouped = (
         labelled.filter(pl.col("reason").is_null())
         .join(feature_actions, on="feature_id", how="inner")
         .join(bits, on="feature_id", how="left")
-        .group_by(key)
+        .group_by(["day", "visitor_id", "action"])
         .agg(
             pl.col("num_events").sum().cast(pl.Int64).alias("count"),
             pl.col("weight").first(),
             pl.col("company_external_id").first(),
             *(
-                pl.col("_bit")
-                .filter(pl.col("_word") == w)
-                .bitwise_or()
-                .fill_null(0)
-                .alias(f"_w{w}")
-                for w in range(words)
+                pl.col("_bit").filter(pl.col("_word") == w).bitwise_or().fill_null(0).alias(c)
+                for w, c in enumerate(words)
             ),
         )
     )
+    # Each distinct feature set with its ids, sorted and comma-separated.
+    names = (
+        grouped.select(words)
+        .unique()
+        .with_columns(
+            pl.concat_str(
+                [
+                    pl.when((pl.col(f"_w{word}") & bit) != 0).then(pl.lit(feature_id))
+                    for feature_id, word, bit in numbered
+                ]
+                or [pl.lit(None, pl.String)],
+                separator=",",
+                ignore_nulls=True,
+            ).alias("feature_ids")
+        )
+    )
     matched = (
-        grouped.join(_feature_names(grouped, bits, words), on=[f"_w{w}" for w in range(words)])
+        grouped.join(names, on=words)
         .rename({"visitor_id": "external_id"})
         .select(*MATCHED_ACTIVITY_SCHEMA)
     )
@@ -164,46 +182,14 @@ def match_activities(
 _BITS_PER_WORD = 62
 
 
-def _feature_bits(feature_actions: pl.LazyFrame) -> tuple[int, pl.LazyFrame]:
-    """Number the configured features in sorted order: ``feature_id, _word, _bit``.
+def _feature_bits(feature_actions: pl.LazyFrame) -> list[tuple[str, int, int]]:
+    """``(feature_id, word, bit)`` of each configured feature, numbered in sorted order.
 
     The set of features behind an activity is then a bitwise OR per group (a few integer words)
     instead of a list of strings per group, which is many times slower on millions of groups.
     """
-    ids = sorted(
-        feature_actions.select(pl.col("feature_id").unique()).collect().to_series().to_list()
-    )
-    words = max(1, -(-len(ids) // _BITS_PER_WORD))
-    bits = pl.LazyFrame(
-        {
-            "feature_id": ids,
-            "_word": [i // _BITS_PER_WORD for i in range(len(ids))],
-            "_bit": [1 << (i % _BITS_PER_WORD) for i in range(len(ids))],
-        },
-        schema={"feature_id": pl.String, "_word": pl.Int64, "_bit": pl.Int64},
-    )
-    return words, bits
-
-
-def _feature_names(grouped: pl.LazyFrame, bits: pl.LazyFrame, words: int) -> pl.LazyFrame:
-    """Each distinct feature set of ``grouped`` with its ids, sorted and comma-separated."""
-    columns = [f"_w{w}" for w in range(words)]
-    numbered = bits.collect().rows()
-    return (
-        grouped.select(columns)
-        .unique()
-        .with_columns(
-            pl.concat_str(
-                [
-                    pl.when((pl.col(f"_w{word}") & bit) != 0).then(pl.lit(feature_id))
-                    for feature_id, word, bit in numbered
-                ]
-                or [pl.lit(None, pl.String)],
-                separator=",",
-                ignore_nulls=True,
-            ).alias("feature_ids")
-        )
-    )
+    ids = feature_actions.select(pl.col("feature_id").unique()).collect().to_series().to_list()
+    return [(f, i // _BITS_PER_WORD, 1 << (i % _BITS_PER_WORD)) for i, f in enumerate(sorted(ids))]
 
 
 @dataclass(frozen=True)
@@ -261,13 +247,11 @@ def extract_metric_values(
     """
     out: dict[str, list[Any]] = {k: [] for k in ("id", "dimension_id", "value")}
     rejects: list[ValueReject] = []
-    seen: dict[str, int] = {}
-    for row in rows:
-        found, raw_id = _lookup(row, spec.id_field)
-        if found and isinstance(raw_id, str | int) and not isinstance(raw_id, bool):
-            seen[str(raw_id)] = seen.get(str(raw_id), 0) + 1
-    for row in rows:
-        found, raw_id = _lookup(row, spec.id_field)
+    ids = [_lookup(row, spec.id_field) for row in rows]
+    seen = Counter(
+        str(v) for found, v in ids if found and isinstance(v, str | int) and not isinstance(v, bool)
+    )
+    for row, (found, raw_id) in zip(rows, ids, strict=True):
         if not found or raw_id is None or raw_id == "":
             rejects.append(ValueReject(f"{spec.id_field} is missing or empty", None, row))
             continue
@@ -282,29 +266,24 @@ def extract_metric_values(
             continue
         for field, dimension in spec.metrics.items():
             found, value = _lookup(row, field)
-            bad = _bad_number(field, found, value)
+            bad = _bad_number(found, value)
             if bad:
                 rejects.append(ValueReject(f"{field} {bad[0]}", bad[1], row))
                 continue
             out["id"].append(ident)
             out["dimension_id"].append(dimension)
             out["value"].append(float(value))
-    frame = pl.DataFrame(
-        {
-            "day": [day] * len(out["id"]),
-            "pipeline": [spec.pipeline] * len(out["id"]),
-            "model": [spec.model] * len(out["id"]),
-            "id": out["id"],
-            "dimension_id": out["dimension_id"],
-            "value": out["value"],
-            "aggregation": [spec.aggregation] * len(out["id"]),
-        },
-        schema=PIPELINE_VALUE_SCHEMA,
-    )
-    return frame, rejects
+    same = {
+        "day": day,
+        "pipeline": spec.pipeline,
+        "model": spec.model,
+        "aggregation": spec.aggregation,
+    }
+    columns = {k: out[k] if k in out else [same[k]] * len(out["id"]) for k in PIPELINE_VALUE_SCHEMA}
+    return pl.DataFrame(columns, schema=PIPELINE_VALUE_SCHEMA), rejects
 
 
-def _bad_number(field: str, found: bool, value: Any) -> tuple[str, str | None] | None:
+def _bad_number(found: bool, value: Any) -> tuple[str, str | None] | None:
     """(what is wrong, the value at fault) when JSON cannot carry ``value`` as a number."""
     if not found or value is None:
         return ("is missing" if not found else "is null"), None
@@ -335,12 +314,7 @@ def match_metrics(values: pl.LazyFrame, objects: pl.LazyFrame) -> tuple[pl.LazyF
     """
     index = object_index(objects).select("model", pl.col("external_id").alias("id"), "n_objects")
     labelled = values.join(index, on=["model", "id"], how="left").with_columns(
-        pl.when(pl.col("n_objects").is_null())
-        .then(pl.lit("no_object"))
-        .when(pl.col("n_objects") > 1)
-        .then(pl.lit("ambiguous"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-        .alias("reason")
+        _unmatched_reason("no_object").alias("reason")
     )
     matched = (
         labelled.filter(pl.col("reason").is_null())
