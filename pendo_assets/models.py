@@ -35,9 +35,7 @@ __all__ = [
     "RejectedRow",
 ]
 
-# --------------------------------------------------------------------------------------------
 # Pendo
-# --------------------------------------------------------------------------------------------
 
 #: One row per Pendo featureEvents row: visitor x account x feature x app x day x IP x UA x server.
 FEATURE_EVENT_SCHEMA: Final = pa.schema(
@@ -125,9 +123,7 @@ class FeatureEventPage:
     body_bytes: int
 
 
-# --------------------------------------------------------------------------------------------
 # Planhat
-# --------------------------------------------------------------------------------------------
 
 # Snapshot frames keep Planhat's own field names, so a column is the ``select`` field it holds.
 
@@ -187,9 +183,7 @@ class DimensionDataResult:
     errors: list[JSONDict] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------------------------
 # Warehouse frames (the columns of the tables of the same name in sql/)
-# --------------------------------------------------------------------------------------------
 
 #: ``pipeline_values``: one row per (day, pipeline, id, dimensionId) read from pipeline results.
 PIPELINE_VALUE_SCHEMA: Final = pl.Schema(

@@ -102,9 +102,7 @@ def _scalar(conn: Conn, sql: str, params: Sequence[object] = ()) -> int | float:
     return row[0] if row and row[0] is not None else 0
 
 
-# --------------------------------------------------------------------------------------------
 # Transactions, generic writes, migrations and exports
-# --------------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -191,9 +189,7 @@ def export_views(
     return counts
 
 
-# --------------------------------------------------------------------------------------------
 # Landing
-# --------------------------------------------------------------------------------------------
 
 
 def delete_raw_feature_events_day(conn: Conn, *, day: date) -> None:
@@ -287,9 +283,7 @@ def delete_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> None:
     )
 
 
-# --------------------------------------------------------------------------------------------
 # Snapshot and matching
-# --------------------------------------------------------------------------------------------
 
 
 def replace_planhat_objects(conn: Conn, objects: pl.DataFrame) -> None:
@@ -335,9 +329,7 @@ def select_pipeline_values(
     ).pl()
 
 
-# --------------------------------------------------------------------------------------------
 # Checks
-# --------------------------------------------------------------------------------------------
 
 
 def quarantined_visitor_id_rows(conn: Conn, *, days: Sequence[date]) -> list[tuple[date, int]]:
@@ -386,9 +378,7 @@ def activity_drift_totals(conn: Conn) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-# --------------------------------------------------------------------------------------------
 # The outbox and the ledger
-# --------------------------------------------------------------------------------------------
 
 
 def select_current_activities(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
