@@ -29,6 +29,7 @@ bodies are truncated to ``MAX_ERROR_BODY`` characters.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,38 +171,29 @@ class UsageError(ConfigError):
     """The command line asks for something that cannot be done (bad range, missing variable)."""
 
 
+@dataclass(eq=False, kw_only=True)
 class DayRejectedError(PendoAssetsError):
     """A day (of feature events, or of one ``pipeline``) holds more malformed rows than
     ``sync.max_quarantine_share`` (``limit``); it was not landed."""
 
-    def __init__(
-        self,
-        *,
-        day: date,
-        pipeline: str | None,
-        rejected: int,
-        total: int,
-        limit: float,
-        top: Sequence[tuple[str, int]],
-    ) -> None:
-        self.day = day
-        self.pipeline = pipeline
-        self.rejected = rejected
-        self.total = total
-        self.limit = limit
-        self.top = list(top)
-        where = "" if pipeline is None else f" pipeline {pipeline!r}:"
-        super().__init__(f"{day}:{where} {self.problem}")
+    day: date
+    pipeline: str | None
+    rejected: int
+    total: int
+    limit: float
+    top: Sequence[tuple[str, int]]  # the most frequent kinds of problem, with their rows
+
+    def __post_init__(self) -> None:
+        where = "" if self.pipeline is None else f" pipeline {self.pipeline!r}:"
+        super().__init__(f"{self.day}:{where} {self.problem}")
 
     @property
     def problem(self) -> str:
         """What is wrong, without the day and pipeline that the message starts with."""
         reasons = ", ".join(f"{reason} ({n})" for reason, n in self.top)
         if self.pipeline is None:
-            what = (
-                f"{self.rejected} of {self.total} Pendo rows are malformed "
-                f"({self.rejected / self.total:.1%}, "
-            )
+            share = f"{self.rejected / self.total:.1%}, "
+            what = f"{self.rejected} of {self.total} Pendo rows are malformed ({share}"
         else:
             what = f"{self.rejected} of {self.total} result rows cannot be sent ("
         return (

@@ -78,7 +78,12 @@ _KEYLIKE_IN_TEXT = re.compile(
 
 class PooledClient:
     """Base of the API clients: a pooled ``httpx.Client`` closed on ``close()`` or ``with`` exit,
-    requests sent under one retry policy, and the errors about an answer with their fields."""
+    requests sent under one retry policy, and the errors about an answer with their fields.
+
+    Args (shared by every client): ``timeout`` defaults to 10 s connect and 60 s read; ``retry``
+    to `RetryPolicy()`; ``transport`` is an ``httpx.MockTransport`` in tests; ``sleep`` is called
+    with each retry wait in seconds.
+    """
 
     _service: ClassVar[Service]
     _hint_statuses: ClassVar[tuple[int, ...]]  # the refusals the client's hint explains

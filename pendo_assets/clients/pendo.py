@@ -152,10 +152,7 @@ class PendoClient(PooledClient):
         integration_key: The Pendo integration key (read-only is enough); never logged.
         region: ``us``, ``us1``, ``eu``, ``jpn`` or ``au``; picks the API host.
         base_url: Overrides the region's host (the sandbox, Pendo Adopt hosts).
-        timeout: Defaults to 10 s connect and 60 s read.
-        retry: Defaults to `RetryPolicy()`.
-        transport: An ``httpx.MockTransport`` in tests.
-        sleep: Called with each retry wait in seconds.
+        timeout, retry, transport, sleep: As for every client (`PooledClient`).
         page_size: Rows per aggregation page (Pendo's ``limit``).
 
     Raises:

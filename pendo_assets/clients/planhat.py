@@ -53,10 +53,8 @@ class PlanhatClient(PooledClient):
         tenant_token: Tenant token, part of analytics URL paths; never logged.
         api_url: Main API host (regional hosts are ``https://api-<region>.planhat.com``).
         analytics_url: Analytics host.
-        timeout: Defaults to 10 s connect and 60 s read.
-        retry: Defaults to `RetryPolicy()`.
-        transport: An ``httpx.MockTransport`` in tests (used for both hosts).
-        sleep: Called with each retry wait in seconds.
+        timeout, retry, transport, sleep: As for every client (`PooledClient`); one transport
+            serves both hosts.
         max_body_bytes: Largest analytics body this client sends (Planhat's cap is 32 MB).
         max_items: Most items in one analytics body (Planhat: "about 150,000" fit in 32 MB).
 
