@@ -352,9 +352,8 @@ class Publisher:
         if dry_run:
             now = pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us"))
             planned = {"planned_activities": plan.activities, "planned_metrics": plan.metrics}
-            for table, frame in planned.items():
-                frames = [frame.with_columns(now.alias("planned_at"))]
-                replace_days(self.conn, table=table, days=days, frames=frames)
+            frames = {t: [f.with_columns(now.alias("planned_at"))] for t, f in planned.items()}
+            replace_days(self.conn, days=days, frames=frames)
         else:
             if self.sender is None:
                 raise DeliveryError("no Planhat client: cannot publish")

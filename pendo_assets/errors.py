@@ -67,37 +67,29 @@ class PendoAssetsError(Exception):
 
 
 class ApiError(PendoAssetsError):
-    """A call to Pendo or Planhat failed.
+    """A call to Pendo or Planhat failed: ``<endpoint><sep><problem>``.
 
-    Besides the message, the error carries its parts, so nothing needs to parse the message:
-    ``endpoint`` (``Pendo GET /api/v1/feature``: service, method, redacted path) and
-    ``problem`` (what went wrong there, e.g. ``not JSON (...)`` or ``answered 503``). When not
-    given, ``endpoint`` is built from service, method and url, and ``problem`` is the message.
+    The error carries its parts, so nothing needs to parse the message: ``endpoint``
+    (``Pendo GET /api/v1/feature``: service, method, path of the redacted ``url``) and ``problem``
+    (what went wrong there, e.g. ``not JSON (...)`` or ``answered 503``).
     """
 
     def __init__(
-        self,
-        message: str,
-        *,
-        service: Service,
-        method: HttpMethod | str,
-        url: str,
-        endpoint: str | None = None,
-        problem: str | None = None,
+        self, problem: str, *, service: Service, method: HttpMethod | str, url: str, sep: str = ": "
     ) -> None:
-        super().__init__(message)
+        self.endpoint = f"{SERVICE_NAMES[service]} {method} {urlsplit(url).path}"
+        super().__init__(f"{self.endpoint}{sep}{problem}")
         self.service = service
         self.method = method
         self.url = url
-        self.endpoint = endpoint or f"{SERVICE_NAMES[service]} {method} {urlsplit(url).path}"
-        self.problem = message if problem is None else problem
+        self.problem = problem
 
 
 class ApiStatusError(ApiError):
     """The service answered with an error status."""
 
-    def __init__(self, message: str, *, status_code: int, body: str = "", **context: Any) -> None:
-        super().__init__(message, **context)
+    def __init__(self, problem: str, *, status_code: int, body: str = "", **context: Any) -> None:
+        super().__init__(problem, **context)
         self.status_code = status_code
         self.body = body[:MAX_ERROR_BODY]
 
@@ -106,9 +98,9 @@ class RateLimitedError(ApiStatusError):
     """The service answered 429 Too Many Requests, and retries ran out."""
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, body: str = "", **context: Any
+        self, problem: str, *, retry_after: float | None = None, body: str = "", **context: Any
     ) -> None:
-        super().__init__(message, status_code=429, body=body, **context)
+        super().__init__(problem, status_code=429, body=body, **context)
         self.retry_after = retry_after
 
 

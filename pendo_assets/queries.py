@@ -9,7 +9,7 @@ the file. Every transaction goes through `transaction`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from functools import cache
@@ -48,7 +48,6 @@ __all__ = [
     "record_landed_day",
     "rejected_items_of_run",
     "replace_days",
-    "replace_days_in_transaction",
     "replace_planhat_objects",
     "resolve_batch_status",
     "select_batch_status",
@@ -133,21 +132,17 @@ def insert_frame(conn: Conn, table: str, frame: Frame) -> int:
     return rows
 
 
-def replace_days(conn: Conn, *, table: str, days: Sequence[date], frames: Sequence[Frame]) -> int:
-    """Replace the rows of ``days`` in ``table`` with ``frames`` (none: the days are cleared)
-    in one transaction, so on any error the days keep their previous rows; returns rows inserted.
-    """
+def replace_days(conn: Conn, *, days: Sequence[date], frames: Mapping[str, Sequence[Frame]]) -> int:
+    """Replace the rows of ``days`` in each table of ``frames`` with its frames (none: the days
+    are cleared), all in one transaction, so on any error every table keeps its previous rows;
+    returns the rows inserted."""
     with transaction(conn):
-        return replace_days_in_transaction(conn, table=table, days=days, frames=frames)
-
-
-def replace_days_in_transaction(
-    conn: Conn, *, table: str, days: Sequence[date], frames: Sequence[Frame]
-) -> int:
-    """`replace_days` inside the caller's transaction."""
-    _check_identifier(table)
-    conn.execute(f"DELETE FROM {table} WHERE {_IN_DAYS}", [list(days)])
-    return sum(insert_frame(conn, table, frame) for frame in frames)
+        for table in frames:
+            _check_identifier(table)
+            conn.execute(f"DELETE FROM {table} WHERE {_IN_DAYS}", [list(days)])
+        return sum(
+            insert_frame(conn, t, f) for t, table_frames in frames.items() for f in table_frames
+        )
 
 
 def _check_identifier(name: str) -> None:

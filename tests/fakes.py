@@ -134,7 +134,7 @@ def api_status_error(service: str = "pendo", status: int = 503) -> ApiStatusErro
     """What a client raises once the service kept answering ``status`` through the retries."""
     url = "/api/v1/aggregation" if service == "pendo" else "/analytics/bulk/fake-tenant"
     return ApiStatusError(
-        f"{service.title()} POST {url}: {status}",
+        f"answered {status}",
         service=service,  # type: ignore[arg-type]
         method="POST",
         url=url,
@@ -146,7 +146,7 @@ def no_answer() -> DeliveryUnknownError:
     """What the Planhat client raises when a batch was sent and no answer came back."""
     url = "/analytics/bulk/fake-tenant"
     return DeliveryUnknownError(
-        f"Planhat POST {url}: no answer (read timeout)", service="planhat", method="POST", url=url
+        "no answer (read timeout)", service="planhat", method="POST", url=url
     )
 
 

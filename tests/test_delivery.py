@@ -93,9 +93,7 @@ def _set_activities(
         schema=MATCHED_ACTIVITY_SCHEMA,
         orient="row",
     )
-    replace_days(
-        conn, table="matched_activities", days=sorted({r[0] for r in rows}), frames=[frame]
-    )
+    replace_days(conn, days=sorted({r[0] for r in rows}), frames={"matched_activities": [frame]})
 
 
 def _set_metrics(conn, rows: list[tuple[date, str, str, float, str]]) -> None:
@@ -104,7 +102,7 @@ def _set_metrics(conn, rows: list[tuple[date, str, str, float, str]]) -> None:
         schema=MATCHED_METRIC_SCHEMA,
         orient="row",
     )
-    replace_days(conn, table="matched_metrics", days=sorted({r[0] for r in rows}), frames=[frame])
+    replace_days(conn, days=sorted({r[0] for r in rows}), frames={"matched_metrics": [frame]})
 
 
 def _publisher(conn, planhat, **settings) -> Publisher:
@@ -335,7 +333,7 @@ def test_insert_frame_and_replace_days_roll_back_on_error(conn):
         {"day": [D1], "external_id": [None]}, schema={"day": pl.Date, "external_id": pl.String}
     )
     with pytest.raises(duckdb.ConstraintException):
-        replace_days(conn, table="matched_activities", days=[D1], frames=[bad])
+        replace_days(conn, days=[D1], frames={"matched_activities": [bad]})
     assert conn.execute("SELECT count FROM matched_activities").fetchall() == [(5,)]
     assert insert_frame(conn, "matched_activities", bad.head(0)) == 0
 

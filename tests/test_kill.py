@@ -113,7 +113,7 @@ def _metric(conn: duckdb.DuckDBPyConnection, value: float) -> None:
         schema=MATCHED_METRIC_SCHEMA,
         orient="row",
     )
-    replace_days(conn, table="matched_metrics", days=[DAY], frames=[frame])
+    replace_days(conn, days=[DAY], frames={"matched_metrics": [frame]})
 
 
 def _run(conn: duckdb.DuckDBPyConnection, planhat: Planhat) -> None:

@@ -306,7 +306,7 @@ def test_the_warehouse_refuses_identifiers_that_are_not_names(tmp_path: Path) ->
     with Warehouse(tmp_path / "w.duckdb").connect() as conn:
         hostile = "landed_days; DROP TABLE landed_days"
         with pytest.raises(ValueError, match="not a table name"):
-            replace_days(conn, table=hostile, days=[DAYS[0]], frames=[])
+            replace_days(conn, days=[DAYS[0]], frames={hostile: []})
         with pytest.raises(ValueError, match="not a table name"):
             insert_frame(conn, hostile, __import__("polars").DataFrame({"a": [1]}))
         with pytest.raises(ValueError, match="not a table name"):

@@ -48,10 +48,11 @@ def test_a_failed_transaction_leaves_the_previous_rows(tmp_path: Path) -> None:
         schema={"day": pl.Date, "pipeline": pl.String, "model": pl.String, "id": pl.String},
     ).with_columns(reason=pl.lit("no_object"))
     with Warehouse(tmp_path / "w.duckdb").connect() as conn:
-        queries.replace_days(conn, table="unmatched_account_rows", days=[DAY], frames=[frame])
-        with pytest.raises(RuntimeError), queries.transaction(conn):
-            queries.replace_days_in_transaction(
-                conn, table="unmatched_account_rows", days=[DAY], frames=[]
+        queries.replace_days(conn, days=[DAY], frames={"unmatched_account_rows": [frame]})
+        # The second table's insert fails after the first table's day was cleared.
+        bad = pl.DataFrame({"day": [DAY]}, schema={"day": pl.Date})
+        with pytest.raises(duckdb.Error):
+            queries.replace_days(
+                conn, days=[DAY], frames={"unmatched_account_rows": [], "matched_metrics": [bad]}
             )
-            raise RuntimeError("stop")
         assert conn.execute("SELECT id FROM unmatched_account_rows").fetchall() == [("a",)]

@@ -108,13 +108,9 @@ def reread(
         except PayloadShapeError as exc:
             if attempt >= attempts:
                 times = f"{attempts} times" if attempts > 1 else "once"
+                problem = f"answered 200 with an unusable body ({times}): {exc.problem}"
                 raise PayloadShapeError(
-                    f"{exc.endpoint} answered 200 with an unusable body ({times}): {exc.problem}",
-                    service=exc.service,
-                    method=exc.method,
-                    url=exc.url,
-                    endpoint=exc.endpoint,
-                    problem=exc.problem,
+                    problem, service=exc.service, method=exc.method, url=exc.url, sep=" "
                 ) from None
             delay = retry.delay(attempt=attempt, retry_after=None)
             log.warning("%s: %s; reading it again in %.1f s", what, exc, delay)

@@ -8,7 +8,7 @@ import polars as pl
 
 from .. import queries
 from ..config import Config
-from ..queries import replace_days_in_transaction, transaction
+from ..queries import replace_days
 from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
 from ._common import daily_asset, open_warehouse, run_days, window
@@ -54,9 +54,8 @@ def build_matching_assets(
                     daily_usage(events.lazy()), objects.lazy(), actions.lazy()
                 )
                 m, u = pl.collect_all([matched, unmatched])
-                with transaction(conn):
-                    for table, frame in (("matched_activities", m), ("unmatched_visitor_rows", u)):
-                        replace_days_in_transaction(conn, table=table, days=[day], frames=[frame])
+                tables = {"matched_activities": [m], "unmatched_visitor_rows": [u]}
+                replace_days(conn, days=[day], frames=tables)
                 matched_keys += m.height
                 matched_events += int(m["count"].sum() or 0)
                 for reason, n_events, n_visitors in (
@@ -106,9 +105,8 @@ def build_matching_assets(
             values = queries.select_pipeline_values(conn, days=days, pipelines=pipelines)
             matched, unmatched = match_metrics(values.lazy(), objects.lazy())
             m, u = pl.collect_all([matched, unmatched])
-            with transaction(conn):
-                for table, frame in (("matched_metrics", m), ("unmatched_account_rows", u)):
-                    replace_days_in_transaction(conn, table=table, days=days, frames=[frame])
+            tables = {"matched_metrics": [m], "unmatched_account_rows": [u]}
+            replace_days(conn, days=days, frames=tables)
         by_reason = dict(u.group_by("reason").len().rows())
         ids = m.select("day", "pipeline", "external_id").n_unique() if m.height else 0
         total_ids = ids + u.height

@@ -11,7 +11,6 @@ import dagster as dg
 from ..config import Config
 from ..errors import ApiError, PendoAssetsError
 from ..landing import (
-    FeatureEventsDay,
     fetch_pipeline_day,
     ingest_feature_events,
     land_pipeline_day,
@@ -51,10 +50,9 @@ def build_pendo_raw_assets(
         context: dg.AssetExecutionContext, pendo: PendoResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         days = run_days(context)
-        totals: Counter[str] = Counter()
+        totals: Counter[str] = Counter()  # rows, pages, bytes, milliseconds
         kinds: Counter[str] = Counter()  # quarantined rows per kind of problem
         attempts = _Attempts(what="day(s)")
-        fetch_s = land_s = 0.0
         # One warehouse connection for the step: this run is the only writer, and reopening
         # the file per day costs a checkpoint each time.
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
@@ -81,19 +79,18 @@ def build_pendo_raw_assets(
 
                 # Fetch and land in one pass: pages stream into the day's transaction as they
                 # are decoded (see landing.ingest_feature_events).
-                def ingest(day: date = day) -> FeatureEventsDay:
-                    return ingest_feature_events(
-                        client,
-                        conn,
-                        day=day,
-                        config=config,
-                        feature_ids=feature_ids,
-                        staging_dir=warehouse.staging_dir,
-                    )
-
+                ingest = partial(
+                    ingest_feature_events,
+                    client,
+                    conn,
+                    day=day,
+                    config=config,
+                    feature_ids=feature_ids,
+                    staging_dir=warehouse.staging_dir,
+                )
                 try:
                     staged = reread(ingest, retry=pendo.retry(), what=f"{day} feature events")
-                except (ApiError, PendoAssetsError) as exc:
+                except PendoAssetsError as exc:
                     context.log.error(f"feature events not landed: {attempts.failure(day, exc)}")
                     continue
                 attempts.streak = 0
@@ -102,10 +99,10 @@ def build_pendo_raw_assets(
                     quarantined=staged.quarantined,
                     pages=staged.pages,
                     bytes=staged.body_bytes,
+                    fetch_ms=round(staged.fetch_seconds * 1000),
+                    land_ms=round(staged.land_seconds * 1000),
                 )
                 kinds.update(staged.kinds)
-                fetch_s += staged.fetch_seconds
-                land_s += staged.land_seconds
                 context.log.info(
                     f"[{n}/{len(days)}] {day}: {staged.rows} rows landed, {staged.quarantined} "
                     f"quarantined, {staged.pages} page(s), {staged.body_bytes / 1e6:.1f} MB"
@@ -124,8 +121,8 @@ def build_pendo_raw_assets(
                 "rows_quarantined": totals["quarantined"],
                 "pages": totals["pages"],
                 "response_mb": round(totals["bytes"] / 1e6, 2),
-                "fetch_seconds": round(fetch_s, 2),
-                "land_seconds": round(land_s, 2),
+                "fetch_seconds": totals["fetch_ms"] / 1000,
+                "land_seconds": totals["land_ms"] / 1000,
                 **{f"quarantined: {kind}": rows for kind, rows in sorted(kinds.items())},
             }
         )
@@ -158,7 +155,7 @@ def build_pendo_raw_assets(
                 try:
                     result = reread(fetch, retry=pendo.retry(), what=f"{day} pipeline {spec.name}")
                     land_pipeline_day(conn, result)
-                except (ApiError, PendoAssetsError) as exc:
+                except PendoAssetsError as exc:
                     failure = attempts.failure(day, exc, f" pipeline {spec.name!r}")
                     context.log.error(f"pipeline results not landed: {failure}")
                     continue

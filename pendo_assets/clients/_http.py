@@ -51,7 +51,7 @@ from ..errors import (
 )
 from ..types import SERVICE_NAMES, Service
 
-__all__ = ["AttemptHooks", "PooledClient", "Redactor", "RetryPolicy", "Sleep", "api_error"]
+__all__ = ["AttemptHooks", "PooledClient", "Redactor", "RetryPolicy", "Sleep"]
 __all__ += ["build_http_client", "check_max_pages", "parse_retry_after", "send_with_retries"]
 
 logger = logging.getLogger("pendo_assets.clients")
@@ -154,34 +154,12 @@ class PooledClient:
         self, method: str, path: str, problem: str, cls: type[ApiError] = PayloadShapeError
     ) -> ApiError:
         """``cls`` (`PayloadShapeError` by default) for ``problem`` at ``method path``."""
-        url = self._redactor.url(self._base_url + path)
-        return api_error(cls, self._service, method, url, path, problem)
-
-
-def api_error(
-    cls: type[_E],
-    service: Service,
-    method: str,
-    url: str,
-    path: str,
-    problem: str,
-    sep: str = ": ",
-    **fields: Any,
-) -> _E:
-    """Build (not raise) ``cls``, its message ``<Service> <method> <path><sep><problem>``.
-
-    ``url`` must be redacted already; ``fields`` are the subclass's own (``status_code``...).
-    """
-    endpoint = f"{SERVICE_NAMES[service]} {method} {path}"
-    return cls(
-        f"{endpoint}{sep}{problem}",
-        service=service,
-        method=method,
-        url=url,
-        endpoint=endpoint,
-        problem=problem,
-        **fields,
-    )
+        return cls(
+            problem,
+            service=self._service,
+            method=method,
+            url=self._redactor.url(self._base_url + path),
+        )
 
 
 def check_max_pages(max_pages: int) -> None:
@@ -528,13 +506,12 @@ class _Call:
         self.method = method
         self.safe_url = redactor.url(url)
         self.redactor = redactor
-        self.path = redactor.path(url)
-        self.endpoint = f"{self.name} {method} {self.path}"
+        self.endpoint = f"{self.name} {method} {redactor.path(url)}"
         self.logged = f"{self.name} {method} {self.safe_url}"
 
     def error(self, cls: type[_E], problem: str, sep: str = " ", **fields: Any) -> _E:
-        return api_error(
-            cls, self.service, self.method, self.safe_url, self.path, problem, sep, **fields
+        return cls(
+            problem, service=self.service, method=self.method, url=self.safe_url, sep=sep, **fields
         )
 
     def transport_error(

@@ -24,7 +24,6 @@ import pyarrow as pa
 from ..errors import PayloadShapeError
 from ..models import FEATURE_EVENT_SCHEMA, FeatureEventPage, RejectedRow
 from ..types import JSONDict
-from ._http import api_error
 
 __all__ = ["AGGREGATION_PATH", "MAX_VISITOR_ID_LENGTH", "decode_feature_events"]
 
@@ -182,9 +181,7 @@ def _results(body: bytes, decoder: msgspec.json.Decoder[Any] = _RAW_DECODER) -> 
 
 
 def _shape_error(problem: str) -> PayloadShapeError:
-    return api_error(
-        PayloadShapeError, "pendo", "POST", AGGREGATION_PATH, AGGREGATION_PATH, problem
-    )
+    return PayloadShapeError(problem, service="pendo", method="POST", url=AGGREGATION_PATH)
 
 
 def _row_key(values: Sequence[Any]) -> str:
