@@ -52,7 +52,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         assets=[snapshot, feature_events, pipeline_results, activities, metrics, publish],
         asset_checks=checks,
         jobs=[job],
-        schedules=[build_daily_schedule(job)],
+        schedules=[build_daily_schedule(job, config)],
         resources={
             "pendo": PendoResource(
                 integration_key=dg.EnvVar("PENDO_INTEGRATION_KEY"),

@@ -59,9 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", type=Path, default=Path("data/demo"), help="where the demo keeps its files"
     )
 
-    sync = sub.add_parser("sync", help="snapshot, land, match and publish every day in a range")
-    sync.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
-    sync.add_argument("--end", type=_date, required=True, help="last day (inclusive), YYYY-MM-DD")
+    sync = sub.add_parser(
+        "sync",
+        help="snapshot, land, match and publish every day in a range (default: the "
+        "sync.lookback_days days ending yesterday, as the daily schedule does)",
+    )
+    sync.add_argument(
+        "--start",
+        type=_date,
+        help="first day, YYYY-MM-DD (default: sync.lookback_days - 1 days before --end)",
+    )
+    sync.add_argument(
+        "--end", type=_date, help="last day (inclusive), YYYY-MM-DD (default: yesterday)"
+    )
     sync.add_argument(
         "--dry-run", action="store_true", help="compute and store what would be sent; send nothing"
     )
@@ -132,10 +142,12 @@ def _print_summary(summary: dict[str, int | float]) -> None:
 
 def _sync(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .partitions import sync_window
     from .runner import run_sync
 
     config = load_config()
-    outcome = run_sync(config=config, start=args.start, end=args.end, dry_run=args.dry_run)
+    start, end = sync_window(config, start=args.start, end=args.end)
+    outcome = run_sync(config=config, start=start, end=end, dry_run=args.dry_run)
     if outcome.run_id is not None:  # None: stopped before a run started (warehouse locked)
         print(f"run {outcome.run_id}" + (" (dry run: nothing sent)" if args.dry_run else ""))
     _print_summary(outcome.summary)

@@ -306,6 +306,13 @@ class SyncSettings(_Model):
     retry_max_delay_seconds: _Number = Field(
         default=300.0, ge=0, le=3600, description="the longest wait between attempts"
     )
+    lookback_days: _WholeNumber = Field(
+        default=10,
+        ge=1,
+        le=90,
+        description="days ending yesterday that a sync without a range (and the schedule) "
+        "re-pulls, since Pendo changes recent days",
+    )
 
 
 class Config(_Model):

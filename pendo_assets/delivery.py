@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_PLANNED = ("planned_activities", "planned_metrics")  # what a dry run would send
 
 
 class Sender(Protocol):
@@ -351,12 +352,14 @@ class Publisher:
         report.held_metric_keys = plan.held_metric_keys
         if dry_run:
             now = pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us"))
-            planned = {"planned_activities": plan.activities, "planned_metrics": plan.metrics}
-            frames = {t: [f.with_columns(now.alias("planned_at"))] for t, f in planned.items()}
+            planned = zip(_PLANNED, (plan.activities, plan.metrics), strict=True)
+            frames = {t: [f.with_columns(now.alias("planned_at"))] for t, f in planned}
             replace_days(self.conn, days=days, frames=frames)
         else:
             if self.sender is None:
                 raise DeliveryError("no Planhat client: cannot publish")
+            # An earlier dry run's plan for these days is out of date once they are published.
+            replace_days(self.conn, days=days, frames=dict.fromkeys(_PLANNED, ()))
             self._send_all("activities", plan.activities, report)
             for aggregation in ("last", "sum"):
                 part = plan.metrics.filter(pl.col("aggregation") == aggregation)

@@ -16,6 +16,7 @@ from ..landing import (
     land_pipeline_day,
     resolve_feature_actions,
 )
+from ..partitions import first_mutable_day
 from ..resources import PendoResource, WarehouseResource
 from ._common import (
     GIVE_UP_AFTER,
@@ -43,7 +44,9 @@ def build_pendo_raw_assets(
             "One row per Pendo feature-event row (visitor x account x feature x day x IP x user "
             "agent x server) for the configured features, in table raw_feature_events; "
             "malformed rows go to quarantine_feature_events with the reason. "
-            "Re-materializing a day replaces it in one transaction."
+            "Re-materializing a day replaces it in one transaction. Pendo changes recent days, "
+            "so the daily sync re-pulls the last sync.lookback_days; older days are final "
+            "(metadata final_days, mutable_from)."
         ),
     )
     def pendo_feature_events(
@@ -117,6 +120,7 @@ def build_pendo_raw_assets(
             metadata={
                 "partition_window": window(days),
                 "days": len(days),
+                **_finality(config, days),
                 "rows_landed": totals["rows"],
                 "rows_quarantined": totals["quarantined"],
                 "pages": totals["pages"],
@@ -178,6 +182,7 @@ def build_pendo_raw_assets(
             metadata={
                 "partition_window": window(days),
                 "days": len(days),
+                **_finality(config, days),
                 "pipelines": len(config.pipelines),
                 "result_rows": totals["rows"],
                 "metric_values": totals["values"],
@@ -187,6 +192,15 @@ def build_pendo_raw_assets(
         )
 
     return [pendo_feature_events, pendo_pipeline_results]
+
+
+def _finality(config: Config, days: list[date]) -> dict[str, int | str]:
+    """Which of ``days`` are final: older than the window the daily sync re-pulls."""
+    mutable_from = first_mutable_day(config)
+    return {
+        "final_days": sum(day < mutable_from for day in days),
+        "mutable_from": mutable_from.isoformat(),
+    }
 
 
 @dataclass

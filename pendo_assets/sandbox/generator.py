@@ -557,11 +557,13 @@ class Dataset:
         if value is None:
             self._now = None
         elif isinstance(value, datetime):
-            self._now = value if value.tzinfo is not None else value.replace(tzinfo=self._tz)
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=self._tz)
+            self._now = aware.astimezone(UTC)
         else:
-            self._now = datetime.combine(value, datetime.min.time(), tzinfo=self._tz) + timedelta(
+            noon = datetime.combine(value, datetime.min.time(), tzinfo=self._tz) + timedelta(
                 hours=12
             )
+            self._now = noon.astimezone(UTC)
 
     @property
     def now_ms(self) -> int:
