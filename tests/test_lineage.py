@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 from tests.conftest import SHORT, Env
 
@@ -62,6 +63,15 @@ def test_item_lineage_gives_the_pendo_rows_and_quarantined_rows_of_a_sent_key(en
     assert sorted(r["num_events"] for _, r in raw) == sorted(mine["numEvents"].to_list())
     quarantined = [json.loads(r) for s, _, r in lineage if s == "quarantine_feature_events"]
     assert [(q["visitorId"], q["numEvents"]) for q in quarantined] == [(visitor, "lots")]
+
+    # The README's one query gives the same rows, each beside the item it explains.
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    query = next(b for b in readme.split("```sql")[1:] if "item_lineage" in b).split("```")[0]
+    for example, value in (("user-000042", visitor), ("Export report", action)):
+        query = query.replace(f"'{example}'", "'" + value.replace("'", "''") + "'")
+    query = query.replace("2026-11-03", day.isoformat())
+    explained = env.sql(query)
+    assert {(r[4], r[6]) for r in explained} == {(s, r) for s, _, r in lineage}
 
     # A metric key traces back to the pipeline result row carrying its id.
     (dimension, model, external_id, mday), value = min(env.truth_metrics([day]).items())
