@@ -397,3 +397,51 @@ class PlanhatStore:
                     continue
                 out.append(dict(p))
             return out[offset : offset + limit]
+
+    def set_metric_day(
+        self,
+        *,
+        dimension_id: str,
+        model: Model,
+        external_id: str,
+        day: date | str,
+        value: float | None,
+    ) -> int:
+        """Change a metric day on the Planhat side, as a Planhat user could: the day's points
+        on the object with this ``externalId`` are replaced by one point of ``value`` (so the
+        day shows ``value`` whether the metric sums or takes the last point), or all removed
+        when ``value`` is None. What the sandbox received (`Recorder`) is left as it was.
+
+        Returns:
+            How many points were removed.
+
+        Raises:
+            KeyError: No visible ``model`` record has this ``externalId``.
+        """
+        when = day if isinstance(day, str) else day.isoformat()
+        with self._lock:
+            targets = self.match_external(model, external_id)
+            if not targets:
+                raise KeyError(f"no {model} with externalId {external_id!r}")
+            parents = {t["_id"] for t in targets}
+            kept, removed = [], 0
+            for p in self._points:
+                if (
+                    p["dimensionId"] == dimension_id
+                    and p["model"] == model
+                    and p["parentId"] in parents
+                    and p["time"][:10] == when[:10]
+                ):
+                    removed += 1
+                else:
+                    kept.append(p)
+            self._points = kept
+            if value is not None:
+                self.store_metric(
+                    target=targets[0],
+                    model=model,
+                    dimension_id=dimension_id,
+                    value=float(value),
+                    day=when,
+                )
+            return removed
