@@ -439,16 +439,17 @@ def select_sent_metric_days(
 
 
 def replace_metric_readback(
-    conn: Conn, *, scope: pl.DataFrame, values: pl.DataFrame, read_at: datetime, run_id: str | None
+    conn: Conn, *, scope: pl.DataFrame, values: pl.DataFrame, run_id: str | None
 ) -> None:
     """Record a read-back in one transaction: for each ``day, dimension_id`` of ``scope``,
     the values Planhat holds (``values``: ``day, model, external_id, dimension_id, points,
-    sum_value, last_value``) replace those of any earlier read-back."""
-    stamps = [
-        pl.lit(read_at, dtype=pl.Datetime("us")).alias("read_at"),
-        pl.lit(run_id, dtype=pl.String).alias("run_id"),
-    ]
+    sum_value, last_value``) replace those of any earlier read-back.
+
+    ``read_at`` is the transaction's ``current_timestamp``, the clock ``sent_at`` is stamped
+    with, so `metric_drift` can tell whether a key was sent after it was read back.
+    """
     conn.register("_readback_scope", scope.select("day", "dimension_id"))
+    conn.register("_readback_values", values)
     try:
         with transaction(conn):
             for table in ("planhat_readback_days", "planhat_metric_readback"):
@@ -456,12 +457,19 @@ def replace_metric_readback(
                     f"DELETE FROM {table} WHERE (day, dimension_id) IN "
                     "(SELECT (day, dimension_id) FROM _readback_scope)"
                 )
-            insert_frame(
-                conn, "planhat_readback_days", scope.select("day", "dimension_id", *stamps)
+            conn.execute(
+                "INSERT INTO planhat_readback_days BY NAME SELECT day, dimension_id, "
+                "current_timestamp::TIMESTAMP AS read_at, ?::VARCHAR AS run_id FROM _readback_scope",
+                [run_id],
             )
-            insert_frame(conn, "planhat_metric_readback", values.with_columns(*stamps))
+            conn.execute(
+                "INSERT INTO planhat_metric_readback BY NAME SELECT *, "
+                "current_timestamp::TIMESTAMP AS read_at, ?::VARCHAR AS run_id FROM _readback_values",
+                [run_id],
+            )
     finally:
         conn.unregister("_readback_scope")
+        conn.unregister("_readback_values")
 
 
 def count_metric_drift(conn: Conn) -> int:

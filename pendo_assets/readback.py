@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Protocol
 
 import duckdb
@@ -180,8 +180,7 @@ def read_back_metrics(
         )
     values = pl.concat(read) if read else pl.DataFrame(schema=_READBACK_SCHEMA)
     report.keys = values.height
-    now = datetime.now(UTC).replace(tzinfo=None)
-    queries.replace_metric_readback(conn, scope=scope, values=values, read_at=now, run_id=run_id)
+    queries.replace_metric_readback(conn, scope=scope, values=values, run_id=run_id)
     report.drift_keys = queries.count_metric_drift(conn)
     if report.points_unknown_objects:
         log.warning(

@@ -86,6 +86,7 @@ def test_metric_drift_lists_exactly_the_keys_changed_in_planhat_until_resend_met
     second = env.sync(SHORT[0], SHORT[-1])
     assert second.run_id is not None
     assert second.summary["metric_items_sent"] == 0  # Pendo did not change: nothing to send
+    assert second.summary["metric_drift_keys"] == 4
     assert drift(env) == {
         changed_last: (sent[changed_last][0], sent[changed_last][0] + 5),
         deleted_last: (sent[deleted_last][0], None),
