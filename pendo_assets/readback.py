@@ -231,9 +231,7 @@ def resend_metrics(
         ApiError: From the read-backs.
     """
     report = RepairReport()
-    first = read_back_metrics(
-        conn, reader=client, days=days, run_id=run_id, dimension_id=dimension_id
-    )
+    read_back_metrics(conn, reader=client, days=days, run_id=run_id, dimension_id=dimension_id)
     items, report.held = plan_metric_repairs(conn, days=days, dimension_id=dimension_id)
     report.drift_before = items.height + report.held
     report.last_resent = items.filter(pl.col("aggregation") == "last").height
@@ -243,7 +241,6 @@ def resend_metrics(
     report.readback = read_back_metrics(
         conn, reader=client, days=days, run_id=run_id, dimension_id=dimension_id
     )
-    report.readback.pages += first.pages
     drift = queries.select_metric_drift(conn, days=days, dimension_id=dimension_id)
     report.drift_after = drift.height
     return report

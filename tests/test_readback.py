@@ -6,11 +6,18 @@ reads it back and lists exactly those keys; ``pendo-planhat resend-metrics`` mak
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 
 import dagster as dg
+import duckdb
+import polars as pl
 
+from pendo_assets import queries
 from pendo_assets.cli import main
+from pendo_assets.models import MetricPoint
+from pendo_assets.readback import read_back_metrics
 from pendo_assets.types import Model
 
 from .conftest import SHORT, Env
@@ -134,3 +141,79 @@ def test_a_failed_read_back_fails_the_run_and_keeps_the_earlier_read_back(env: E
     assert env.sql("SELECT * FROM planhat_readback_days ORDER BY ALL") == before
     env.sandbox.faults.clear()
     assert env.sync(SHORT[0], SHORT[-1]).exit_code == 0
+
+
+# Read-back on a warehouse, with a scripted reader
+
+
+@dataclass
+class Reader:
+    """Planhat's points, read back in the order given."""
+
+    points: list[MetricPoint] = field(default_factory=list)
+    reads: list[tuple[str, date, date]] = field(default_factory=list)
+
+    def get_dimension_data(
+        self, *, dimension_id: str, start: date, end: date
+    ) -> Iterator[list[MetricPoint]]:
+        self.reads.append((dimension_id, start, end))
+        yield [p for p in self.points if p.dimension_id == dimension_id and start <= p.day <= end]
+
+
+D = date(2026, 11, 2)
+
+
+def deliver(conn: duckdb.DuckDBPyConnection, dimension: str, value: float, agg: str) -> None:
+    items = pl.DataFrame(
+        {"day": [D], "model": ["Company"], "external_id": ["acct-1"], "dimension_id": [dimension]}
+    ).with_columns(pl.lit(value).alias("value"), pl.lit(agg).alias("aggregation"))
+    batch = queries.insert_batch(
+        conn, kind="metrics", aggregation=agg, items=items, body_bytes=1, run_id="r"
+    )
+    queries.mark_batch(conn, batch_id=batch, status="sending", sent=True)
+    queries.mark_batch(conn, batch_id=batch, status="delivered")
+
+
+def point(dimension: str, value: float, parent: str = "co-1", day: date = D) -> MetricPoint:
+    return MetricPoint(dimension, day, value, "Company", parent)
+
+
+def test_read_back_compares_the_latest_point_of_last_and_the_sum_of_sum(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
+    snapshot = {"model": "Company", "object_id": "co-1", "external_id": "acct-1", "name": "Acme"}
+    objects = pl.DataFrame([snapshot | {"snapshot_at": datetime(2026, 11, 3)}])
+    queries.replace_planhat_objects(conn, objects)
+    deliver(conn, "l", 5.0, "last")
+    deliver(conn, "s", 7.0, "sum")
+    reader = Reader(
+        [
+            point("l", 9.0),
+            point("l", 5.0),  # the latest: what the day shows
+            point("s", 3.0),
+            point("s", 4.0),
+            point("s", 1.0, parent="co-unknown"),  # not in the snapshot: left out
+            point("s", 2.0, day=D + timedelta(days=1)),  # a day never sent: not read
+        ]
+    )
+    report = read_back_metrics(conn, reader=reader, days=[D, D + timedelta(days=1)], run_id="r")
+    assert sorted(reader.reads) == [("l", D, D), ("s", D, D)]
+    assert (report.dimensions, report.metric_days, report.points) == (2, 2, 5)
+    assert (report.keys, report.points_unknown_objects, report.drift_keys) == (2, 1, 0)
+    rows = conn.execute(
+        "SELECT dimension_id, points, sum_value, last_value, run_id FROM planhat_metric_readback "
+        "ORDER BY ALL"
+    ).fetchall()
+    assert rows == [("l", 2, 14.0, 5.0, "r"), ("s", 2, 7.0, 4.0, "r")]
+
+    reader.points += [point("l", 6.0), point("s", 2.0)]  # changed in Planhat
+    read_back_metrics(conn, reader=reader, days=[D], run_id="r2")
+    drift = conn.execute("SELECT dimension_id, sent, planhat FROM metric_drift ORDER BY ALL")
+    assert drift.fetchall() == [("l", 5.0, 6.0), ("s", 7.0, 9.0)]
+
+    deliver(conn, "l", 6.0, "last")  # sent after the read-back: waits for the next one
+    assert queries.count_metric_drift(conn) == 1
+    reader.points.clear()  # Planhat lost everything
+    read_back_metrics(conn, reader=reader, days=[D], run_id="r3")
+    drift = conn.execute("SELECT dimension_id, sent, planhat FROM metric_drift ORDER BY ALL")
+    assert drift.fetchall() == [("l", 6.0, None), ("s", 7.0, None)]
