@@ -121,7 +121,7 @@ def build_checks(
     )
     def metric_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
-            keys = queries.count_metric_drift(conn)
+            keys, first_day, last_day = queries.metric_drift_span(conn)
             first = queries.metric_drift_keys(conn, limit=5)
         shown = "; ".join(
             f"{day} {dimension} {model} {external_id}: sent {sent:g}, Planhat "
@@ -131,11 +131,13 @@ def build_checks(
         problem = (
             f"Planhat disagrees with the ledger on {keys} metric key(s) (see the metric_drift "
             f"view), first: {shown}. A value was changed or deleted in Planhat, or Planhat "
-            "dropped an item. To make Planhat agree, run `pendo-planhat resend-metrics --start "
-            "FIRST_DAY --end LAST_DAY` (a `last` metric gets the last value sent again; a `sum` "
-            "metric gets the difference as one more point); see the README, Metric drift."
+            "dropped an item. To make Planhat agree, run `pendo-planhat resend-metrics "
+            f"--start {first_day} --end {last_day}` (a `last` metric gets the last value sent "
+            "again; a `sum` metric gets the difference as one more point); see the README, "
+            "Metric drift."
         )
-        return _result(problem if keys else None, {"metric_drift_keys": keys})
+        span = f"{first_day}..{last_day}" if keys else ""
+        return _result(problem if keys else None, {"metric_drift_keys": keys, "days": span})
 
     return [
         rows_have_visitor_ids,

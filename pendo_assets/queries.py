@@ -45,6 +45,7 @@ __all__ = [
     "mark_batch",
     "match_totals",
     "metric_drift_keys",
+    "metric_drift_span",
     "quarantined_visitor_id_rows",
     "record_item_errors",
     "record_landed_day",
@@ -475,6 +476,12 @@ def replace_metric_readback(
 def count_metric_drift(conn: Conn) -> int:
     """How many metric keys Planhat disagrees on (``metric_drift``)."""
     return int(_scalar(conn, "SELECT COUNT(*) FROM metric_drift"))
+
+
+def metric_drift_span(conn: Conn) -> tuple[int, date | None, date | None]:
+    """Keys in ``metric_drift``, and their first and last day (None when there is none)."""
+    row = conn.execute("SELECT COUNT(*), min(day), max(day) FROM metric_drift").fetchone()
+    return (int(row[0]), row[1], row[2]) if row else (0, None, None)
 
 
 def metric_drift_keys(

@@ -104,6 +104,8 @@ def test_metric_drift_lists_exactly_the_keys_changed_in_planhat_until_resend_met
     assert not passed and description is not None
     assert "on 4 metric key(s)" in description and "resend-metrics" in description
     assert str(changed_last[2]) in description or str(deleted_last[2]) in description
+    first_day = min(k[0] for k in (changed_last, deleted_last, deleted_sum, raised_sum))
+    assert f"--start {first_day} --end " in description
 
     # The documented fix: resend-metrics for the range.
     argv = ["resend-metrics", "--start", str(SHORT[0]), "--end", str(SHORT[-1])]
