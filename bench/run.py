@@ -564,7 +564,7 @@ def render(results: dict[str, Any]) -> str:
                 "snapshot",
                 "requests",
                 f"{s['requests']} ({s['requests_ok']} pages, {s['requests_429']} answered 429; "
-                f"{s['rate_limit_wait_s']:.0f} s waited; {s['response_mb']:.0f} MB read)",
+                f"{s['rate_limit_wait_s']:.0f} s waited for the quota; {s['response_mb']:.0f} MB read)",
             ],
             [
                 "snapshot",

@@ -5,8 +5,9 @@
 Project (`PlanhatClient.snapshot`, 2,000 a request, 5,000 for Companies), `snapshot_objects`
 shapes them and `queries.replace_planhat_objects` stores them in a fresh warehouse. The sandbox
 serving them enforces Planhat's documented quota (started with ``--rate-limit``), answering 429
-with ``Retry-After``; the client's waits are counted through its injectable ``sleep``. Requests
-and their statuses are counted by the sandbox itself.
+with ``Retry-After``. The client keeps under the same quota itself (``api_quota``); its waits,
+before a request and after a 429, are counted through its injectable ``sleep``. Requests and their
+statuses are counted by the sandbox itself.
 
 ``land``: one day of feature events landed into that warehouse (`landing.ingest_feature_events`);
 not a figure of this section, only its input.

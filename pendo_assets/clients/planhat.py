@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -26,7 +27,7 @@ from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, PlanhatSnapshot
 from ..types import JSONDict, Model
 from ._http import AttemptHooks, PooledClient, RetryPolicy, Sleep, check_max_pages
 
-__all__ = ["MAX_ANALYTICS_BODY_BYTES", "MODEL_PAGE_LIMITS", "PlanhatClient"]
+__all__ = ["API_QUOTA", "MAX_ANALYTICS_BODY_BYTES", "MODEL_PAGE_LIMITS", "PlanhatClient"]
 
 logger = logging.getLogger("pendo_assets.clients")
 
@@ -41,6 +42,10 @@ MODEL_PAGE_LIMITS: Final[Mapping[Model, tuple[str, int]]] = {
 #: Planhat's hard cap on an analytics body (planhat_api.md section 3.4).
 MAX_ANALYTICS_BODY_BYTES: Final = 32_000_000
 DEFAULT_MAX_PAGES: Final = 10_000
+#: Planhat's main-API quota, 200 calls a minute (planhat_api.md section 5.2; its hard limit, 150 a
+#: second, is never reached one request at a time). Whether a 429 carries ``Retry-After`` is
+#: undocumented, and five backed-off attempts span about 20 s, so the client keeps under it.
+API_QUOTA: Final = (200, 60.0)
 _TOKEN_HINT: Final = "check PLANHAT_API_TOKEN: a service-account token with access to this object"
 _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -57,6 +62,10 @@ class PlanhatClient(PooledClient):
             serves both hosts.
         max_body_bytes: Largest analytics body this client sends (Planhat's cap is 32 MB).
         max_items: Most items in one analytics body (Planhat: "about 150,000" fit in 32 MB).
+        api_quota: ``(requests, seconds)``: before a main-API request that would make more than
+            ``requests`` in ``seconds``, wait (with ``sleep``) until it would not; None never
+            waits. The analytics host has no such limit.
+        clock: Monotonic seconds for ``api_quota`` (tests pass a fake one with ``sleep``).
 
     Raises:
         ConfigError: Empty tokens, non-HTTP URLs or limits out of range.
@@ -78,6 +87,8 @@ class PlanhatClient(PooledClient):
         sleep: Sleep = time.sleep,
         max_body_bytes: int = 30_000_000,
         max_items: int = 140_000,
+        api_quota: tuple[int, float] | None = API_QUOTA,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value in (("api_token", api_token), ("tenant_token", tenant_token)):
             if not isinstance(value, str) or not value.strip():
@@ -93,6 +104,8 @@ class PlanhatClient(PooledClient):
             )
         if max_items < 1:
             raise ConfigError(f"max_items must be 1 or more, got {max_items}")
+        if api_quota is not None and not (api_quota[0] >= 1 and api_quota[1] > 0):
+            raise ConfigError(f"api_quota must be (requests >= 1, seconds > 0), got {api_quota}")
         super().__init__(
             secrets=[api_token, tenant_token],
             timeout=timeout,
@@ -108,6 +121,9 @@ class PlanhatClient(PooledClient):
         tenant = quote(tenant_token, safe="")
         self._activities_url = f"{self.analytics_url}/analytics/bulk/{tenant}"
         self._dimensiondata_url = f"{self.analytics_url}/dimensiondata/{tenant}"
+        self._quota = api_quota
+        self._clock = clock
+        self._api_calls: deque[float] = deque()
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
@@ -310,6 +326,26 @@ class PlanhatClient(PooledClient):
             raise BatchError("refusing to send an empty JSON array")
         if count != items:
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self._quota is not None and url.startswith(self.api_url + "/"):
+            self._keep_under_quota(*self._quota)
+        return super()._request(method, url, **kwargs)
+
+    def _keep_under_quota(self, requests: int, seconds: float) -> None:
+        calls, now = self._api_calls, self._clock()
+        while calls and now - calls[0] >= seconds:
+            calls.popleft()
+        if len(calls) >= requests:
+            wait = seconds - (now - calls[0])
+            logger.info(
+                "Planhat API quota: %d calls in %.0f s; waiting %.1f s", requests, seconds, wait
+            )
+            self._sleep(wait)
+            now = max(self._clock(), calls[0] + seconds)
+            while calls and now - calls[0] >= seconds:
+                calls.popleft()
+        calls.append(now)
 
     def _offset_pages(
         self, path: str, select: str, limit: int, max_pages: int
