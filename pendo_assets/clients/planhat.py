@@ -328,12 +328,18 @@ class PlanhatClient(PooledClient):
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        if self._quota is not None and url.startswith(self.api_url + "/"):
-            self._keep_under_quota(*self._quota)
-        return super()._request(method, url, **kwargs)
+        if self._quota is None or not url.startswith(self.api_url + "/"):
+            return super()._request(method, url, **kwargs)
+        self._wait_for_quota(*self._quota)
+        try:
+            return super()._request(method, url, **kwargs)
+        finally:
+            # Stamped when the answer is in: Planhat counted the call before that, never after.
+            self._api_calls.append(self._clock())
 
-    def _keep_under_quota(self, requests: int, seconds: float) -> None:
-        calls, now = self._api_calls, self._clock()
+    def _wait_for_quota(self, requests: int, seconds: float) -> None:
+        calls = self._api_calls
+        now = self._clock()
         while calls and now - calls[0] >= seconds:
             calls.popleft()
         if len(calls) >= requests:
@@ -345,7 +351,6 @@ class PlanhatClient(PooledClient):
             now = max(self._clock(), calls[0] + seconds)
             while calls and now - calls[0] >= seconds:
                 calls.popleft()
-        calls.append(now)
 
     def _offset_pages(
         self, path: str, select: str, limit: int, max_pages: int
