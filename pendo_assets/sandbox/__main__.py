@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         "--visitors", type=int, help="identified visitors (default: scaled to --rows-per-day)"
     )
     parser.add_argument("--accounts", type=int, help="accounts (default: scaled to the visitors)")
+    parser.add_argument(
+        "--endusers", type=int, help="size the Planhat tenant instead (with --companies)"
+    )
+    parser.add_argument("--companies", type=int, help="Planhat Companies (with --endusers)")
     parser.add_argument("--features", type=int, default=12)
     parser.add_argument("--timezone", default="America/New_York")
     parser.add_argument("--host", default="127.0.0.1")
@@ -58,7 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.accounts is not None:
         overrides["n_accounts"] = args.accounts
     try:
-        spec = SandboxSpec.for_rows(args.rows_per_day, **overrides)
+        if (args.endusers is None) != (args.companies is None):
+            raise ValueError("--endusers and --companies go together")
+        if args.endusers is not None:
+            spec = SandboxSpec.for_tenant(
+                endusers=args.endusers,
+                companies=args.companies,
+                rows_per_day=args.rows_per_day,
+                **overrides,
+            )
+        else:
+            spec = SandboxSpec.for_rows(args.rows_per_day, **overrides)
         now = datetime.fromisoformat(args.now) if args.now else None
         require_loopback(args.host)
     except ValueError as exc:

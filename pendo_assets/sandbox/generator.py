@@ -276,6 +276,41 @@ class SandboxSpec:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def for_tenant(
+        cls, *, endusers: int, companies: int, rows_per_day: int = 5000, **overrides: Any
+    ) -> SandboxSpec:
+        """A spec whose Planhat tenant holds about ``endusers`` End Users and ``companies``
+        Companies (within a few), e.g. a B2C-leaning tenant of 1M End Users and 50k Companies.
+
+        Args:
+            endusers: End Users listed by ``GET /endusers`` (late ones not counted).
+            companies: Companies listed by ``GET /companies``.
+            rows_per_day: approximate feature-event rows per day.
+            **overrides: any other :class:`SandboxSpec` field (the category fractions too).
+
+        Returns:
+            The spec.
+        """
+
+        def given(name: str) -> float:
+            return float(overrides.get(name, getattr(cls, name)))
+
+        # Per visitor, `Dataset._build_planhat` makes one End User (matched, case variant), two
+        # (ambiguous) or none (missing, late), plus 1 in 100 without externalId and 1 in 50
+        # CRM-only; per account one Company, two (ambiguous) or none, plus 1 in 50 orphans and
+        # 1 in 50 CRM-only.
+        per_visitor = 1 - given("visitor_missing") - given("visitor_late")
+        per_visitor += given("visitor_ambiguous") + 0.01 + 0.02
+        per_account = 1 - given("account_missing") + given("account_ambiguous") + 0.04
+        values: dict[str, Any] = {
+            "rows_per_day": rows_per_day,
+            "n_visitors": max(20, round(endusers / per_visitor)),
+            "n_accounts": max(10, round(companies / per_account)),
+        }
+        values.update(overrides)
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class _DayCore:
