@@ -35,7 +35,7 @@ from pendo_assets import queries
 from pendo_assets.clients import PendoClient, PlanhatClient, RetryPolicy
 from pendo_assets.config import load_config
 from pendo_assets.landing import ingest_feature_events, resolve_feature_actions
-from pendo_assets.queries import replace_days_in_transaction, transaction
+from pendo_assets.queries import replace_days
 from pendo_assets.transforms import daily_usage, match_activities
 from pendo_assets.warehouse import Warehouse
 
@@ -157,9 +157,9 @@ def match(config_path: Path, day: date, workdir: Path) -> dict[str, Any]:
         )
         m, u = pl.collect_all([matched, unmatched])
         computed = time.perf_counter()
-        with transaction(conn):
-            for table, frame in (("matched_activities", m), ("unmatched_visitor_rows", u)):
-                replace_days_in_transaction(conn, table=table, days=[day], frames=[frame])
+        replace_days(
+            conn, days=[day], frames={"matched_activities": [m], "unmatched_visitor_rows": [u]}
+        )
         written = time.perf_counter()
     by_reason = dict(u.group_by("reason").agg(pl.col("num_events").sum()).rows())
     matched_events = int(m["count"].sum() or 0)
