@@ -176,7 +176,7 @@ def _same(given: str | None, expected: str) -> bool:
 
 
 class PendoApp:
-    """``/api/v1/token/verify``, ``/api/v1/feature`` and ``/api/v1/aggregation``."""
+    """``/api/v1/token/verify``, ``/api/v1/feature``, ``/api/v1/page`` and ``/api/v1/aggregation``."""
 
     service: SandboxService = "pendo"
     max_body: int | None = None
@@ -210,10 +210,17 @@ class PendoApp:
             return _json(200, hits[0], items=1) if hits else Response(404, b"", content_type=None)
         if req.method == "POST" and path == "/api/v1/aggregation":
             return self._aggregation(req)
+        if req.method == "GET" and path == "/api/v1/page":
+            return self._features(req, self.dataset.pages())
+        if req.method == "GET" and path.startswith("/api/v1/page/"):
+            pid = unquote(path.rsplit("/", 1)[1])
+            hits = [p for p in self.dataset.pages() if p["id"] == pid]
+            return _json(200, hits[0], items=1) if hits else Response(404, b"", content_type=None)
         return _text(404, "Not Found")
 
-    def _features(self, req: Request) -> Response:
-        features = self.dataset.features()
+    def _features(self, req: Request, objects: list[JSONDict] | None = None) -> Response:
+        """Features (or, given ``objects``, pages): every app with ``?expand=*``."""
+        features = self.dataset.features() if objects is None else objects
         app_param = req.param("appId")
         if req.param("expand") == "*":
             return _json(200, features, items=len(features))
