@@ -21,7 +21,7 @@ Run as a process with ``python -m pendo_assets.sandbox --help``.
 from __future__ import annotations
 
 from .faults import Fault, FaultKind, Faults, SandboxService
-from .generator import DEFAULT_APP_ID, SECOND_APP_ID, Dataset, SandboxSpec
+from .generator import DEFAULT_APP_ID, SECOND_APP_ID, Dataset, IdentityMatch, SandboxSpec
 from .pipeline import PipelineError
 from .recorder import ActivityRecord, MetricRecord, Recorder, RequestRecord, UpsertRecord
 from .rows import (
@@ -51,6 +51,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "Faults",
+    "IdentityMatch",
     "MetricRecord",
     "PendoRows",
     "PipelineError",

@@ -17,6 +17,12 @@ Visitors and accounts carry category labels (``matched``, ``missing``, ``case_va
 ``ambiguous``, ``late``; ``anonymous`` for ``_PENDO_T_`` ids) that decide which Planhat objects
 exist. The ``truth_*`` helpers compute what a correct sync must deliver from the labelled arrays
 and the current Planhat state, independent of the product's code.
+
+``pageEvents`` and ``trackEvents`` rows (pages and track types instead of features) come from
+their own seeded streams, so they never change feature events. ``SandboxSpec.identity`` adds
+visitor emails and End Users matched by email (:meth:`Dataset.identity_categories`); the
+``truth_identity``, ``truth_created_end_users``, ``truth_activities_by_key`` and
+``truth_unmatched_by_key`` helpers give the ground truth for each ``matching`` config.
 """
 
 from __future__ import annotations
@@ -2106,6 +2112,22 @@ class Dataset:
         return self._pipeline_truth(days, pipelines, app_ids).unmatched
 
     # ------------------------------------------------------------------ config
+
+    def identity_config(self) -> JSONDict:
+        """Config keys of DESIGN.md section 5 *Identity* and *More Pendo sources* for this data:
+        ``matching`` (both keys, creation on), ``pages`` and ``track_events`` (every page and
+        track type, named by its Pendo name). Merge into :meth:`demo_config`'s result."""
+        return {
+            "matching": {
+                "end_user_keys": ["externalId", "email"],
+                "visitor_email_field": "metadata.agent.email",
+                "create_end_users": True,
+            },
+            "pages": [{"id": p["id"], "action": f"Viewed {p['name']}"} for p in self.pages()],
+            "track_events": [
+                {"id": t["id"], "action": f"{t['name']} (track event)"} for t in self.track_types()
+            ],
+        }
 
     def demo_config(self, *, start_date: date | str) -> JSONDict:
         """A product config (DESIGN.md section 5 format) that exercises the sandbox.

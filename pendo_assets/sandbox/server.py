@@ -412,8 +412,11 @@ class PlanhatApiApp:
             raise _BadRequest("body must be a JSON array")
         if len(items) > MAX_UPSERT_ITEMS:
             raise _BadRequest(f"at most {MAX_UPSERT_ITEMS} items per request, got {len(items)}")
-        self.recorder.add_upserts([UpsertRecord(req.seq, model, item) for item in items])
-        report = self.dataset.planhat.upsert(model, items)
+        outcomes: list[str] = []
+        report = self.dataset.planhat.upsert(model, items, outcomes=outcomes)
+        self.recorder.add_upserts(
+            [UpsertRecord(req.seq, model, item, o) for item, o in zip(items, outcomes, strict=True)]
+        )
         failed = bool(report["createdErrors"] or report["updatedErrors"])
         return _json(206 if failed else 200, report, items=len(items), applied=True)
 
@@ -490,11 +493,9 @@ class PlanhatAnalyticsApp:
                 )
                 continue
             ext, email = item.get("externalId"), item.get("email")
-            matched = (
-                bool(store.match_external("EndUser", ext))
-                if ext
-                else bool(store.match_email(email))
-            )
+            hits = store.match_external("EndUser", ext) if ext else store.match_email(email)
+            matched = bool(hits)
+            chosen = self._pick_enduser(hits, item.get("companyExternalId"))
             records.append(
                 ActivityRecord(
                     request_seq=req.seq,
@@ -509,10 +510,24 @@ class PlanhatAnalyticsApp:
                     info=item.get("info"),
                     dropped=not (tenant_ok and matched),
                     raw=item,
+                    enduser_id=chosen if tenant_ok else None,
                 )
             )
         self.recorder.add_activities(records)
         return _json(200, {}, items=len(items), applied=True)
+
+    def _pick_enduser(self, hits: list[JSONDict], company_external_id: Any) -> str | None:
+        """The End User an activity lands on: the only hit, or the only one whose Company's
+        externalId is ``companyExternalId`` (Planhat's rule for an email on several End Users)."""
+        if len(hits) > 1:
+            store = self.dataset.planhat
+            hits = [
+                h
+                for h in hits
+                if company_external_id
+                and store.company_external_id(h.get("companyId")) == company_external_id
+            ]
+        return hits[0]["_id"] if len(hits) == 1 else None
 
     def _metrics(self, req: Request, tenant: str) -> Response:
         tenant_ok = _same(tenant, self.tenant)
