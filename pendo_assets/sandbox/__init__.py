@@ -26,9 +26,13 @@ from .pipeline import PipelineError
 from .recorder import ActivityRecord, MetricRecord, Recorder, RequestRecord, UpsertRecord
 from .rows import (
     FEATURE_EVENTS,
+    PAGE_EVENTS,
+    TRACK_EVENTS,
+    VISITORS,
     PendoRows,
     RowInjection,
     malformed_feature_rows,
+    malformed_visitor_rows,
     valid_odd_feature_rows,
 )
 from .sandbox import (
@@ -45,7 +49,10 @@ __all__ = [
     "DEFAULT_PENDO_KEY",
     "DEFAULT_TENANT_TOKEN",
     "FEATURE_EVENTS",
+    "PAGE_EVENTS",
     "SECOND_APP_ID",
+    "TRACK_EVENTS",
+    "VISITORS",
     "ActivityRecord",
     "Dataset",
     "Fault",
@@ -63,6 +70,7 @@ __all__ = [
     "SandboxSpec",
     "UpsertRecord",
     "malformed_feature_rows",
+    "malformed_visitor_rows",
     "serve_forever",
     "valid_odd_feature_rows",
 ]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from datetime import UTC, date, datetime
 
@@ -11,7 +12,16 @@ import httpx
 import polars as pl
 import pytest
 
-from pendo_assets.sandbox import DEFAULT_APP_ID, Dataset, Sandbox, SandboxSpec
+from pendo_assets.sandbox import (
+    DEFAULT_APP_ID,
+    PAGE_EVENTS,
+    VISITORS,
+    Dataset,
+    Sandbox,
+    SandboxSpec,
+    malformed_feature_rows,
+    malformed_visitor_rows,
+)
 from pendo_assets.sandbox.pipeline import SourceSpec
 
 NOW = datetime(2026, 11, 3, 12, tzinfo=UTC)
@@ -473,3 +483,45 @@ def test_email_activity_lands_on_the_end_user_of_its_company(client):
         assert (random_pick.enduser_id, random_pick.dropped) == (None, False)
         assert (unknown.enduser_id, unknown.dropped) == (None, True)
         assert fresh.received.activity_totals_by_key() == {(email, "a", "2026-11-02"): 2}
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_malformed_visitor_and_page_rows_can_be_injected(client):
+    with Sandbox(SandboxSpec(identity=True), now=NOW) as fresh:
+        bad_visitors = malformed_visitor_rows()
+        assert {reason for reason, _ in bad_visitors} >= {
+            "visitorId is missing",
+            "metadata.agent.email is not a string",
+            "row is not a JSON object",
+        }
+        fresh.pendo_rows.add(match=VISITORS, rows=[text for _, text in bad_visitors])
+        stages = [{"source": {"visitors": None}}, {"sort": ["visitorId"]}]
+        real = len(fresh.dataset.visitor_categories())  # identified and anonymous
+        served = []
+        for skip in range(0, real + len(bad_visitors), 1000):
+            served.extend(pendo(fresh, client, [*stages, {"skip": skip}, {"limit": 1000}]))
+        assert len(served) == real + len(bad_visitors)
+        assert served[real:] == [json.loads(text) for _, text in bad_visitors]
+        with pytest.raises(ValueError, match="give the day"):
+            fresh.pendo_rows.add(match=PAGE_EVENTS, rows=["{}"])
+        page = fresh.dataset.pages()[0]["id"]
+        day_ms = fresh.dataset.day_start_ms(DAY)
+        bad_pages = malformed_feature_rows(day_ms=day_ms, feature_id=page, id_field="pageId")
+        assert {"pageId is missing", "pageId is null"} <= {reason for reason, _ in bad_pages}
+        assert "featureId" not in bad_pages[0][1] and page in bad_pages[0][1]
+        fresh.pendo_rows.add(day=DAY, match=PAGE_EVENTS, rows=[t for _, t in bad_pages])
+        source = {
+            "pageEvents": None,
+            "timeSeries": {"period": "dayRange", "first": day_ms, "count": 1},
+        }
+        rows = pendo(fresh, client, [{"source": source}])
+        assert len(rows) == fresh.dataset.page_events(DAY).filter(
+            pl.col("appId") == DEFAULT_APP_ID
+        ).height + len(bad_pages)
+        tracks = {"trackEvents": None, "timeSeries": source["timeSeries"]}
+        assert (
+            len(pendo(fresh, client, [{"source": tracks}]))
+            == fresh.dataset.track_events(DAY).filter(pl.col("appId") == DEFAULT_APP_ID).height
+        )
