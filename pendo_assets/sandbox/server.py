@@ -629,8 +629,9 @@ class ControlApp:
     """``/_sandbox/...`` on every server: lets an out-of-process benchmark read what was received
     and drive the data set. Loopback only, like the rest; never recorded or faulted.
 
-    GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals`` and
-    ``metric_points`` (``?include_dropped=0``); POST ``revise_day`` (``{"day", "grow"}``),
+    GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals``,
+    ``activity_totals_by_key`` and ``metric_points`` (``?include_dropped=0|1``), ``created``
+    (``?model=EndUser``: the upsert items that created a record); POST ``revise_day`` (``{"day", "grow"}``),
     ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``), ``clear``.
 
     Faults, for tests that run the product as another process: GET ``faults`` (``{"fired",
@@ -670,6 +671,13 @@ class ControlApp:
             if name == "activity_totals":
                 totals = rec.activity_totals(include_dropped=_flag(req, "include_dropped", True))
                 return _json(200, [[*k, v] for k, v in totals.items()])
+            if name == "activity_totals_by_key":
+                totals = rec.activity_totals_by_key(
+                    include_dropped=_flag(req, "include_dropped", False)
+                )
+                return _json(200, [[*k, v] for k, v in totals.items()])
+            if name == "created":
+                return _json(200, rec.created(req.param("model") or "EndUser"))
             if name == "metric_points":
                 points = rec.metric_points(include_dropped=_flag(req, "include_dropped", True))
                 return _json(200, [[*k, v] for k, v in points.items()])

@@ -454,6 +454,10 @@ def test_a_perfect_sync_lands_exactly_the_truth(client):
         landed = fresh.received.activities()
         assert all(not a.dropped and a.enduser_id for a in landed)
         assert fresh.received.activity_totals_by_key() == truth
+        control = f"{fresh.planhat_api_url}/_sandbox"
+        by_key = client.get(f"{control}/activity_totals_by_key").json()
+        assert {(k, a, d): n for k, a, d, n in by_key} == truth
+        assert client.get(f"{control}/created").json() == items
         # after creation, the same truth needs no creation: every created End User now matches
         assert ds.truth_activities_by_key(**kw, end_user_keys=BOTH) == truth
         assert ds.truth_created_end_users(**kw) == {}
