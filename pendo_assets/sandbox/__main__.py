@@ -54,9 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         "--now", help="fix the clock (ISO datetime), e.g. 2026-11-03T12:00:00+00:00"
     )
     parser.add_argument("--rate-limit", type=_rate, help="Planhat main API limit REQUESTS/SECONDS")
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="visitor emails and End Users matched by email only (SandboxSpec.identity)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the environment")
     args = parser.parse_args(argv)
-    overrides = {"seed": args.seed, "n_features": args.features, "timezone": args.timezone}
+    overrides: dict[str, object] = {
+        "seed": args.seed,
+        "n_features": args.features,
+        "timezone": args.timezone,
+        "identity": args.identity,
+    }
     if args.visitors is not None:
         overrides["n_visitors"] = args.visitors
     if args.accounts is not None:
