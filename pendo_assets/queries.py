@@ -63,6 +63,7 @@ __all__ = [
     "select_ledger_metrics",
     "select_pipeline_values",
     "select_planhat_objects",
+    "sent_per_day",
     "set_duckdb_setting",
     "settle_interrupted_batches",
     "sync_summary",
@@ -530,6 +531,27 @@ def rejected_items_of_run(conn: Conn, *, run_id: str | None) -> tuple[int, str |
         [run_id],
     ).fetchone()
     return (int(row[0]), row[1]) if row else (0, None)
+
+
+def sent_per_day(conn: Conn, *, run_id: str) -> dict[date, dict[str, int]]:
+    """What a run delivered, per day: ``activity_items_sent``, ``activity_units_sent`` (events)
+    and ``metric_items_sent`` (items Planhat listed as failed not counted)."""
+    rows = conn.execute(
+        "SELECT day, 'activity' AS kind, COUNT(*), SUM(i.count) FROM outbox_activity_items AS i "
+        "JOIN outbox_batches AS b USING (batch_id) WHERE b.run_id = $run AND b.status = 'delivered' "
+        "GROUP BY day UNION ALL "
+        "SELECT day, 'metric', COUNT(*), 0 FROM outbox_metric_items AS i "
+        "JOIN outbox_batches AS b USING (batch_id) "
+        "WHERE b.run_id = $run AND b.status = 'delivered' AND i.error IS NULL GROUP BY day",
+        {"run": run_id},
+    ).fetchall()
+    out: dict[date, dict[str, int]] = {}
+    for day, kind, items, units in rows:
+        sent = out.setdefault(day, {})
+        sent[f"{kind}_items_sent"] = int(items)
+        if kind == "activity":
+            sent["activity_units_sent"] = int(units or 0)
+    return out
 
 
 def sync_summary(conn: Conn, *, days: Sequence[date], run_id: str | None) -> dict[str, int | float]:
