@@ -114,9 +114,9 @@ def build_checks(
         name="no_activity_drift",
         description=(
             "Whole warehouse: no activity count in Pendo fell below what Planhat already holds "
-            "(activity_drift). WARN: Planhat cannot retract activities, so nothing is sent and "
-            "nothing can be fixed here; the view lists the keys if Planhat's totals are "
-            "questioned (Pendo reprocessed its history)."
+            "(activity_drift). WARN: Planhat cannot retract activities, so nothing is sent. If it "
+            "fails: nothing can be fixed here (Pendo reprocessed its history); the view lists "
+            "the keys, should Planhat's totals be questioned."
         ),
     )
     def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:

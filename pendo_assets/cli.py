@@ -287,7 +287,8 @@ def _ui(args: argparse.Namespace) -> int:
 
     demo_dir: Path = args.dir.absolute()
     port = pick_port(args.host, args.port)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the UI's processes on `kill` too
+    for signum in (signal.SIGINT, signal.SIGTERM):  # stop the UI's processes on `kill` too,
+        signal.signal(signum, _interrupt)  # and on Ctrl-C when started with SIGINT ignored
     if not demo_ready(demo_dir):
         print(f"No demo data in {demo_dir}: creating it first (pendo-planhat demo).")
         os.environ.pop("DAGSTER_HOME", None)  # the UI shows the demo's own runs
