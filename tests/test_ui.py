@@ -256,6 +256,7 @@ def _shot(page: Any, name: str, *, full_page: bool = False) -> None:
 
 
 def test_browser_the_asset_graph_shows_the_six_assets(ui: Ui, page: Any) -> None:
+    page.set_viewport_size({"width": 1920, "height": 1900})  # the unfolded graph is tall
     page.goto(f"{ui.url}/asset-groups")
     page.wait_for_selector("text=pendo_raw")
     assert page.locator('[role="dialog"]').count() == 0  # no newsletter modal
@@ -269,6 +270,7 @@ def test_browser_the_asset_graph_shows_the_six_assets(ui: Ui, page: Any) -> None
     page.wait_for_timeout(800)
     _shot(page, "1-asset-graph")
     body = page.inner_text("body")
+    page.set_viewport_size({"width": 1920, "height": 1500})
     assert all(asset in body for asset in ASSETS)
     assert "2 / 2 Passed" in body  # planhat_publish's two checks
 
