@@ -282,13 +282,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .sandbox import Sandbox, SandboxSpec
     from .ui import demo_ready, pick_port, prepare_dagster_home, run_dagster_ui
 
     demo_dir: Path = args.dir.absolute()
     port = pick_port(args.host, args.port)
-    for signum in (signal.SIGINT, signal.SIGTERM):  # stop the UI's processes on `kill` too,
-        signal.signal(signum, _interrupt)  # and on Ctrl-C when started with SIGINT ignored
     if not demo_ready(demo_dir):
         print(f"No demo data in {demo_dir}: creating it first (pendo-planhat demo).")
         os.environ.pop("DAGSTER_HOME", None)  # the UI shows the demo's own runs
@@ -300,7 +299,10 @@ def _ui(args: argparse.Namespace) -> int:
     made_with = demo_dir / "sandbox.json"
     if rows is None and made_with.exists():
         rows = json.loads(made_with.read_text(encoding="utf-8")).get("rows_per_day")
+    load_config(demo_dir / "pendo_planhat.yaml")  # a config error stops here, naming its line
     home = prepare_dagster_home(demo_dir / "dagster_home")
+    for signum in (signal.SIGINT, signal.SIGTERM):  # stop the UI's processes on `kill` too,
+        signal.signal(signum, _interrupt)  # and on Ctrl-C when started with SIGINT ignored
     with Sandbox(SandboxSpec() if rows is None else SandboxSpec.for_rows(rows)) as sandbox:
         env = {
             **sandbox.env(),

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import httpx
 
-from .errors import PendoAssetsError, UsageError
+from .errors import UiError, UsageError
 from .runner import DEFAULT_INSTANCE_YAML
 
 __all__ = [
     "DEFAULT_PORT",
-    "UiError",
     "demo_ready",
     "pick_port",
     "prepare_dagster_home",
@@ -41,12 +40,9 @@ READY_TIMEOUT_SECONDS = 180.0
 
 _LOCATIONS_QUERY = """
 { workspaceOrError { __typename ... on Workspace { locationEntries {
-    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+    name loadStatus locationOrLoadError { __typename
+      ... on PythonError { message errorChain { error { message } } } } } } } }
 """
-
-
-class UiError(PendoAssetsError):
-    """The Dagster UI did not come up; the message says why and where its log is."""
 
 
 def demo_ready(demo_dir: Path) -> bool:
@@ -95,12 +91,12 @@ def wait_until_ready(
     Raises:
         UiError: The process ended, the code location failed to load, or ``timeout`` passed.
     """
-    where = f" (log: {log_path})" if log_path else ""
+    log = str(log_path) if log_path else None
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=5.0) as client:
         while time.monotonic() < deadline:
             if not alive():
-                raise UiError(f"dagster dev stopped before the UI came up{where}")
+                raise UiError("dagster dev stopped before the UI came up", log_path=log)
             with suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
                 answer = client.post(f"{url}/graphql", json={"query": _LOCATIONS_QUERY})
                 entries = answer.json()["data"]["workspaceOrError"]["locationEntries"]
@@ -108,13 +104,15 @@ def wait_until_ready(
                     for entry in entries:
                         loaded = entry["locationOrLoadError"] or {}
                         if loaded.get("__typename") == "PythonError":
+                            chain = [loaded, *(c["error"] for c in loaded.get("errorChain", []))]
+                            cause = chain[-1].get("message", "").strip()  # the root cause
                             raise UiError(
-                                f"the code location {entry['name']} failed to load: "
-                                f"{loaded.get('message', '').strip()}{where}"
+                                f"the code location {entry['name']} failed to load: {cause}",
+                                log_path=log,
                             )
                     return
             time.sleep(0.5)
-    raise UiError(f"the UI did not come up at {url} within {timeout:.0f} s{where}")
+    raise UiError(f"the UI did not come up at {url} within {timeout:.0f} s", log_path=log)
 
 
 def run_dagster_ui(
