@@ -66,6 +66,7 @@ __all__ = [
     "select_pipeline_values",
     "select_planhat_objects",
     "select_sent_metric_days",
+    "sent_per_day",
     "set_duckdb_setting",
     "settle_interrupted_batches",
     "sync_summary",
@@ -403,6 +404,7 @@ from .ledger import (  # noqa: E402
     select_ledger_metrics,
     select_metric_drift,
     select_sent_metric_days,
+    sent_per_day,
     settle_interrupted_batches,
     sync_summary,
 )

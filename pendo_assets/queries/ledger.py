@@ -30,6 +30,7 @@ __all__ = [
     "select_ledger_metrics",
     "select_metric_drift",
     "select_sent_metric_days",
+    "sent_per_day",
     "settle_interrupted_batches",
     "sync_summary",
 ]
@@ -269,6 +270,23 @@ def rejected_items_of_run(conn: Conn, *, run_id: str | None) -> tuple[int, str |
         [run_id],
     ).fetchone()
     return (int(row[0]), row[1]) if row else (0, None)
+
+
+def sent_per_day(conn: Conn, *, run_id: str) -> dict[date, dict[str, int]]:
+    """What a run delivered, per day (``sent_items``): ``activity_items_sent``,
+    ``activity_units_sent`` (events) and ``metric_items_sent``."""
+    rows = conn.execute(
+        "SELECT day, kind, COUNT(*), SUM(amount) FROM sent_items WHERE run_id = ? GROUP BY ALL",
+        [run_id],
+    ).fetchall()
+    out: dict[date, dict[str, int]] = {}
+    for day, kind, items, units in rows:
+        sent = out.setdefault(day, {})
+        if kind == "activities":
+            sent |= {"activity_items_sent": int(items), "activity_units_sent": int(units or 0)}
+        else:
+            sent["metric_items_sent"] = int(items)
+    return out
 
 
 def sync_summary(conn: Conn, *, days: Sequence[date], run_id: str | None) -> dict[str, int | float]:
