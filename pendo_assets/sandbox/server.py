@@ -608,7 +608,7 @@ class ControlApp:
     and drive the data set. Loopback only, like the rest; never recorded or faulted.
 
     GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals`` and
-    ``metric_points`` (``?include_dropped=0``); POST ``revise_day`` (``{"day", "grow"}``),
+    ``metric_points`` (``?include_dropped=0``); POST ``revise_day`` (``{"day", "grow", "share"}``),
     ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``), ``clear``.
 
     Faults, for tests that run the product as another process: GET ``faults`` (``{"fired",
@@ -672,7 +672,12 @@ class ControlApp:
             if not isinstance(body, dict):
                 return _text(400, "body must be a JSON object")
             if name == "revise_day" and isinstance(body.get("day"), str):
-                revision = ds.revise_day(body["day"], grow=bool(body.get("grow", True)))
+                share = body.get("share")
+                revision = ds.revise_day(
+                    body["day"],
+                    grow=bool(body.get("grow", True)),
+                    share=float(share) if isinstance(share, int | float) else None,
+                )
                 return _json(200, {"revision": revision})
             if name == "add_late_endusers":
                 return _json(200, {"added": ds.add_late_endusers()})
