@@ -1,4 +1,4 @@
-"""pendo-planhat benchmark: ingest, growth, match, publish and backfill, against the sandbox.
+"""pendo-planhat benchmark: ingest, growth, match, publish, backfill, daily, against the sandbox.
 
     make bench                                   # the full run (~10 min on 2 cores)
     make bench-quick                             # 250k-row days, smaller match and publish
@@ -37,8 +37,9 @@ from _harness import (
     median,
     table,
 )
+from daily import daily_note, daily_rows, daily_targets, run_daily
 
-SECTIONS = ("ingest", "growth", "match", "publish", "backfill")
+SECTIONS = ("ingest", "growth", "match", "publish", "backfill", "daily")
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +361,8 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         add("publish requests", p["requests"], "<= 25", p["requests"] <= 25)
         add("re-run items", p["rerun_items"], "0", p["rerun_items"] == 0)
         add("re-run analytics requests", p["rerun_requests"], "0", p["rerun_requests"] == 0)
+    if "daily" in results:
+        out.update(daily_targets(results["daily"]))
     return out
 
 
@@ -446,6 +449,8 @@ def render(results: dict[str, Any]) -> str:
                 f"{b['overhead_s']:.1f} s: Dagster {b['framework_s']:.1f}, snapshot {b['snapshot_s']:.1f}, checks {b['checks_s']:.1f}, other Pendo-step code {b['pendo_other_s']:.1f}",
             ],
         ]
+    if "daily" in results:
+        rows += daily_rows(results["daily"])
     out = [table(rows, ["section", "figure", "median"])]
     if results.get("targets"):
         t_rows = [
@@ -462,6 +467,8 @@ def render(results: dict[str, Any]) -> str:
                 "(the targets are set for the full run, 1M rows/day; at other sizes the fixed "
                 "costs of a day weigh differently, so these checks are indicative)"
             )
+    if "daily" in results:
+        out += ["", daily_note(results["daily"])]
     return "\n".join(out)
 
 
@@ -487,7 +494,9 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, help="runs per measurement (default 3, 1 with --quick)"
     )
-    parser.add_argument("--rows", type=int, help="rows per day for ingest (default 1M, 250k quick)")
+    parser.add_argument(
+        "--rows", type=int, help="rows per day for ingest and daily (default 1M, 250k quick)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -561,6 +570,10 @@ def main() -> int:
             results["backfill"] = run_backfill(
                 days, repeat=repeat, scratch=scratch, profile=args.profile
             )
+        if "daily" in only:
+            days = 3 if args.smoke else 10
+            log(f"daily: the scheduled {days}-day window at ~{rows:,} rows/day through Dagster")
+            results["daily"] = run_daily(rows, days=days, repeat=repeat, scratch=scratch, log=log)
     except MeasurementError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
