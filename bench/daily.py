@@ -25,6 +25,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -70,7 +71,7 @@ def run_daily(
                 f"  {label}: {sample['days']} days, {sample['wall_s']:.1f} s, "
                 f"{sample['pendo_requests']} Pendo requests ({sample['pendo_rows']:,} rows), "
                 f"{sample['items_sent']:,} items sent ({sample['items_received']:,} received), "
-                f"peak RSS {sample['peak_rss_mb']:.0f} MB"
+                f"peak RSS {sample['peak_rss_mb']:.0f} MB (highest step: {_top_step(sample)})"
             )
             return sample
 
@@ -97,6 +98,12 @@ def run_daily(
         "changed": _summarize(changed),
         "one_day": _summarize(one_day),
     }
+
+
+def _top_step(sample: dict[str, Any]) -> str:
+    peaks: dict[str, float] = sample["step_peak_rss_mb"]
+    step = max(peaks, key=peaks.__getitem__, default="none")
+    return f"{step} {peaks.get(step, 0.0):.0f} MB"
 
 
 def _revise(sandbox: SandboxProcess, day: date) -> None:
@@ -143,6 +150,9 @@ def _summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"days": samples[0]["days"]}
     out.update({k: round(median(s[k] for s in samples), 2) for k in _KEYS})
     out["max_peak_rss_mb"] = max(s["peak_rss_mb"] for s in samples)
+    # Where the worst run peaked: each step's highest RSS, sampled in the measured process.
+    worst = max(samples, key=lambda s: s["peak_rss_mb"])
+    out["step_peak_rss_mb"] = worst["step_peak_rss_mb"]
     for key in ("pendo_requests", "pendo_rows", "planhat_requests"):
         out[key] = round(median(s[key] for s in samples))
     # Items: the most any run sent, so one stray send is never hidden by a median.
@@ -183,7 +193,8 @@ def daily_rows(d: dict[str, Any]) -> list[list[str]]:
                 name,
                 f"{r['wall_s']:.1f} s (fetch {r['fetch_s']:.1f}, land {r['land_s']:.1f}, match "
                 f"{r['match_s']:.1f}, publish {r['publish_s']:.1f}), {r['pendo_requests']} Pendo "
-                f"requests, {r['items_sent']:,} items sent, peak RSS {r['peak_rss_mb']:.0f} MB",
+                f"requests, {r['items_sent']:,} items sent, peak RSS {r['peak_rss_mb']:.0f} MB "
+                f"(highest step: {_top_step(r)})",
             ]
         )
     return rows
@@ -204,6 +215,51 @@ def daily_note(d: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # One measured run (this file as a script)
 # --------------------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """This process's resident set every 50 ms, in a thread, to tell which step peaks."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        while not self._stop.is_set():
+            with open("/proc/self/statm", encoding="ascii") as statm:
+                self.samples.append((time.time(), int(statm.read().split()[1]) * page_mb))
+            self._stop.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks(self, spans: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """The highest sample within each step's span (first sample at or after its start)."""
+        out = {}
+        for step, (first, last) in sorted(spans.items(), key=lambda kv: kv[1]):
+            inside = [mb for t, mb in self.samples if first <= t <= last]
+            out[step] = round(max(inside, default=0.0), 1)
+        return out
+
+
+def step_spans(run_id: str) -> dict[str, tuple[float, float]]:
+    """Per step: wall-clock start and end (seconds since the epoch), from the run's event log."""
+    import dagster as dg
+
+    spans: dict[str, tuple[float, float]] = {}
+    for entry in dg.DagsterInstance.get().all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or entry.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            spans[entry.step_key] = (entry.timestamp, entry.timestamp)
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            spans[entry.step_key] = (spans[entry.step_key][0], entry.timestamp)
+    return spans
 
 
 def main() -> None:
@@ -231,9 +287,11 @@ def main() -> None:
     from pendo_assets.runner import run_sync
 
     config = load_config(args.config)
+    rss = RssSampler()
     started = time.perf_counter()
     outcome = run_sync(config=config, start=args.start, end=args.end)
     wall = time.perf_counter() - started
+    rss.stop()
     if not outcome.success:
         raise SystemExit(f"the run failed: {outcome.failure}")
     assert outcome.run_id is not None
@@ -250,6 +308,7 @@ def main() -> None:
             ),
             "publish_s": round(steps.get("planhat_publish", 0.0), 2),
             "steps": {k: round(v, 2) for k, v in sorted(steps.items())},
+            "step_peak_rss_mb": rss.peaks(step_spans(outcome.run_id)),
             "summary": outcome.summary,
         },
     )
