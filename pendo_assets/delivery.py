@@ -320,9 +320,10 @@ class Publisher:
         Day by day: what Pendo says and what Planhat holds for a day are held in memory, so a
         scheduled window of mostly unchanged days never holds them for every day at once.
         """
-        plans = [self._plan_days([day]) for day in days] or [self._plan_days([])]
+        plans = [self._plan_days([day]) for day in sorted(days)] or [self._plan_days([])]
         return Plan(
-            activities=pl.concat([p.activities for p in plans]).sort(ACTIVITY_KEY),
+            # Each day's items are sorted and the days in order: already in ACTIVITY_KEY order.
+            activities=pl.concat([p.activities for p in plans]),
             metrics=pl.concat([p.metrics for p in plans]).sort(["aggregation", *METRIC_KEY]),
             drift=pl.concat([p.drift for p in plans]),
             held_activity_keys=sum(p.held_activity_keys for p in plans),
@@ -340,7 +341,7 @@ class Publisher:
         held_m = queries.select_held_metric_keys(c, days=days)
         to_send_m = metric_deltas(current_m.lazy(), sent_m.lazy(), held_m.lazy())
         return Plan(
-            activities=to_send_a.collect(),
+            activities=to_send_a.sort(ACTIVITY_KEY).collect(),
             metrics=to_send_m.collect(),
             drift=drift.collect(),
             held_activity_keys=held_a.height,
