@@ -91,6 +91,7 @@ def run_daily(
     return {
         "rows_per_day": rows,
         "window_days": days,
+        "repeat": repeat,
         "change_share": CHANGE_SHARE,
         "window": [start.isoformat(), end.isoformat()],
         "prime": _summarize([prime]),
