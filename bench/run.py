@@ -1,6 +1,6 @@
 """pendo-planhat benchmark: ingest, growth, match, publish, backfill, daily, against the sandbox.
 
-    make bench                                   # the full run (~10 min on 2 cores)
+    make bench                                   # the full run (~15 min on 2 cores)
     make bench-quick                             # 250k-row days, smaller match and publish
     .venv/bin/python bench/run.py --only ingest,match --repeat 5
 
