@@ -1,6 +1,6 @@
-"""pendo-planhat benchmark: ingest, growth, match, publish, backfill and snapshot, against the sandbox.
+"""pendo-planhat benchmark: ingest, growth, match, publish, backfill, daily and snapshot, against the sandbox.
 
-    make bench                                   # the full run (~12 min on 2 cores)
+    make bench                                   # the full run (~25 min on 2 cores)
     make bench-quick                             # 250k-row days, smaller match and publish
     .venv/bin/python bench/run.py --only ingest,match --repeat 5
 
@@ -37,8 +37,9 @@ from _harness import (
     median,
     table,
 )
+from daily import daily_note, daily_rows, daily_targets, run_daily
 
-SECTIONS = ("ingest", "growth", "match", "publish", "backfill", "snapshot")
+SECTIONS = ("ingest", "growth", "match", "publish", "backfill", "daily", "snapshot")
 #: Planhat's documented main-API quota (planhat_api.md section 5.2): 200 calls a minute. Its hard
 #: limit, 150 a second, is never reached by the one-at-a-time snapshot reads.
 PLANHAT_RATE_LIMIT = "200/60"
@@ -457,6 +458,8 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         add("publish requests", p["requests"], "<= 25", p["requests"] <= 25)
         add("re-run items", p["rerun_items"], "0", p["rerun_items"] == 0)
         add("re-run analytics requests", p["rerun_requests"], "0", p["rerun_requests"] == 0)
+    if "daily" in results:
+        out.update(daily_targets(results["daily"]))
     if "snapshot" in results:
         s = results["snapshot"]
         # The issue's bar: a daily sync reads the whole tenant in a few minutes at most.
@@ -548,6 +551,8 @@ def render(results: dict[str, Any]) -> str:
                 f"{b['overhead_s']:.1f} s: Dagster {b['framework_s']:.1f}, snapshot {b['snapshot_s']:.1f}, checks {b['checks_s']:.1f}, other Pendo-step code {b['pendo_other_s']:.1f}",
             ],
         ]
+    if "daily" in results:
+        rows += daily_rows(results["daily"])
     if "snapshot" in results:
         s = results["snapshot"]
         rows += [
@@ -594,6 +599,8 @@ def render(results: dict[str, Any]) -> str:
                 "(the targets are set for the full run, 1M rows/day; at other sizes the fixed "
                 "costs of a day weigh differently, so these checks are indicative)"
             )
+    if "daily" in results:
+        out += ["", daily_note(results["daily"])]
     return "\n".join(out)
 
 
@@ -617,9 +624,13 @@ def main() -> int:
         "--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS)
     )
     parser.add_argument(
-        "--repeat", type=int, help="runs per measurement (default 3, 1 with --quick)"
+        "--repeat",
+        type=int,
+        help="runs per measurement (default 3, 1 with --quick; the daily section 1)",
     )
-    parser.add_argument("--rows", type=int, help="rows per day for ingest (default 1M, 250k quick)")
+    parser.add_argument(
+        "--rows", type=int, help="rows per day for ingest and daily (default 1M, 250k quick)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -692,6 +703,14 @@ def main() -> int:
             log(f"backfill: {days} days at demo scale through Dagster")
             results["backfill"] = run_backfill(
                 days, repeat=repeat, scratch=scratch, profile=args.profile
+            )
+        if "daily" in only:
+            days = 3 if args.smoke else 10
+            log(f"daily: the scheduled {days}-day window at ~{rows:,} rows/day through Dagster")
+            # A window run takes minutes at 1M rows/day: one of each unless --repeat says more.
+            daily_repeat = args.repeat or 1
+            results["daily"] = run_daily(
+                rows, days=days, repeat=daily_repeat, scratch=scratch, log=log
             )
         if "snapshot" in only:
             endusers, companies = 1_000_000 // scale, 50_000 // scale

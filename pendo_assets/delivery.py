@@ -316,7 +316,22 @@ class Publisher:
         return report
 
     def plan(self, days: Sequence[date]) -> Plan:
-        """Compute the deltas for ``days`` against the ledger, holding back keys in doubt."""
+        """Compute the deltas for ``days`` against the ledger, holding back keys in doubt.
+
+        Day by day: what Pendo says and what Planhat holds for a day are held in memory, so a
+        scheduled window of mostly unchanged days never holds them for every day at once.
+        """
+        plans = [self._plan_days([day]) for day in sorted(days)] or [self._plan_days([])]
+        return Plan(
+            # Each day's items are sorted and the days in order: already in ACTIVITY_KEY order.
+            activities=pl.concat([p.activities for p in plans]),
+            metrics=pl.concat([p.metrics for p in plans]).sort(["aggregation", *METRIC_KEY]),
+            drift=pl.concat([p.drift for p in plans]),
+            held_activity_keys=sum(p.held_activity_keys for p in plans),
+            held_metric_keys=sum(p.held_metric_keys for p in plans),
+        )
+
+    def _plan_days(self, days: Sequence[date]) -> Plan:
         c = self.conn
         current_a = queries.select_current_activities(c, days=days)
         sent_a = queries.select_ledger_activities(c, days=days)
@@ -328,7 +343,7 @@ class Publisher:
         to_send_m = metric_deltas(current_m.lazy(), sent_m.lazy(), held_m.lazy())
         return Plan(
             activities=to_send_a.sort(ACTIVITY_KEY).collect(),
-            metrics=to_send_m.sort(["aggregation", *METRIC_KEY]).collect(),
+            metrics=to_send_m.collect(),
             drift=drift.collect(),
             held_activity_keys=held_a.height,
             held_metric_keys=held_m.height,

@@ -2,7 +2,8 @@
 
 The figures themselves are measured by ``make bench``, never asserted here; this only guards the
 scripts against drifting from the code they measure, and checks the invariants the benchmark
-itself reports (both match engines agree, an unchanged publish sends nothing).
+itself reports (both match engines agree, an unchanged publish or scheduled window sends
+nothing).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ REQUIRED = {
         "match_peak_rss_mb",
     },
 }
+DAILY_RUN = {"days", "wall_s", "pendo_requests", "items_sent", "items_received", "peak_rss_mb"}
 
 
 @pytest.mark.slow
@@ -79,3 +81,15 @@ def test_every_benchmark_section_runs_at_smoke_size(tmp_path: Path) -> None:
     assert snapshot["match_event_rows"] == results["snapshot"]["land"]["rows"] > 0
     assert snapshot["match_endusers"] == snapshot["endusers"]
     assert "wrote" in done.stdout and "backfill" in done.stdout and "snapshot" in done.stdout
+
+    daily = results["daily"]
+    for run in ("prime", "unchanged", "changed", "one_day"):
+        missing = DAILY_RUN - daily[run].keys()
+        assert not missing, f"daily {run} lacks {sorted(missing)}"
+    assert [daily[r]["days"] for r in ("prime", "unchanged", "changed", "one_day")] == [3, 3, 3, 1]
+    # the unchanged window re-pulls every day and sends nothing; a changed one sends the change
+    assert daily["unchanged"]["pendo_requests"] == daily["prime"]["pendo_requests"] > 0
+    assert (daily["unchanged"]["items_sent"], daily["unchanged"]["items_received"]) == (0, 0)
+    assert 0 < daily["changed"]["items_sent"] == daily["changed"]["items_received"]
+    assert daily["changed"]["items_sent"] < daily["prime"]["items_sent"]
+    assert results["targets"]["daily unchanged window: items sent"]["met"] is True

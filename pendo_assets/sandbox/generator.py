@@ -103,6 +103,7 @@ _VCATS: tuple[VisitorCategory, ...] = ("matched", "missing", "case_variant", "am
 _ACATS: tuple[AccountCategory, ...] = ("matched", "missing", "case_variant", "ambiguous")
 
 IntArray: TypeAlias = npt.NDArray[Any]  # int32 in day cores, int64 for key codes
+_Revision: TypeAlias = tuple[bool, float | None]  # (grow, share of rows changed or None)
 
 _B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -704,7 +705,7 @@ class Dataset:
         self.now = now
         self._lock = threading.RLock()
         self._pop = _Population(self.spec)
-        self._revisions: dict[date, list[bool]] = {}
+        self._revisions: dict[date, list[_Revision]] = {}
         self._cores: OrderedDict[Hashable, _DayCore] = OrderedDict()
         self._frames: OrderedDict[Hashable, pl.DataFrame] = OrderedDict()
         self._static_frames: dict[str, pl.DataFrame] = {}
@@ -812,12 +813,16 @@ class Dataset:
         with self._lock:
             return len(self._revisions.get(as_date(day), []))
 
-    def revision_log(self) -> dict[str, list[bool]]:
-        """Every revised day (ISO) -> its revisions (True = grow), to rebuild the data elsewhere."""
+    def revision_log(self) -> dict[str, list[bool | JSONDict]]:
+        """Every revised day (ISO) -> its revisions (True = grow; ``{"grow", "share"}`` when a
+        share was given), to rebuild the data elsewhere."""
         with self._lock:
-            return {d.isoformat(): list(r) for d, r in sorted(self._revisions.items())}
+            return {
+                d.isoformat(): [g if s is None else {"grow": g, "share": s} for g, s in r]
+                for d, r in sorted(self._revisions.items())
+            }
 
-    def revise_day(self, day: date | str, *, grow: bool = True) -> int:
+    def revise_day(self, day: date | str, *, grow: bool = True, share: float | None = None) -> int:
         """Change a day's data deterministically, like Pendo reprocessing late or re-tagged events.
 
         With ``grow=True`` every (visitor, account, feature) count only grows: some rows get more
@@ -827,13 +832,18 @@ class Dataset:
         Args:
             day: the local day.
             grow: grow or shrink.
+            share: the share of rows that change (default 0.15); a grow also adds new keys for
+                a third of that share of the day's keys (default 0.05), a shrink drops a fifth of
+                it of the rows (default 0.03).
 
         Returns:
             The day's revision number after the change.
         """
         d = as_date(day)
+        if share is not None:
+            _check_fraction("share", share)
         with self._lock:
-            self._revisions.setdefault(d, []).append(grow)
+            self._revisions.setdefault(d, []).append((grow, share))
             return len(self._revisions[d])
 
     def add_late_endusers(self) -> int:
@@ -940,10 +950,10 @@ class Dataset:
                 return frame.filter(pl.col("hour").is_in(sorted(hours)))
             return frame
 
-    def _revs(self, day: date) -> tuple[bool, ...]:
+    def _revs(self, day: date) -> tuple[_Revision, ...]:
         return tuple(self._revisions.get(day, ()))
 
-    def _core(self, day: date, revs: tuple[bool, ...] | None = None) -> _DayCore:
+    def _core(self, day: date, revs: tuple[_Revision, ...] | None = None) -> _DayCore:
         with self._lock:
             revs = self._revs(day) if revs is None else revs
             key = (day, revs)
@@ -952,7 +962,8 @@ class Dataset:
                 self._cores.move_to_end(key)
                 return hit
             if revs:
-                core = self._revise(self._core(day, revs[:-1]), day, len(revs), grow=revs[-1])
+                grow, share = revs[-1]
+                core = self._revise(self._core(day, revs[:-1]), day, len(revs), grow, share)
             else:
                 core = self._generate(day)
             self._cores[key] = core
@@ -1049,17 +1060,20 @@ class Dataset:
         core = self._rows_for_keys(rng, keys[0], keys[1], keys[2])
         return core.take(rng.permutation(len(core)))
 
-    def _revise(self, core: _DayCore, day: date, number: int, *, grow: bool) -> _DayCore:
+    def _revise(
+        self, core: _DayCore, day: date, number: int, grow: bool, share: float | None
+    ) -> _DayCore:
         rng = np.random.default_rng([self.spec.seed, 2, day.toordinal(), number])
         n = len(core)
         nev, nmin = core.nev.copy(), core.nmin.copy()
+        changed = 0.15 if share is None else share
         if grow:
-            sel = rng.random(n) < 0.15
+            sel = rng.random(n) < changed
             nev[sel] += rng.geometric(0.5, int(sel.sum()))
             nmin[sel] += rng.binomial(1, 0.5, int(sel.sum()))
             n_f, n_codes = self._pop.n_features, self._pop.n_accounts + 2
             existing = (core.vis.astype(np.int64) * n_f + core.feat) * n_codes + core.acc
-            n_new = max(1, round(n / _MEAN_ROWS_PER_KEY * 0.05))
+            n_new = max(1, round(n / _MEAN_ROWS_PER_KEY * (0.05 if share is None else share / 3)))
             vis, acc, feat = self._sample_keys(
                 rng, n_new, anonymous=False, exclude=_sorted_unique(existing)
             )
@@ -1068,14 +1082,14 @@ class Dataset:
             return _DayCore.of(
                 *(np.concatenate([getattr(grown, f), getattr(extra, f)]) for f in _CORE_FIELDS)
             )
-        sel = (rng.random(n) < 0.15) & (nev >= 2)
+        sel = (rng.random(n) < changed) & (nev >= 2)
         nev[sel] -= rng.integers(1, nev[sel])  # keeps >= 1
         nmin = np.minimum(nmin, nev)
-        keep = rng.random(n) >= 0.03
+        keep = rng.random(n) >= (0.03 if share is None else share / 5)
         return _DayCore(core.vis, core.acc, core.feat, core.slot, nev, nmin).take(keep)
 
     def _hourly(
-        self, core: _DayCore, day: date, revs: tuple[bool, ...]
+        self, core: _DayCore, day: date, revs: tuple[_Revision, ...]
     ) -> tuple[_DayCore, IntArray]:
         rng = np.random.default_rng([self.spec.seed, 3, day.toordinal(), len(revs)])
         n = len(core)

@@ -642,7 +642,7 @@ class ControlApp:
     GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals``,
     ``activity_totals_by_key`` and ``metric_points`` (``?include_dropped=0|1``), ``created``
     (``?model=EndUser``: the upsert items that created a record); POST ``revise_day``
-    (``{"day", "grow"}``), ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``),
+    (``{"day", "grow", "share"}``), ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``),
     ``clear``, ``set_metric_day`` (``{"dimensionId", "model", "externalId", "day", "value":
     number | null}``: a metric day changed, or deleted with null, on the Planhat side).
 
@@ -714,7 +714,12 @@ class ControlApp:
             if not isinstance(body, dict):
                 return _text(400, "body must be a JSON object")
             if name == "revise_day" and isinstance(body.get("day"), str):
-                revision = ds.revise_day(body["day"], grow=bool(body.get("grow", True)))
+                share = body.get("share")
+                revision = ds.revise_day(
+                    body["day"],
+                    grow=bool(body.get("grow", True)),
+                    share=float(share) if isinstance(share, int | float) else None,
+                )
                 return _json(200, {"revision": revision})
             if name == "add_late_endusers":
                 return _json(200, {"added": ds.add_late_endusers()})

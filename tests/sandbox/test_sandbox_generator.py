@@ -182,6 +182,20 @@ def test_revise_day_grow_only_grows_key_counts_and_shrink_drifts():
     assert ds.revisions(DAY) == 2 and ds.revisions(DAY + timedelta(days=1)) == 0
 
 
+def test_revise_day_share_changes_that_share_of_rows():
+    ds = Dataset(SandboxSpec.for_rows(40_000))
+    before = ds.feature_events(DAY).group_by(KEY).agg(pl.col("numEvents").sum())
+    ds.revise_day(DAY, share=0.01)
+    after = ds.feature_events(DAY).group_by(KEY).agg(pl.col("numEvents").sum())
+    joined = before.join(after, on=KEY, how="full", nulls_equal=True, suffix="_after")
+    changed = (joined["numEvents_after"] != joined["numEvents"]).fill_null(True).sum()
+    assert 0.005 * before.height < changed < 0.03 * before.height
+    assert (joined["numEvents_after"] >= joined["numEvents"].fill_null(0)).all()
+    assert ds.revision_log() == {DAY.isoformat(): [{"grow": True, "share": 0.01}]}
+    with pytest.raises(ValueError, match="share"):
+        ds.revise_day(DAY, share=1.5)
+
+
 def test_late_endusers_join_the_activity_truth_once(ds):
     fresh = Dataset(SandboxSpec())
     actions = {f["id"]: f["name"] for f in fresh.features()}
