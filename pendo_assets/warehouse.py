@@ -23,7 +23,14 @@ import duckdb
 from . import queries
 from .errors import WarehouseError, WarehouseLockedError
 
-__all__ = ["DEFAULT_WAREHOUSE", "Warehouse", "apply_migrations", "warehouse_path_from_env"]
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "DEFAULT_WAREHOUSE",
+    "Warehouse",
+    "apply_migrations",
+    "memory_limit",
+    "warehouse_path_from_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +102,9 @@ class Warehouse:
         deadline = time.monotonic() + self.lock_wait
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(
+                    str(self.path), read_only=read_only, config={"memory_limit": memory_limit()}
+                )
             except duckdb.IOException as exc:
                 text = str(exc)
                 if "lock" not in text.lower():
@@ -107,6 +116,16 @@ class Warehouse:
                         path=str(self.path), pid=int(pid.group(1)) if pid else None
                     ) from exc
                 time.sleep(0.2)
+
+
+#: DuckDB's own memory (its page cache and operators) per process; beyond it DuckDB spills to
+#: disk. DuckDB's default, 80 % of RAM, lets the page cache grow with every day a run touches.
+DEFAULT_MEMORY_LIMIT = "512MB"
+
+
+def memory_limit() -> str:
+    """``PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT`` (DuckDB's syntax: ``512MB``, ``2GB``), or the default."""
+    return os.environ.get("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
 
 
 @cache

@@ -56,3 +56,16 @@ def test_a_failed_transaction_leaves_the_previous_rows(tmp_path: Path) -> None:
                 conn, days=[DAY], frames={"unmatched_account_rows": [], "matched_metrics": [bad]}
             )
         assert conn.execute("SELECT id FROM unmatched_account_rows").fetchall() == [("a",)]
+
+
+def test_duckdb_memory_is_bounded_by_default_and_configurable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def limit() -> str:
+        with Warehouse(tmp_path / "w.duckdb").connect() as conn:
+            return str(queries.duckdb_setting(conn, "memory_limit"))
+
+    monkeypatch.delenv("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT", raising=False)
+    assert limit() == "488.2 MiB"  # 512MB
+    monkeypatch.setenv("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT", "300MB")
+    assert limit() == "286.1 MiB"
