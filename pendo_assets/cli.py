@@ -218,9 +218,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) -> str:
     """Compare what the sandbox's Planhat received with the generator's ground truth."""
-    from .warehouse import Warehouse, warehouse_path_from_env
+    from .warehouse import warehouse_from_env
 
-    with Warehouse(warehouse_path_from_env()).connect() as conn:
+    with warehouse_from_env().connect() as conn:
         actions = queries.feature_action_names(conn)
     truth = sandbox.dataset.truth_activities(days=days, actions=actions)
     received = sandbox.received.activity_totals()
@@ -263,9 +263,9 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 def _batches(args: argparse.Namespace) -> int:
     from .delivery import resolve_batch
-    from .warehouse import Warehouse, warehouse_path_from_env
+    from .warehouse import warehouse_from_env
 
-    with Warehouse(warehouse_path_from_env()).connect() as conn:
+    with warehouse_from_env().connect() as conn:
         if args.batches_command == "list":
             rows = queries.select_batches_in_doubt(conn)
             if not rows:

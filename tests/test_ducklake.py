@@ -1,0 +1,126 @@
+"""The DuckLake backend: a Postgres catalog and Parquet data behind the same query layer."""
+
+from __future__ import annotations
+
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from pendo_assets import queries
+from pendo_assets.errors import WarehouseError
+from pendo_assets.warehouse import (
+    DUCKLAKE_PREFIX,
+    Warehouse,
+    apply_migrations,
+    redact_target,
+    warehouse_from_env,
+)
+
+from .postgres import PostgresCluster
+
+DAY = date(2026, 11, 2)
+
+
+def _relations(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_the_environment_names_the_backend(tmp_path: Path) -> None:
+    file = warehouse_from_env({})
+    assert not file.is_lake and file.path == Path("data/warehouse.duckdb")
+    lake = warehouse_from_env(
+        {
+            "PENDO_PLANHAT_WAREHOUSE": "ducklake:postgres:host=db dbname=lake password=hunter2",
+            "PENDO_PLANHAT_DATA_PATH": str(tmp_path / "data" / "lake"),
+        }
+    )
+    assert lake.is_lake and lake.data_path == str(tmp_path / "data" / "lake")
+    assert lake.local_dir == tmp_path / "data"  # exports/ and staging/ beside the data
+    assert "hunter2" not in repr(lake)
+    remote = warehouse_from_env(
+        {
+            "PENDO_PLANHAT_WAREHOUSE": "ducklake:postgres:postgresql://u:s3cret@db/lake",
+            "PENDO_PLANHAT_DATA_PATH": "s3://bucket/lake/",
+        }
+    )
+    assert remote.local_dir == Path("data")
+    assert redact_target(remote.target) == "ducklake:postgres:postgresql://u:***@db/lake"
+
+
+def test_every_migration_takes_the_ducklake_dialect() -> None:
+    for entry in resources.files("pendo_assets.sql").iterdir():
+        if entry.name[:3].isdigit():
+            sql = queries.for_ducklake(entry.read_text(encoding="utf-8"))
+            assert "PRIMARY KEY" not in sql.upper() and "SEQUENCE" not in sql.upper()
+    assert queries.for_ducklake("a VARCHAR PRIMARY KEY,\n b INT,\n PRIMARY KEY (a, b)\n);") == (
+        "a VARCHAR NOT NULL,\n b INT\n);"
+    )
+
+
+def test_migrations_create_every_table_and_view_on_ducklake(ducklake: Warehouse) -> None:
+    with ducklake.connect() as conn:
+        assert queries.is_ducklake(conn)
+        assert apply_migrations(conn) == []
+        lake = _relations(conn)
+    with Warehouse(Path(ducklake.local_dir) / "w.duckdb").connect() as conn:
+        assert not queries.is_ducklake(conn)
+        file = _relations(conn)
+    assert lake == file  # the same tables and views on both backends
+    for view in ("unmatched_visitors", "sent_items", "item_lineage", "dry_run_diff"):
+        assert view in lake
+
+
+def test_the_outbox_and_ledger_work_on_ducklake(ducklake: Warehouse) -> None:
+    items = pl.DataFrame(
+        {
+            "day": [DAY],
+            "external_id": ["u1"],
+            "action": ["Login"],
+            "count": [3],
+            "weight": [1.0],
+            "company_external_id": ["c1"],
+            "feature_ids": ["f1"],
+        }
+    )
+    with ducklake.connect() as conn:
+        first = queries.insert_batch(
+            conn, kind="activities", aggregation=None, items=items, body_bytes=10, run_id="r"
+        )
+        second = queries.insert_batch(
+            conn, kind="activities", aggregation=None, items=items, body_bytes=10, run_id="r"
+        )
+        assert (first, second) == (1, 2)
+        queries.mark_batch(conn, batch_id=first, status="delivered", sent=True)
+        with queries.transaction(conn):
+            moved = queries.settle_interrupted_batches(
+                conn, status="prepared", to="discarded", note="test"
+            )
+        assert moved == 1
+        ledger = queries.select_ledger_activities(conn, days=[DAY])
+        assert ledger.select("external_id", "sent").rows() == [("u1", 3)]
+        queries.replace_days(conn, days=[DAY], frames={"matched_activities": [items]})
+        assert queries.match_totals(conn, days=[DAY]) == (3, 0)
+
+
+def test_a_ducklake_that_cannot_be_reached_says_so_without_the_password(tmp_path: Path) -> None:
+    warehouse = Warehouse(
+        DUCKLAKE_PREFIX + "host=127.0.0.1 port=1 user=x password=hunter2 connect_timeout=2",
+        data_path=str(tmp_path / "lake"),
+    )
+    with pytest.raises(WarehouseError) as info, warehouse.connect():
+        pass
+    assert "cannot open the warehouse" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_cluster_fixture_gives_a_fresh_database_each_time(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    assert postgres_cluster.create_database() != postgres_cluster.create_database()
