@@ -1,7 +1,9 @@
 """Reading the config's YAML with line numbers, and wording its problems (used by `config`).
 
 `Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and refusing
-duplicate keys, secret-looking keys (their values unread), alias loops and unsupported tags.
+duplicate keys, secret-looking keys (their values unread), alias loops and unsupported tags. It
+stops at the first value past a bound (``MAX_*``), aliases counted as copies: an alias bomb, a huge
+or deeply nested file is refused before it is built.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ import json
 import re
 import typing
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import yaml
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 __all__ = [
+    "TOO_DEEP",
     "Loader",
     "Loc",
+    "Refused",
     "Scalar",
+    "check_bounds",
     "format_problems",
     "path",
+    "read_bounded",
     "show",
     "suggest",
     "syntax_problem",
@@ -30,6 +38,17 @@ __all__ = [
 ]
 
 Loc: TypeAlias = tuple[str | int, ...]  # a key path, as pydantic's error ``loc``
+# Bounds on a config or pipeline file (real ones: a few KB, a few hundred values), such that
+# PyYAML refuses the worst of each in half a second.
+MAX_BYTES: Final = 256 * 1024
+MAX_DEPTH: Final = 64
+MAX_VALUES: Final = 10_000
+TOO_DEEP: Final = f"nests more than {MAX_DEPTH} levels deep, the most a config may"
+TOO_MANY: Final = f"holds more than {MAX_VALUES:,} keys and values, the most a pipeline may"
+_TOO_BIG: Final = (
+    f"the file is larger than {MAX_BYTES // 1024} KB, the most a config or pipeline file may be"
+)
+_ALIASES: Final = " (a YAML alias `*name` counts as a copy of what it names)"
 _SECRET: Final = (
     "looks like a secret, and secrets never go in the config file. Delete this line (its value is "
     "not shown here) and set the secret in the environment or a .env file instead: "
@@ -60,6 +79,36 @@ def _line(node: Node) -> int:
     return node.start_mark.line + 1
 
 
+class Refused(yaml.YAMLError):
+    """Input past a bound: ``problem`` is its (line, place, message)."""
+
+    def __init__(self, line: int, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.problem = (line, loc, message)
+
+
+def read_bounded(file: Path) -> str:
+    """A config or pipeline file's text, refused past ``MAX_BYTES`` without reading the rest."""
+    with file.open("rb") as stream:
+        head = stream.read(MAX_BYTES + 1)
+    if len(head) > MAX_BYTES:
+        raise Refused(head.count(b"\n", 0, MAX_BYTES) + 1, (), _TOO_BIG)
+    return head.decode("utf-8-sig")
+
+
+def check_bounds(data: object) -> str | None:
+    """What makes parsed JSON go past ``MAX_DEPTH`` or ``MAX_VALUES``, if anything."""
+    stack, count = [(data, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1 + (len(item) if isinstance(item, dict) else 0)  # and its keys
+        if depth > MAX_DEPTH or count > MAX_VALUES:
+            return TOO_DEEP if depth > MAX_DEPTH else TOO_MANY
+        items = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in items)
+    return None
+
+
 class Loader(yaml.SafeLoader):
     """Builds plain Python, keeping each key path's line (that of its key or its list item).
 
@@ -68,11 +117,39 @@ class Loader(yaml.SafeLoader):
     """
 
     def __init__(self, text: str) -> None:
+        if len(text) > MAX_BYTES:  # as read_bounded; at least as many bytes as characters
+            raise Refused(text.count("\n", 0, MAX_BYTES) + 1, (), _TOO_BIG)
         super().__init__(text)
         self.at: Loc = ()  # the key path being read
         self.lines: dict[Loc, int] = {(): 1}
         self.problems: list[tuple[int, Loc, str]] = []
         self.replaced: set[Loc] = set()
+        self.values = self.depth = self.deepest = 0  # while composing, aliases expanded
+        self.expanded: dict[Node, tuple[int, int]] = {}  # anchored node: its values and height
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        """Compose, counting values and depth with aliases expanded; refused past a bound."""
+        self.check_event()  # reads the node's first event into current_event
+        event, outer, values, deepest = self.current_event, self.at, self.values, self.deepest
+        if isinstance(index, int | ScalarNode):  # a list item, or a key's value
+            self.at = (*outer, index if isinstance(index, int) else index.value)
+        alias = self.anchors.get(event.anchor) if isinstance(event, AliasEvent) else None
+        count, height = (1, 1) if alias is None else self.expanded.get(alias, (1, 1))
+        self.depth, self.values = self.depth + 1, values + count
+        self.deepest = self.depth + height - 1  # the deepest in this node, then in its parent
+        if self.deepest > MAX_DEPTH or self.values > MAX_VALUES:
+            many = f"the config passes {MAX_VALUES:,} keys and values here, the most it may hold"
+            problem = TOO_DEEP if self.deepest > MAX_DEPTH else many
+            aliases = _ALIASES if self.anchors else ""
+            raise Refused(event.start_mark.line + 1, self.at, problem + aliases)
+        node = super().compose_node(parent, index)
+        if event.anchor is not None and alias is None:
+            self.expanded[self.anchors[event.anchor]] = (
+                self.values - values,
+                self.deepest - self.depth + 1,
+            )
+        self.depth, self.deepest, self.at = self.depth - 1, max(deepest, self.deepest), outer
+        return node
 
     def line_of(self, loc: Loc) -> int:  # or of its nearest parent present (a missing key)
         while loc not in self.lines:

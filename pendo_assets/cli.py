@@ -17,13 +17,14 @@ import warnings
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, queries
-from .errors import ConfigError, PendoAssetsError
+from .errors import ConfigError, PendoAssetsError, UsageError
 
 if TYPE_CHECKING:  # imported at run time only by the commands that use them
     from .config import Config
+    from .resources import PendoResource, PlanhatResource
     from .sandbox import Sandbox
 
 __all__ = ["main"]
@@ -76,6 +77,33 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="compute and store what would be sent; send nothing"
     )
 
+    discover = sub.add_parser(
+        "discover",
+        help="list the subscription's features with their recent use; write a starter config",
+    )
+    discover.add_argument(
+        "--days", type=int, default=30, help="count events over this many days (default 30)"
+    )
+    discover.add_argument(
+        "--write", type=Path, default=None, help="write a starter config with the most used ones"
+    )
+    discover.add_argument(
+        "--timezone",
+        default=None,
+        help="the subscription's timezone (default: the config's, else UTC)",
+    )
+    discover.add_argument(
+        "--region", default=None, help="us | us1 | eu | jpn | au (default: the config's, else us)"
+    )
+
+    check = sub.add_parser(
+        "check",
+        help="check the config, both credentials, every id and pipeline, and the match rates",
+    )
+    check.add_argument(
+        "--day", type=_date, default=None, help="the day to try (default: yesterday)"
+    )
+
     sandbox = sub.add_parser(
         "sandbox", help="run the local Pendo and Planhat stand-ins until stopped"
     )
@@ -112,7 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_dotenv(Path.cwd() / ".env", override=False)  # variables already set win over the file
     try:
-        command = {"sync": _sync, "demo": _demo, "sandbox": _sandbox, "batches": _batches}
+        command = {
+            "sync": _sync,
+            "demo": _demo,
+            "sandbox": _sandbox,
+            "batches": _batches,
+            "discover": _discover,
+            "check": _check,
+        }
         return command[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -123,6 +158,91 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _clients(config: Config | None, region: str = "us") -> tuple[PendoResource, PlanhatResource]:
+    """Pendo and Planhat resources from the environment, retrying little: a setup command
+    should answer in seconds, and a wrong key or host does not get better by waiting."""
+    from .resources import PendoResource, PlanhatResource
+    from .runner import check_environment
+
+    check_environment()
+    quick: dict[str, Any] = {
+        "retry_attempts": 2,
+        "retry_backoff_seconds": 0.2,
+        "retry_max_delay_seconds": 2,
+    }
+    if config is not None:
+        quick["timeout_seconds"] = config.sync.request_timeout_seconds
+    pendo = PendoResource(
+        integration_key=os.environ["PENDO_INTEGRATION_KEY"],
+        region=config.pendo.region if config else region,
+        base_url=os.environ.get("PENDO_BASE_URL") or None,
+        **quick,
+    )
+    if os.environ.get("PLANHAT_API_URL"):
+        quick["api_url"] = os.environ["PLANHAT_API_URL"]
+    planhat = PlanhatResource(
+        api_token=os.environ["PLANHAT_API_TOKEN"],
+        tenant_token=os.environ["PLANHAT_TENANT_TOKEN"],
+        **quick,
+    )
+    return pendo, planhat
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from .config import config_path_from_env, load_config
+    from .discover import discover, format_table, starter_config
+    from .partitions import yesterday_in
+
+    logging.getLogger("pendo_assets").setLevel(logging.WARNING)
+    if args.days < 1 or args.days > 365:
+        raise UsageError(f"--days must be from 1 to 365, got {args.days}")
+    path = config_path_from_env()
+    config = load_config(path) if path.exists() else None
+    timezone = args.timezone or (config.pendo.timezone if config else "UTC")
+    region = args.region or (config.pendo.region if config else "us")
+    pendo, _ = _clients(None, region)
+    end = yesterday_in(timezone)
+    with pendo.get_client() as client:
+        found = discover(client, timezone=timezone, end=end, days=args.days)
+    for line in format_table(found, args.days):
+        print(line)
+    if args.write:
+        if args.write.exists():
+            raise UsageError(f"{args.write} exists; not overwriting it (choose another --write)")
+        start = end - timedelta(days=89)
+        text = starter_config(
+            found, timezone=timezone, region=region, start_date=start, days=args.days
+        )
+        args.write.write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.write}: the {text.count('- id:')} most used features; next: pendo-planhat check"
+        )
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .setup_check import format_findings, run_check
+
+    logging.getLogger("pendo_assets").setLevel(logging.WARNING)
+    config = load_config()
+    pendo, planhat = _clients(config)
+    with pendo.get_client() as p, planhat.get_client() as h:
+        findings = run_check(config, pendo=p, planhat=h, day=args.day)
+    for line in format_findings(findings):
+        print(line)
+    failed = [f for f in findings if not f.ok]
+    print(
+        f"{len(findings) - len(failed)} of {len(findings)} checks passed"
+        + (
+            "; fix the ones marked FAIL and run `pendo-planhat check` again"
+            if failed
+            else "; ready: `pendo-planhat sync --dry-run` shows what a sync would send"
+        )
+    )
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _quiet() -> None:

@@ -8,7 +8,8 @@ sorted by line, each naming the file, the line, the key path and what to change:
       pendo_planhat.yaml:12: pipelines[0].model: 'company' is not a valid Planhat model; did you ...
 
 :class:`Loader`, PyYAML's SafeLoader, builds plain Python, keeping each key path's line and
-refusing duplicate keys, secret-looking keys (their values unread) and unsupported tags;
+refusing duplicate keys, secret-looking keys (their values unread), unsupported tags and input
+past its bounds (size, depth, values with aliases expanded; also for a pipeline file);
 :func:`_check_entries` checks what spans entries. The models validate the rest, and
 :func:`_message` words pydantic's errors from the field's description, ``Literal`` choices,
 bounds and default. So a new key is one field in one model (and its line in the README).
@@ -37,10 +38,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined, PydanticUseDefault
 
 from ._config_yaml import (
+    TOO_DEEP,
     Loader,
     Loc,
+    Refused,
+    check_bounds,
     format_problems,
     path,
+    read_bounded,
     show,
     suggest,
     syntax_problem,
@@ -358,7 +363,9 @@ def load_config(path: str | Path | None = None) -> Config:
     """
     file = (config_path_from_env() if path is None else Path(path)).expanduser()
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        text = read_bounded(file)
+    except Refused as exc:
+        raise ConfigError(format_problems(str(file), [exc.problem])) from None
     except FileNotFoundError:
         if path is not None:
             where = f"looked for {file.absolute()}"
@@ -402,6 +409,8 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(format_problems(source, [syntax_problem(exc)])) from None
+    except Refused as exc:
+        raise ConfigError(format_problems(source, [exc.problem])) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         bad = f"the file contains a character YAML does not allow (#x{exc.character:04x})"
@@ -479,8 +488,12 @@ def _read_stages(name: str, base_dir: Path | None) -> tuple[Any, _Problems]:
     file = Path(name).expanduser()
     file = base_dir / file if base_dir is not None and not file.is_absolute() else file
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        text = read_bounded(file)
         data = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique_keys)
+    except Refused as exc:
+        problem = f"in {file}, line {exc.problem[0]}: {exc}"
+    except RecursionError:
+        problem = f"in {file}: the pipeline {TOO_DEEP}"
     except FileNotFoundError:
         relative = "a relative path is read from the config's directory"
         problem = f"pipeline file not found: {file} (looked for {file.absolute()}; {relative})"
@@ -495,6 +508,8 @@ def _read_stages(name: str, base_dir: Path | None) -> tuple[Any, _Problems]:
     else:
         request = data.get("request") if isinstance(data, dict) else None
         stages = request.get("pipeline") if isinstance(request, dict) else data
+        if bounds := check_bounds(stages):
+            return None, [((), f"in {file}: the pipeline {bounds}")]
         if isinstance(stages, list):
             return stages, [(loc, f"in {file}: {m}") for loc, m in _stage_problems(stages)]
         body = 'a whole Pendo aggregation body {"response": ..., "request": {"pipeline": [...]}}'

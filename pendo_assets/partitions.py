@@ -9,7 +9,13 @@ import dagster as dg
 
 from .config import Config
 
-__all__ = ["daily_partitions", "first_mutable_day", "last_complete_day", "sync_window"]
+__all__ = [
+    "daily_partitions",
+    "first_mutable_day",
+    "last_complete_day",
+    "sync_window",
+    "yesterday_in",
+]
 
 
 def daily_partitions(config: Config) -> dg.DailyPartitionsDefinition:
@@ -31,7 +37,12 @@ def _now(tz: ZoneInfo) -> datetime:
 
 def last_complete_day(config: Config, now: datetime | None = None) -> date:
     """Yesterday in the subscription's timezone (of ``now``, default the clock)."""
-    tz = ZoneInfo(config.pendo.timezone)
+    return yesterday_in(config.pendo.timezone, now)
+
+
+def yesterday_in(timezone: str, now: datetime | None = None) -> date:
+    """Yesterday in ``timezone`` (of ``now``, default the clock)."""
+    tz = ZoneInfo(timezone)
     return (now.astimezone(tz) if now else _now(tz)).date() - timedelta(days=1)
 
 

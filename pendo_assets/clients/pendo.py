@@ -115,15 +115,17 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -> JSONDict:
-    """Build the source stage of an aggregation (feature events or a pipeline) over one day.
+def source_stage(
+    source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds, days: int = 1
+) -> JSONDict:
+    """Build the source stage of an aggregation (feature events or a pipeline) over whole days.
 
-    ``timeSeries`` becomes the day window. A row source that names no ``appId`` reads
+    ``timeSeries`` becomes the window of ``days`` days from ``first_ms``. A row source that names no ``appId`` reads
     ``app_ids``: without one Pendo answers for the default app only (pendo_api.md 2.2).
 
     Args:
         source: The source stage's value, e.g. ``{"featureEvents": None}`` (not modified).
-        first_ms: The day's local midnight in epoch ms (see `day_window`).
+        first_ms: The first day's local midnight in epoch ms (see `day_window`).
         app_ids: ``"all"`` (``appId: expandAppIds("*")``) or Pendo app ids (``appId: [...]``).
 
     Returns:
@@ -141,7 +143,7 @@ def source_stage(source: Mapping[str, Any], *, first_ms: int, app_ids: AppIds) -
             stage[kind] = {"appId": app_id}
         elif isinstance(params, dict):
             params.setdefault("appId", app_id)
-    stage["timeSeries"] = {"period": "dayRange", "first": first_ms, "count": 1}
+    stage["timeSeries"] = {"period": "dayRange", "first": first_ms, "count": days}
     return {"source": stage}
 
 
@@ -303,8 +305,9 @@ class PendoClient(PooledClient):
         sort_field: str | Sequence[str],
         app_ids: AppIds = "all",
         max_pages: int = DEFAULT_MAX_PAGES,
+        days: int = 1,
     ) -> Iterator[list[JSONDict]]:
-        """Run a user pipeline over one subscription-local day and yield its rows page by page.
+        """Run a user pipeline over subscription-local days and yield its rows page by page.
 
         The first stage, a ``source``, is rebuilt by `source_stage`; sort, skip and limit follow.
 
@@ -315,6 +318,7 @@ class PendoClient(PooledClient):
             sort_field: Field(s) giving the results a total order, e.g. ``accountId``.
             app_ids: ``pendo.app_ids``, for a row source that names no ``appId``.
             max_pages: Hard cap; reaching it with a full page raises.
+            days: How many days from ``day`` the window holds (one by default).
 
         Yields:
             Each page's rows as dicts. Floats are kept as sent, including NaN/Infinity when the
@@ -328,7 +332,7 @@ class PendoClient(PooledClient):
         """
         check_max_pages(max_pages)
         first_ms, _ = day_window(day, timezone)
-        pipeline = _windowed(stages, first_ms, app_ids)
+        pipeline = _windowed(stages, first_ms, app_ids, days)
         sort = [sort_field] if isinstance(sort_field, str) else list(sort_field)
         if not sort or not all(isinstance(name, str) and name for name in sort):
             raise ConfigError(f"sort_field must name one or more fields, got {sort_field!r}")
@@ -484,7 +488,7 @@ def _app_ids_param(app_ids: AppIds) -> str | list[int]:
 
 
 def _windowed(
-    stages: Sequence[Mapping[str, Any]], first_ms: int, app_ids: AppIds
+    stages: Sequence[Mapping[str, Any]], first_ms: int, app_ids: AppIds, days: int
 ) -> list[JSONDict]:
     head = stages[0] if stages and not isinstance(stages, str | bytes) else None
     source = head.get("source") if isinstance(head, Mapping) else None
@@ -492,5 +496,5 @@ def _windowed(
         raise ConfigError(
             f"the pipeline's first stage must be a source stage like {_SOURCE_EXAMPLE}"
         )
-    first = source_stage(source, first_ms=first_ms, app_ids=app_ids)
+    first = source_stage(source, first_ms=first_ms, app_ids=app_ids, days=days)
     return [first, *(dict(stage) for stage in copy.deepcopy(list(stages[1:])))]

@@ -112,6 +112,15 @@ class PlanhatClient(PooledClient):
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
 
+    def verify_token(self) -> None:
+        """Check the API token with one small read (``GET /companies?limit=1``).
+
+        Raises:
+            ApiStatusError: Planhat refused the token (401/403) or the URL (404).
+            ApiTransportError: ``api_url`` cannot be reached.
+        """
+        next(self._offset_pages("/companies", "_id", 1, 1), None)
+
     def iter_pages(
         self,
         model: Model,
