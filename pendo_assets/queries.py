@@ -75,6 +75,7 @@ __all__ = [
     "sync_summary",
     "transaction",
     "try_advisory_lock",
+    "use_catalog",
 ]
 
 Conn: TypeAlias = duckdb.DuckDBPyConnection
@@ -236,6 +237,12 @@ def attach_ducklake(
         options.append("READ_ONLY")
     suffix = f" ({', '.join(options)})" if options else ""
     conn.execute(f"ATTACH {_literal(url)} AS {name}{suffix}")
+    conn.execute(f"USE {name}")
+
+
+def use_catalog(conn: Conn, *, name: str) -> None:
+    """Make the attached catalog ``name`` the connection's default (``USE``)."""
+    _check_identifier(name)
     conn.execute(f"USE {name}")
 
 

@@ -133,16 +133,19 @@ class Warehouse:
         if not self.is_lake:
             yield
             return
-        conn = duckdb.connect(config=_CONFIG)
+        base = self._lake_instance(read_only=False)
+        with _lakes_lock:
+            if (id(base), "pg") not in _attached:
+                catalog = self.target[len(DUCKLAKE_PREFIX) :]
+                try:
+                    queries.attach_postgres(base, name=_LOCK_DB, dsn=catalog)
+                except duckdb.Error as exc:
+                    raise self._error(exc) from exc
+                _attached.add((id(base), "pg"))
+        conn = base.cursor()
         try:
-            _load_extensions(conn)
-            catalog = self.target[len(DUCKLAKE_PREFIX) :]
-            try:
-                queries.attach_postgres(conn, name="publish_lock_db", dsn=catalog)
-            except duckdb.Error as exc:
-                raise self._error(exc) from exc
             waited = False
-            while not queries.try_advisory_lock(conn, db="publish_lock_db", key=PUBLISH_LOCK_KEY):
+            while not queries.try_advisory_lock(conn, db=_LOCK_DB, key=PUBLISH_LOCK_KEY):
                 if not waited:
                     log.info("waiting for the publish lock: another publisher is sending")
                     waited = True
@@ -168,11 +171,16 @@ class Warehouse:
             WarehouseLockedError: Another process holds the file.
             WarehouseError: The file cannot be opened for another reason.
         """
-        conn = (
-            self._open_lake(read_only=read_only)
-            if self.is_lake
-            else self._open(read_only=read_only)
-        )
+        if self.is_lake:
+            # A connection of the process's DuckLake instance (migrated when it was made).
+            conn = self._lake_instance(read_only=read_only).cursor()
+            try:
+                queries.use_catalog(conn, name=LAKE)
+                yield conn
+            finally:
+                conn.close()
+            return
+        conn = self._open(read_only=read_only)
         try:
             if not read_only:
                 # Checked at every open (two short statements), never remembered per path: a
@@ -202,28 +210,62 @@ class Warehouse:
                     ) from exc
                 time.sleep(0.2)
 
-    def _open_lake(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-        conn = duckdb.connect(config=_CONFIG)
-        try:
-            _load_extensions(conn)
-            data_path = self.data_path
-            if data_path and "://" not in data_path and not read_only:
-                Path(data_path).mkdir(parents=True, exist_ok=True)
-            queries.attach_ducklake(
-                conn, name=LAKE, url=self.target, data_path=data_path, read_only=read_only
-            )
-        except duckdb.Error as exc:
-            conn.close()
-            raise self._error(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _lake_instance(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """The process's DuckDB instance with this DuckLake attached, made on first use.
+
+        Loading the extensions and attaching the catalog take most of a second, so they are
+        done once per process; every `connect` is then a cursor of the instance (its own
+        connection, with its own transactions, seeing every commit of other processes).
+        """
+        key = (os.getpid(), self.target, self.data_path, read_only)
+        with _lakes_lock:
+            base = _lakes.get(key)
+            if base is not None:
+                return base
+            base = duckdb.connect(config=_CONFIG)
+            try:
+                _load_extensions(base)
+                data_path = self.data_path
+                if data_path and "://" not in data_path and not read_only:
+                    Path(data_path).mkdir(parents=True, exist_ok=True)
+                queries.attach_ducklake(
+                    base, name=LAKE, url=self.target, data_path=data_path, read_only=read_only
+                )
+                if not read_only:
+                    _migrate_concurrently(base)
+            except duckdb.Error as exc:
+                base.close()
+                raise self._error(exc) from exc
+            except BaseException:
+                base.close()
+                raise
+            _lakes[key] = base
+            return base
 
     def _error(self, exc: BaseException) -> WarehouseError:
         where = redact_target(self.target)
         message = f"cannot open the warehouse {where}: {redact_target(str(exc))}"
         return WarehouseError(message, path=where)
+
+
+_lakes: dict[tuple[int, str, str | None, bool], duckdb.DuckDBPyConnection] = {}
+_attached: set[tuple[int, str]] = set()
+_lakes_lock = threading.Lock()
+# The catalog's Postgres database, attached (instance-wide) for the publish lock.
+_LOCK_DB = "publish_lock_db"
+
+
+def _migrate_concurrently(conn: duckdb.DuckDBPyConnection, *, attempts: int = 5) -> None:
+    """`apply_migrations` where other processes may be migrating the same DuckLake: a commit
+    that conflicts with theirs is rolled back, and the versions are read again."""
+    for attempt in range(attempts):
+        try:
+            apply_migrations(conn)
+            return
+        except duckdb.TransactionException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 # No extension is ever downloaded: the ones DuckLake needs come from their PyPI packages.

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
 from datetime import date
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import duckdb
 import polars as pl
@@ -20,6 +27,7 @@ from pendo_assets.warehouse import (
     warehouse_from_env,
 )
 
+from .conftest import SHORT, Env, MakeEnv
 from .postgres import PostgresCluster
 
 DAY = date(2026, 11, 2)
@@ -124,3 +132,109 @@ def test_the_cluster_fixture_gives_a_fresh_database_each_time(
     postgres_cluster: PostgresCluster,
 ) -> None:
     assert postgres_cluster.create_database() != postgres_cluster.create_database()
+
+
+# --------------------------------------------------------------------------------------------
+# Two deployments, one warehouse; and readers while a sync writes.
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _process(args: list[str], **env: str) -> subprocess.Popen[str]:
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.lake_processes", *args],
+        env=environ,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ducklake"])
+def test_two_publishers_started_at_once_never_send_a_key_twice(
+    make_env: MakeEnv, tmp_path: Path
+) -> None:
+    env = make_env()
+    # Land and match (a dry run sends nothing), so both publishers have the same work waiting.
+    assert env.sync(SHORT[0], SHORT[-1], dry_run=True).exit_code == 0
+    assert env.analytics_requests() == 0
+    go = tmp_path / "go"
+    # Two deployments: each its own Dagster instance (so no shared pool), one warehouse.
+    publishers = [
+        _process(
+            ["publish", SHORT[0].isoformat(), SHORT[-1].isoformat(), str(go)],
+            DAGSTER_HOME=str(tmp_path / f"dagster_{name}"),
+        )
+        for name in ("east", "west")
+    ]
+    try:
+        while len(list(tmp_path.glob("go.ready.*"))) < 2:
+            assert all(p.poll() is None for p in publishers), [p.communicate() for p in publishers]
+            time.sleep(0.05)
+        go.touch()  # both start publishing now
+        outputs = [p.communicate(timeout=300)[0] for p in publishers]
+    finally:
+        for p in publishers:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in publishers] == [0, 0], outputs
+
+    received = env.sandbox.received.activities()
+    sent_per_key = Counter((r.external_id, r.action, r.date) for r in received)
+    assert sent_per_key and max(sent_per_key.values()) == 1
+    assert env.sandbox.received.activity_totals() == env.truth_activities(SHORT)
+    assert env.received_metrics() == env.truth_metrics(SHORT)
+    # One publisher sent everything; the other waited for the lock and found nothing to send.
+    assert len(env.sql("SELECT DISTINCT run_id FROM outbox_batches")) == 1
+
+
+def _readme_reader_sql(env: Env) -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sql = next(b for b in readme.split("```sql")[1:] if "ATTACH 'ducklake:" in b).split("```")[0]
+    catalog = env.warehouse.target
+    return re.sub(r"'ducklake:postgres:[^']*'", "'" + catalog + "'", sql)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ducklake"])
+def test_the_readme_sql_on_the_unmatched_views_runs_while_a_sync_writes(
+    make_env: MakeEnv,
+) -> None:
+    env = make_env()
+    sql = _readme_reader_sql(env)
+    assert "unmatched_visitors" in sql and "unmatched_accounts" in sql
+    assert env.sync(SHORT[0], SHORT[0]).exit_code == 0  # the views have rows from here on
+    env.sandbox.dataset.revise_day(SHORT[0], grow=True)  # so the next sync rewrites that day
+    log = env.data_dir.parent / "sync.log"
+    with log.open("w") as out:
+        sync = _process_sync(env, out)
+        reads_during_sync = 0
+        try:
+            while sync.poll() is None and reads_during_sync < 2:
+                reader = _process(["read", sql])
+                answer = reader.communicate(timeout=120)[0]
+                assert reader.returncode == 0, answer
+                assert "no_enduser" in answer  # the unmatched rows of the day landed before
+                if sync.poll() is None:
+                    reads_during_sync += 1
+            assert sync.wait(timeout=300) == 0, log.read_text()
+        finally:
+            if sync.poll() is None:
+                sync.kill()
+                sync.wait()
+    assert reads_during_sync >= 1  # a reader finished while the sync was still writing
+
+
+def _process_sync(env: Env, out: IO[str]) -> subprocess.Popen[str]:
+    argv = ["sync", "--start", SHORT[0].isoformat(), "--end", SHORT[1].isoformat()]
+    return subprocess.Popen(
+        [sys.executable, "-m", "pendo_assets.cli", *argv],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=env.data_dir.parent,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
