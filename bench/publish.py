@@ -31,14 +31,15 @@ def fill(conn: Any, activities: int, metrics: int) -> list[date]:
     """Write the matched rows with SQL (deterministic); return the days they cover."""
     conn.execute(
         """
-        INSERT INTO matched_activities
+        INSERT INTO matched_activities BY NAME
         SELECT ?::DATE + (i % ?)::INTEGER AS day,
                'visitor-' || lpad(CAST(i // (? * 5) AS VARCHAR), 8, '0') AS external_id,
                'Action ' || CAST((i // ?) % 5 AS VARCHAR) AS action,
                1 + (hash(i) % 40)::BIGINT AS count,
                CASE WHEN (i // ?) % 5 = 3 THEN 2.0 ELSE 1.0 END AS weight,
                CASE WHEN i % 17 = 0 THEN NULL
-                    ELSE 'acct-' || lpad(CAST(i // (? * 50) AS VARCHAR), 7, '0') END,
+                    ELSE 'acct-' || lpad(CAST(i // (? * 50) AS VARCHAR), 7, '0')
+               END AS company_external_id,
                'feat00-xxxxxxxxxxxxxx,feat08-xxxxxxxxxxxxxx' AS feature_ids
         FROM range(?) AS t(i)
         """,

@@ -111,9 +111,38 @@ def build_checks(
             problem if keys else None, {"drift_keys": keys, "drift_events": excess}, WARN
         )
 
+    @dg.asset_check(
+        asset=publish,
+        name="metric_drift",
+        description=(
+            "Planhat holds, for every metric day read back, what the ledger says it was sent "
+            "(the metric_drift view is empty)."
+        ),
+    )
+    def metric_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with open_warehouse(warehouse) as conn:
+            keys, first_day, last_day = queries.metric_drift_span(conn)
+            first = queries.metric_drift_keys(conn, limit=5)
+        shown = "; ".join(
+            f"{day} {dimension} {model} {external_id}: sent {sent:g}, Planhat "
+            + ("has no value" if planhat is None else f"{planhat:g}")
+            for day, model, external_id, dimension, sent, planhat in first
+        )
+        problem = (
+            f"Planhat disagrees with the ledger on {keys} metric key(s) (see the metric_drift "
+            f"view), first: {shown}. A value was changed or deleted in Planhat, or Planhat "
+            "dropped an item. To make Planhat agree, run `pendo-planhat resend-metrics "
+            f"--start {first_day} --end {last_day}` (a `last` metric gets the last value sent "
+            "again; a `sum` metric gets the difference as one more point); see the README, "
+            "Metric drift."
+        )
+        span = f"{first_day}..{last_day}" if keys else ""
+        return _result(problem if keys else None, {"metric_drift_keys": keys, "days": span})
+
     return [
         rows_have_visitor_ids,
         match_rate_above_threshold,
         no_batches_in_doubt,
         no_activity_drift,
+        metric_drift,
     ]

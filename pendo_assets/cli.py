@@ -1,8 +1,9 @@
 """The ``pendo-planhat`` command: thin, it delegates to Dagster and the library.
 
 Exit codes: 0 success; 1 a failed day, a batch in doubt, metric items Planhat rejected, the
-warehouse held by another process, or any other failure (the last line says which); 2 usage or
-configuration errors.
+warehouse held by another process, metric keys Planhat still disagrees on after
+``resend-metrics``, or any other failure (the last line says which); 2 usage or configuration
+errors.
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write a config matching the sandbox",
     )
 
+    resend = sub.add_parser(
+        "resend-metrics",
+        help="make Planhat agree with the ledger on the metric keys listed in metric_drift",
+    )
+    resend.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    resend.add_argument("--end", type=_date, required=True, help="last day (inclusive), YYYY-MM-DD")
+    resend.add_argument("--dimension", default=None, help="this dimensionId only")
+
     batches = sub.add_parser("batches", help="list or resolve batches whose delivery is in doubt")
     bsub = batches.add_subparsers(dest="batches_command", required=True, metavar="ACTION")
     bsub.add_parser("list", help="batches whose outcome is unknown")
@@ -147,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batches": _batches,
             "discover": _discover,
             "check": _check,
+            "resend-metrics": _resend_metrics,
         }
         return command[args.command](args)
     except ConfigError as exc:
@@ -379,6 +389,61 @@ def _sandbox(args: argparse.Namespace) -> int:
         config_path=args.config_out,
     )
     return EXIT_OK
+
+
+def _resend_metrics(args: argparse.Namespace) -> int:
+    """Read back the range, send the repairs of its metric_drift keys, read back again."""
+    from datetime import UTC, datetime
+
+    from .config import load_config
+    from .errors import UsageError
+    from .readback import resend_metrics
+    from .resources import PlanhatResource
+    from .warehouse import Warehouse, warehouse_path_from_env
+
+    if args.end < args.start:
+        raise UsageError(f"--end {args.end} is before --start {args.start}")
+    config = load_config()
+    needed = ("PLANHAT_API_TOKEN", "PLANHAT_TENANT_TOKEN")
+    missing = [name for name in needed if not os.environ.get(name)]
+    if missing:
+        raise UsageError(f"missing environment variable(s): {', '.join(missing)}")
+    planhat = PlanhatResource(
+        api_token=os.environ["PLANHAT_API_TOKEN"],
+        tenant_token=os.environ["PLANHAT_TENANT_TOKEN"],
+        api_url=os.environ.get("PLANHAT_API_URL") or "https://api.planhat.com",
+        analytics_url=os.environ.get("PLANHAT_ANALYTICS_URL") or "https://analytics.planhat.com",
+        timeout_seconds=config.sync.request_timeout_seconds,
+        retry_attempts=config.sync.retry_attempts,
+        retry_backoff_seconds=config.sync.retry_backoff_seconds,
+        retry_max_delay_seconds=config.sync.retry_max_delay_seconds,
+    )
+    days = [args.start + timedelta(days=n) for n in range((args.end - args.start).days + 1)]
+    span = f"{args.start}..{args.end}" + (f" ({args.dimension})" if args.dimension else "")
+    run_id = f"resend-metrics {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+    warehouse = Warehouse(warehouse_path_from_env())
+    with planhat.get_client() as client, warehouse.connect() as conn:
+        try:
+            report = resend_metrics(
+                conn, client=client, days=days, dimension_id=args.dimension, run_id=run_id
+            )
+        finally:
+            queries.export_views(conn, warehouse.path.parent / "exports")
+    sent = report.publish
+    print(f"metric_drift for {span}: {report.drift_before} key(s) where Planhat disagreed")
+    print(
+        f"  sent again the last value of {report.last_resent} `last` key(s) and the difference "
+        f"of {report.sum_differences_sent} `sum` key(s), in {sent.requests} request(s)"
+    )
+    if report.held:
+        print(
+            f"  {report.held} key(s) sit in a batch in doubt and were left alone: resolve it "
+            "first (`pendo-planhat batches list`)"
+        )
+    if sent.batches_in_doubt_new:
+        print(f"  {sent.batches_in_doubt_new} repair batch(es) are now in doubt")
+    print(f"metric_drift for {span} now lists {report.drift_after} key(s)")
+    return EXIT_OK if report.drift_after == 0 and not sent.batches_in_doubt_new else EXIT_FAILED
 
 
 def _batches(args: argparse.Namespace) -> int:

@@ -367,6 +367,22 @@ class Publisher:
         report.batches_in_doubt_total = queries.count_batches_in_doubt(self.conn)
         return report
 
+    def send_repairs(self, items: pl.DataFrame) -> PublishReport:
+        """Send metric repair items (`pendo_assets.readback.plan_metric_repairs`) through the
+        outbox, after settling what an interrupted run left there.
+
+        Raises:
+            DeliveryError: As for `publish`.
+        """
+        report = PublishReport(metric_items_planned=items.height)
+        report.recovery = self.recover()
+        if self.sender is None:
+            raise DeliveryError("no Planhat client: cannot send")
+        for aggregation in ("last", "sum"):
+            self._send_all("metrics", items.filter(pl.col("aggregation") == aggregation), report)
+        report.batches_in_doubt_total = queries.count_batches_in_doubt(self.conn)
+        return report
+
     def _send_all(self, kind: BatchKind, items: pl.DataFrame, report: PublishReport) -> None:
         if items.height == 0:
             return

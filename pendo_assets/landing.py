@@ -40,6 +40,7 @@ __all__ = [
     "fetch_pipeline_day",
     "ingest_feature_events",
     "land_pipeline_day",
+    "read_pipeline_day",
     "resolve_feature_actions",
 ]
 
@@ -311,27 +312,21 @@ class PipelineDay:
 
 
 def fetch_pipeline_day(
-    client: Any, *, spec: PipelineSpec, day: date, config: Config
+    client: Any,
+    *,
+    spec: PipelineSpec,
+    day: date,
+    config: Config,
+    read: tuple[list[Mapping[str, Any]], int] | None = None,
 ) -> PipelineDay:
     """Run one configured pipeline for one day and read its metric values.
+
+    ``read``, when given, is what `read_pipeline_day` returned for it: nothing is requested.
 
     Raises:
         DayRejectedError: More than the configured share of result rows cannot be sent.
     """
-
-    def read() -> tuple[list[Mapping[str, Any]], int]:
-        pages = list(
-            client.pipeline_pages(
-                stages=list(spec.stages),
-                day=day,
-                timezone=config.pendo.timezone,
-                sort_field=spec.id_field,
-                app_ids=config.pendo.app_ids,
-            )
-        )
-        return [row for page in pages for row in page], len(pages)
-
-    rows, pages = _reading_again_on_drift(read, f"{day}: pipeline {spec.name}'s results")
+    rows, pages = read or read_pipeline_day(client, spec=spec, day=day, config=config)
     field_spec = MetricFieldSpec(
         pipeline=spec.name,
         model=spec.model,
@@ -345,6 +340,27 @@ def fetch_pipeline_day(
     return PipelineDay(
         day=day, pipeline=spec.name, rows=rows, values=values, rejects=rejects, pages=pages
     )
+
+
+def read_pipeline_day(
+    client: Any, *, spec: PipelineSpec, day: date, config: Config
+) -> tuple[list[Mapping[str, Any]], int]:
+    """One pipeline's result rows for one day and the pages they took, read again if Pendo's
+    rows shifted while paging."""
+
+    def read() -> tuple[list[Mapping[str, Any]], int]:
+        pages = list(
+            client.pipeline_pages(
+                stages=list(spec.stages),
+                day=day,
+                timezone=config.pendo.timezone,
+                sort_field=spec.id_field,
+                app_ids=config.pendo.app_ids,
+            )
+        )
+        return [row for page in pages for row in page], len(pages)
+
+    return _reading_again_on_drift(read, f"{day}: pipeline {spec.name}'s results")
 
 
 _encoder = msgspec.json.Encoder()

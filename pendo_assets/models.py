@@ -3,13 +3,14 @@
 Pendo side: `Feature`, a `FeatureEventPage` of decoded feature events (`FEATURE_EVENT_SCHEMA`)
 with the `RejectedRow` list of rows that could not be used. Planhat side: the snapshot frames
 (`ENDUSER_SCHEMA`, `COMPANY_SCHEMA`, `ASSET_SCHEMA`, `PROJECT_SCHEMA`) and
-`DimensionDataResult`.
+`DimensionDataResult`, and `MetricPoint` as ``GET /dimensiondata`` reads it back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Final
 
 import polars as pl
@@ -31,6 +32,7 @@ __all__ = [
     "DimensionDataResult",
     "Feature",
     "FeatureEventPage",
+    "MetricPoint",
     "PlanhatSnapshot",
     "RejectedRow",
 ]
@@ -181,6 +183,28 @@ class DimensionDataResult:
 
     processed: int | None
     errors: list[JSONDict] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One data point Planhat holds for a Custom Metric (an item of ``GET /dimensiondata``).
+
+    Planhat keeps one point per item it received; a day's value is the sum of its points
+    (``sum`` metrics) or its latest point (``last``).
+
+    Attributes:
+        dimension_id: ``dimensionId``.
+        day: The day of ``time``.
+        value: ``value``.
+        model: ``model`` (``Company`` when absent, as on the way in).
+        parent_id: ``parentId``: the Planhat ``_id`` of the object holding the point.
+    """
+
+    dimension_id: str
+    day: date
+    value: float
+    model: str
+    parent_id: str
 
 
 # Warehouse frames (the columns of the tables of the same name in sql/)

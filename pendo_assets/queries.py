@@ -33,6 +33,7 @@ __all__ = [
     "attach_ducklake",
     "attach_postgres",
     "count_batches_in_doubt",
+    "count_metric_drift",
     "delete_feature_actions",
     "delete_pipeline_day",
     "delete_raw_feature_events_day",
@@ -50,12 +51,15 @@ __all__ = [
     "load_extension",
     "mark_batch",
     "match_totals",
+    "metric_drift_keys",
+    "metric_drift_span",
     "quarantined_visitor_id_rows",
     "record_item_errors",
     "record_landed_day",
     "rejected_items_of_run",
     "release_advisory_lock",
     "replace_days",
+    "replace_metric_readback",
     "replace_planhat_objects",
     "resolve_batch_status",
     "select_batch_status",
@@ -68,8 +72,10 @@ __all__ = [
     "select_held_metric_keys",
     "select_ledger_activities",
     "select_ledger_metrics",
+    "select_metric_drift",
     "select_pipeline_values",
     "select_planhat_objects",
+    "select_sent_metric_days",
     "set_duckdb_setting",
     "settle_interrupted_batches",
     "sync_summary",
@@ -89,6 +95,7 @@ EXPORTED_VIEWS = (
     "activity_drift",
     "sent_activities",
     "sent_metrics",
+    "metric_drift",
 )
 # Table and view names are package constants; anything else is refused before it reaches SQL.
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -522,6 +529,91 @@ def select_ledger_metrics(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
 def select_held_metric_keys(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
     """Metric keys held back by a batch in doubt."""
     return conn.execute(f"SELECT * FROM held_metric_keys WHERE {_IN_DAYS}", [list(days)]).pl()
+
+
+def select_sent_metric_days(
+    conn: Conn, *, days: Sequence[date], dimension_id: str | None = None
+) -> pl.DataFrame:
+    """``dimension_id, day`` of ``days`` that the ledger says Planhat was sent (of one
+    dimension when given), ordered."""
+    return conn.execute(
+        f"SELECT DISTINCT dimension_id, day FROM ledger_metrics WHERE {_IN_DAYS} "
+        "AND (?::VARCHAR IS NULL OR dimension_id = ?) ORDER BY dimension_id, day",
+        [list(days), dimension_id, dimension_id],
+    ).pl()
+
+
+def replace_metric_readback(
+    conn: Conn, *, scope: pl.DataFrame, values: pl.DataFrame, run_id: str | None
+) -> None:
+    """Record a read-back in one transaction: for each ``day, dimension_id`` of ``scope``,
+    the values Planhat holds (``values``: ``day, model, external_id, dimension_id, points,
+    sum_value, last_value``) replace those of any earlier read-back.
+
+    ``read_at`` is the transaction's ``current_timestamp``, the clock ``sent_at`` is stamped
+    with, so `metric_drift` can tell whether a key was sent after it was read back.
+    """
+    conn.register("_readback_scope", scope.select("day", "dimension_id"))
+    conn.register("_readback_values", values)
+    try:
+        with transaction(conn):
+            for table in ("planhat_readback_days", "planhat_metric_readback"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE (day, dimension_id) IN "
+                    "(SELECT (day, dimension_id) FROM _readback_scope)"
+                )
+            conn.execute(
+                "INSERT INTO planhat_readback_days BY NAME SELECT day, dimension_id, "
+                "current_timestamp::TIMESTAMP AS read_at, ?::VARCHAR AS run_id FROM _readback_scope",
+                [run_id],
+            )
+            conn.execute(
+                "INSERT INTO planhat_metric_readback BY NAME SELECT *, "
+                "current_timestamp::TIMESTAMP AS read_at, ?::VARCHAR AS run_id FROM _readback_values",
+                [run_id],
+            )
+    finally:
+        conn.unregister("_readback_scope")
+        conn.unregister("_readback_values")
+
+
+def count_metric_drift(conn: Conn) -> int:
+    """How many metric keys Planhat disagrees on (``metric_drift``)."""
+    return int(_scalar(conn, "SELECT COUNT(*) FROM metric_drift"))
+
+
+def metric_drift_span(conn: Conn) -> tuple[int, date | None, date | None]:
+    """Keys in ``metric_drift``, and their first and last day (None when there is none)."""
+    row = conn.execute("SELECT COUNT(*), min(day), max(day) FROM metric_drift").fetchone()
+    return (int(row[0]), row[1], row[2]) if row else (0, None, None)
+
+
+def metric_drift_keys(
+    conn: Conn, *, limit: int
+) -> list[tuple[date, str, str, str, float, float | None]]:
+    """The first ``limit`` rows of ``metric_drift`` (``day, model, external_id, dimension_id,
+    sent, planhat``), by day and key."""
+    return conn.execute(
+        "SELECT day, model, external_id, dimension_id, sent, planhat FROM metric_drift "
+        "ORDER BY day, dimension_id, model, external_id LIMIT ?",
+        [limit],
+    ).fetchall()
+
+
+def select_metric_drift(
+    conn: Conn, *, days: Sequence[date], dimension_id: str | None = None
+) -> pl.DataFrame:
+    """``metric_drift`` rows of ``days`` (of one dimension when given) with the key's
+    ``aggregation`` and whether a batch in doubt holds it (``held``)."""
+    return conn.execute(
+        "SELECT m.day, m.model, m.external_id, m.dimension_id, m.sent, m.planhat, l.aggregation, "
+        "h.day IS NOT NULL AS held FROM metric_drift AS m "
+        "JOIN ledger_metrics AS l USING (day, model, external_id, dimension_id) "
+        "LEFT JOIN held_metric_keys AS h USING (day, model, external_id, dimension_id) "
+        "WHERE m.day IN (SELECT UNNEST(?::DATE[])) AND (?::VARCHAR IS NULL OR m.dimension_id = ?) "
+        "ORDER BY m.day, m.dimension_id, m.model, m.external_id",
+        [list(days), dimension_id, dimension_id],
+    ).pl()
 
 
 def select_batch_status(conn: Conn, *, batch_id: int) -> str | None:

@@ -33,6 +33,7 @@ from .landing import (
     PipelineDay,
     fetch_pipeline_day,
     ingest_feature_events,
+    read_pipeline_day,
     resolve_feature_actions,
 )
 from .models import Feature
@@ -176,27 +177,17 @@ def _check_pipeline(
     """Run one pipeline for ``day``: Pendo accepts it, it returns the fields the config maps."""
     spec = config.pipelines[index]
     what = f"pipelines[{index}] ({spec.name})"
-    pages = steps.run(
-        what,
-        lambda: list(
-            pendo.pipeline_pages(
-                stages=list(spec.stages),
-                day=day,
-                timezone=config.pendo.timezone,
-                sort_field=spec.id_field,
-                app_ids=config.pendo.app_ids,
-            )
-        ),
-        lambda pages: f"Pendo ran it for {day}",
-        lambda exc: (
+    try:
+        read = read_pipeline_day(pendo, spec=spec, day=day, config=config)
+    except PendoAssetsError as exc:
+        steps.fail(
+            what,
+            " ".join(str(exc).split()),
             f"run the pipeline in Pendo's Data Explorer for {day}; change "
-            f"`pipelines[{index}].pipeline` until Pendo accepts it"
-        ),
-    )
-    if pages is None:
+            f"`pipelines[{index}].pipeline` until Pendo accepts it",
+        )
         return None
-    steps.findings.pop()  # replaced by the verdict on its rows
-    rows = [row for page in pages for row in page]
+    rows = read[0]
     missing = [name for name in (spec.id_field, *spec.metrics) if not any(name in r for r in rows)]
     if rows and missing:
         fields = sorted({k for row in rows for k in row})
@@ -210,7 +201,7 @@ def _check_pipeline(
         return None
     return steps.run(
         what,
-        lambda: fetch_pipeline_day(pendo, spec=spec, day=day, config=config),
+        lambda: fetch_pipeline_day(pendo, spec=spec, day=day, config=config, read=read),
         lambda r: f"{len(r.rows)} result rows, {r.values.height} metric values for {day}",
         lambda exc: (
             "the kinds of problem above say which values cannot be sent (a Planhat "

@@ -38,6 +38,7 @@ from pendo_assets.models import (
     DimensionDataResult,
     Feature,
     FeatureEventPage,
+    MetricPoint,
     PlanhatSnapshot,
 )
 from pendo_assets.resources import PendoResource, PlanhatResource
@@ -311,7 +312,9 @@ class FakePlanhatClient(_Closable):
             (``DeliveryUnknownError``: the batch may have landed; ``ApiStatusError``: refused).
 
     ``activity_batches`` / ``metric_batches`` hold each batch received and answered, decoded
-    from its body; ``failed_batches`` those answered with one of ``post_failures``.
+    from its body; ``failed_batches`` those answered with one of ``post_failures``. Metric
+    items accepted on an object listed here are kept as ``points``, which
+    ``get_dimension_data`` reads back (like Planhat, one point per item).
     """
 
     endusers: Sequence[Mapping[str, Any]] = ()
@@ -326,6 +329,7 @@ class FakePlanhatClient(_Closable):
     metric_batches: list[list[dict[str, Any]]] = field(default_factory=list)
     failed_batches: list[list[dict[str, Any]]] = field(default_factory=list)
     snapshots: int = 0
+    points: list[MetricPoint] = field(default_factory=list)
 
     def _check(self) -> None:
         self._check_open()
@@ -355,7 +359,23 @@ class FakePlanhatClient(_Closable):
             for item in batch
             if (key := (item["externalId"], item["dimensionId"])) in self.metric_errors
         ]
+        refused = {id(e["item"]) for e in errors}
+        objects = {"Company": self.companies, "EndUser": self.endusers}
+        objects |= {"Asset": self.assets, "Project": self.projects}
+        for item in batch:
+            model = item.get("model") or "Company"
+            found = [o for o in objects[model] if o.get("externalId") == item["externalId"]]
+            if id(item) not in refused and found:
+                day = date.fromisoformat(item["date"])
+                point = MetricPoint(item["dimensionId"], day, item["value"], model, found[0]["_id"])
+                self.points.append(point)
         return DimensionDataResult(processed=len(batch) - len(errors), errors=errors)
+
+    def get_dimension_data(
+        self, *, dimension_id: str, start: date, end: date
+    ) -> Iterator[list[MetricPoint]]:
+        self._check()
+        yield [p for p in self.points if p.dimension_id == dimension_id and start <= p.day <= end]
 
     def _received(self, body: bytes, items: int, hooks: Any) -> list[dict[str, Any]]:
         if hooks is not None:

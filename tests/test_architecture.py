@@ -23,6 +23,7 @@ DAGSTER_FREE = [
     "pendo_assets.landing",
     "pendo_assets.models",
     "pendo_assets.queries",
+    "pendo_assets.readback",
     "pendo_assets.transforms",
     "pendo_assets.types",
     "pendo_assets.warehouse",

@@ -689,7 +689,11 @@ def test_planhat_publish_sends_exactly_the_matched_items_once(matched):
     assert matched.rows(SENT_METRICS_SQL) == [
         (d, m, e, dim, v) for d, _, m, e, dim, v, _ in MATCHED_METRICS
     ]
-    assert checks_of(result) == {"no_batches_in_doubt": True, "no_activity_drift": True}
+    assert checks_of(result) == {
+        "no_batches_in_doubt": True,
+        "no_activity_drift": True,
+        "metric_drift": True,
+    }
     meta = metadata(result, "planhat_publish")
     assert meta["partition_window"] == D
 
@@ -723,7 +727,11 @@ def test_planhat_publish_on_a_day_with_nothing_matched_sends_nothing(matched):
 
     assert matched.planhat.activity_batches == [] and matched.planhat.metric_batches == []
     assert matched.rows("SELECT COUNT(*) FROM outbox_batches") == [(0,)]
-    assert checks_of(result) == {"no_batches_in_doubt": True, "no_activity_drift": True}
+    assert checks_of(result) == {
+        "no_batches_in_doubt": True,
+        "no_activity_drift": True,
+        "metric_drift": True,
+    }
 
 
 def test_planhat_publish_dry_run_stores_the_plan_and_sends_nothing(matched):
@@ -757,7 +765,11 @@ def test_planhat_publish_holds_back_a_batch_without_answer_and_the_check_fails(m
     assert by_key(matched.planhat.metrics) == by_key(METRIC_ITEMS)
     assert matched.rows("SELECT kind, items FROM batches_in_doubt") == [("activities", 3)]
     assert matched.rows(SENT_ACTIVITIES_SQL) == []
-    assert checks_of(result) == {"no_batches_in_doubt": False, "no_activity_drift": True}
+    assert checks_of(result) == {
+        "no_batches_in_doubt": False,
+        "no_activity_drift": True,
+        "metric_drift": True,
+    }
 
     matched.run("planhat_publish")  # its keys stay held back until the batch is resolved
     assert matched.planhat.activity_batches == []

@@ -61,6 +61,7 @@ def test_definitions_load_from_the_config(monkeypatch, tmp_path):
         "match_rate_above_threshold",
         "no_batches_in_doubt",
         "no_activity_drift",
+        "metric_drift",
     }
     for key in ("pendo_feature_events", "matched_activities", "planhat_publish"):
         assert defs.resolve_assets_def(key).backfill_policy == dg.BackfillPolicy.single_run()

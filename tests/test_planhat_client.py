@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from pendo_assets.errors import (
     PayloadShapeError,
     PayloadTooLargeError,
 )
-from pendo_assets.models import SNAPSHOT_SCHEMAS, DimensionDataResult
+from pendo_assets.models import SNAPSHOT_SCHEMAS, DimensionDataResult, MetricPoint
 
 from .test_http import Recorder, Sleeps
 
@@ -356,3 +357,135 @@ def test_analytics_writes_do_not_retry_413() -> None:
     with pytest.raises(PayloadTooLargeError, match="answered 413"):
         planhat(recorder).post_activities(BODY, items=1)
     assert len(recorder.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading metrics back
+# ---------------------------------------------------------------------------------------------
+
+
+def dimension_point(**overrides: Any) -> dict[str, Any]:
+    """One item of ``GET /dimensiondata``, with Planhat's field names."""
+    item: dict[str, Any] = {
+        "_id": "pt-1",
+        "dimensionId": "pendo_clicks",
+        "time": "2026-11-02T00:00:00.000Z",
+        "value": 5,
+        "model": "Company",
+        "parentId": "co-1",
+        "companyId": "co-1",
+        "companyName": "Acme",
+    }
+    item.update(overrides)
+    return {k: v for k, v in item.items() if v is not ...}
+
+
+def test_get_dimension_data_pages_with_limit_and_offset_until_a_short_page() -> None:
+    full = [dimension_point(_id=f"pt-{i}", value=i) for i in range(3)]
+    recorder = Recorder(
+        httpx.Response(200, json=full),
+        httpx.Response(200, json=full),
+        httpx.Response(200, json=full[:1]),
+    )
+    client = planhat(recorder)
+    pages = client.get_dimension_data(
+        dimension_id="pendo_clicks", start=date(2026, 11, 1), end=date(2026, 11, 2), page_size=3
+    )
+    assert recorder.requests == []  # lazy: nothing is read before the first page is asked for
+    got = list(pages)
+    assert [len(p) for p in got] == [3, 3, 1]
+    assert got[0][2] == MetricPoint(
+        dimension_id="pendo_clicks",
+        day=date(2026, 11, 2),
+        value=2.0,
+        model="Company",
+        parent_id="co-1",
+    )
+    assert [dict(r.url.params) for r in recorder.requests] == [
+        {"dimid": "pendo_clicks", "from": "20758", "to": "20759", "limit": "3", "offset": str(o)}
+        for o in (0, 3, 6)
+    ]
+    assert all(r.url.path == "/dimensiondata" for r in recorder.requests)
+    assert recorder.requests[0].url.host == "api.planhat.com"
+    assert recorder.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_get_dimension_data_stops_on_an_empty_page_and_narrows_to_a_company() -> None:
+    recorder = Recorder(
+        httpx.Response(200, json=[dimension_point()] * 2), httpx.Response(200, json=[])
+    )
+    pages = planhat(recorder).get_dimension_data(
+        dimension_id="d",
+        start=date(2026, 11, 2),
+        end=date(2026, 11, 2),
+        company_id="co-9",
+        page_size=2,
+    )
+    assert [len(p) for p in pages] == [2, 0]
+    assert [r.url.params["cId"] for r in recorder.requests] == ["co-9", "co-9"]
+
+
+def test_get_dimension_data_reads_either_shape_of_time_and_skips_null_values() -> None:
+    items = [
+        dimension_point(time="2026-11-02"),
+        dimension_point(time=20759),  # days since 1970-01-01
+        dimension_point(time=1_793_577_600_000),  # epoch ms: 2026-11-02T00:00Z
+        dimension_point(value=None),
+        dimension_point(model=...),
+    ]
+    recorder = Recorder(httpx.Response(200, json=items))
+    (page,) = planhat(recorder).get_dimension_data(
+        dimension_id="d", start=date(2026, 11, 2), end=date(2026, 11, 2)
+    )
+    assert [p.day for p in page] == [date(2026, 11, 2)] * 4
+    assert page[-1].model == "Company"
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        (dimension_point(parentId=...), "no parentId"),
+        (dimension_point(dimensionId=""), "no dimensionId"),
+        (dimension_point(time="yesterday"), "not a date"),
+        (dimension_point(value="5"), "not a number"),
+    ],
+)
+def test_get_dimension_data_rejects_unusable_items(item: dict[str, Any], problem: str) -> None:
+    recorder = Recorder(httpx.Response(200, json=[item]))
+    pages = planhat(recorder).get_dimension_data(
+        dimension_id="d", start=date(2026, 11, 2), end=date(2026, 11, 2)
+    )
+    with pytest.raises(PayloadShapeError, match=problem):
+        list(pages)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"start": date(2026, 11, 3), "end": date(2026, 11, 2)},
+        {"page_size": 0},
+        {"page_size": 10_001},
+        {"max_pages": 0},
+    ],
+)
+def test_get_dimension_data_refuses_bad_arguments_when_called(kwargs: dict[str, Any]) -> None:
+    recorder = Recorder()
+    arguments: dict[str, Any] = {
+        "dimension_id": "d",
+        "start": date(2026, 11, 1),
+        "end": date(2026, 11, 2),
+        **kwargs,
+    }
+    with pytest.raises(ConfigError):
+        planhat(recorder).get_dimension_data(**arguments)
+    assert recorder.requests == []
+
+
+def test_get_dimension_data_refuses_to_stop_short_at_max_pages() -> None:
+    recorder = Recorder(httpx.Response(200, json=[dimension_point()]))
+    pages = planhat(recorder).get_dimension_data(
+        dimension_id="d", start=date(2026, 11, 2), end=date(2026, 11, 2), page_size=1, max_pages=2
+    )
+    with pytest.raises(PagingLimitError):
+        list(pages)
+    assert len(recorder.requests) == 2

@@ -401,7 +401,9 @@ def test_publisher_keeps_batches_within_the_senders_own_limits(
     conn: duckdb.DuckDBPyConnection,
 ) -> None:
     conn.execute(
-        "INSERT INTO matched_activities SELECT DATE '2026-11-01', 'u' || i, 'A', 1, 1.0, NULL, 'f' "
+        "INSERT INTO matched_activities (day, external_id, action, count, weight, "
+        "company_external_id, feature_ids) "
+        "SELECT DATE '2026-11-01', 'u' || i, 'A', 1, 1.0, NULL, 'f' "
         "FROM range(5) AS t(i)"
     )
     sender = _SmallSender()

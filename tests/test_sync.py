@@ -196,4 +196,5 @@ def test_a_partition_range_runs_as_one_dagster_run_with_its_checks(env: Env) -> 
         "match_rate_above_threshold": True,
         "no_batches_in_doubt": True,
         "no_activity_drift": True,
+        "metric_drift": True,
     }

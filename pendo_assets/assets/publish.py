@@ -4,8 +4,9 @@
 import dagster as dg
 
 from ..delivery import Publisher
-from ..errors import DeliveryError
+from ..errors import ApiError, DeliveryError
 from ..queries import export_views
+from ..readback import read_back_metrics
 from ..resources import PlanhatResource, WarehouseResource
 from ._common import daily_asset, open_warehouse, run_days, window
 
@@ -31,7 +32,9 @@ def build_publish_asset(
             "Sends Planhat only what it lacks: one activity item per (End User, action, day) "
             "delta and one metric item per changed (object, dimensionId, day), through a "
             "crash-safe outbox (outbox_batches). What Planhat holds: sent_activities, "
-            "sent_metrics; batches whose outcome is unknown: batches_in_doubt."
+            "sent_metrics; batches whose outcome is unknown: batches_in_doubt. Then reads back "
+            "from Planhat the metric days of the range the ledger says were sent "
+            "(planhat_metric_readback); keys where Planhat disagrees: metric_drift."
         ),
     )
     def planhat_publish(
@@ -60,6 +63,19 @@ def build_publish_asset(
                     description=f"publish stopped for {window(days)}: {exc}. Batches sent before it "
                     "are recorded; the rest is sent by the next run.",
                 ) from exc
+            readback = None
+            if not config.dry_run:
+                try:
+                    readback = read_back_metrics(
+                        conn, reader=client, days=days, run_id=context.run.run_id
+                    )
+                except ApiError as exc:
+                    export_views(conn, warehouse.exports_dir)
+                    raise dg.Failure(
+                        description=f"reading metrics back failed for {window(days)}: {exc}. "
+                        "Everything sent is recorded; metric_drift keeps the previous read-back "
+                        "of these days, and the next run reads them again.",
+                    ) from exc
             exported = export_views(conn, warehouse.exports_dir)
         verb = "would send" if config.dry_run else "sent"
         context.log.info(
@@ -78,10 +94,23 @@ def build_publish_asset(
                 f"{report.batches_in_doubt_total} batch(es) have an unknown outcome: see the "
                 "batches_in_doubt view and resolve them with `pendo-planhat batches resolve`"
             )
+        if readback is not None:
+            context.log.info(
+                f"{window(days)}: read back {readback.points} metric point(s) of "
+                f"{readback.metric_days} metric day(s) over {readback.dimensions} dimension(s) in "
+                f"{readback.pages} request(s): {readback.keys} key(s); "
+                f"{readback.drift_keys} key(s) in metric_drift"
+            )
+            if readback.drift_keys:
+                context.log.error(
+                    f"Planhat disagrees with the ledger on {readback.drift_keys} metric key(s): "
+                    "see the metric_drift view and the metric_drift check"
+                )
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),
                 **report.as_metadata(),
+                **(readback.as_metadata() if readback is not None else {}),
                 **{f"exported: {view}": n for view, n in exported.items()},
             }
         )

@@ -1,4 +1,4 @@
-"""Planhat client: the object snapshot and the two analytics writes.
+"""Planhat client: the object snapshot, the two analytics writes and reading metrics back.
 
 Analytics writes are the exactly-once critical path: `PlanhatClient.post_activities` and
 `PlanhatClient.post_dimension_data` send exactly one HTTP request per call (the caller records
@@ -12,8 +12,10 @@ Reference: /work/shared/reference/planhat_api.md (sections 1-5).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -22,11 +24,16 @@ import msgspec
 import polars as pl
 
 from ..errors import BatchError, ConfigError, PagingLimitError
-from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, PlanhatSnapshot
+from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, MetricPoint, PlanhatSnapshot
 from ..types import JSONDict, Model
 from ._http import AttemptHooks, PooledClient, RetryPolicy, Sleep, check_max_pages
 
-__all__ = ["MAX_ANALYTICS_BODY_BYTES", "MODEL_PAGE_LIMITS", "PlanhatClient"]
+__all__ = [
+    "DIMENSIONDATA_PAGE_LIMIT",
+    "MAX_ANALYTICS_BODY_BYTES",
+    "MODEL_PAGE_LIMITS",
+    "PlanhatClient",
+]
 
 logger = logging.getLogger("pendo_assets.clients")
 
@@ -41,6 +48,9 @@ MODEL_PAGE_LIMITS: Final[Mapping[Model, tuple[str, int]]] = {
 #: Planhat's hard cap on an analytics body (planhat_api.md section 3.4).
 MAX_ANALYTICS_BODY_BYTES: Final = 32_000_000
 DEFAULT_MAX_PAGES: Final = 10_000
+#: ``limit`` of ``GET /dimensiondata``: undocumented; the cruds client defaults to 10,000.
+DIMENSIONDATA_PAGE_LIMIT: Final = 10_000
+_EPOCH: Final = date(1970, 1, 1)
 _TOKEN_HINT: Final = "check PLANHAT_API_TOKEN: a service-account token with access to this object"
 _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -119,7 +129,7 @@ class PlanhatClient(PooledClient):
             ApiStatusError: Planhat refused the token (401/403) or the URL (404).
             ApiTransportError: ``api_url`` cannot be reached.
         """
-        next(self._offset_pages("/companies", "_id", 1, 1), None)
+        next(self._offset_pages("/companies", {"select": "_id", "sort": "_id"}, 1, 1), None)
 
     def iter_pages(
         self,
@@ -161,7 +171,8 @@ class PlanhatClient(PooledClient):
             )
         check_max_pages(max_pages)
         # Arguments are checked above, when called; requests start on the first next().
-        return self._offset_pages(f"/{path}", ",".join(select), limit, max_pages)
+        params = {"select": ",".join(select), "sort": "_id"}
+        return self._offset_pages(f"/{path}", params, limit, max_pages)
 
     def snapshot(self, *, max_pages: int = DEFAULT_MAX_PAGES) -> PlanhatSnapshot:
         """Read End Users, Companies, Assets and Projects whole, de-duplicated by ``_id``.
@@ -315,12 +326,96 @@ class PlanhatClient(PooledClient):
         if count != items:
             raise BatchError(f"refusing to send: the body holds {count} items, not items={items}")
 
+    def get_dimension_data(
+        self,
+        *,
+        dimension_id: str,
+        start: date,
+        end: date,
+        company_id: str | None = None,
+        page_size: int = DIMENSIONDATA_PAGE_LIMIT,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> Iterator[list[MetricPoint]]:
+        """Yield pages of the data points Planhat holds for one metric over ``[start, end]``.
+
+        ``GET /dimensiondata?dimid=&from=&to=&limit=&offset=`` (planhat_api.md section 4.5),
+        ``from``/``to`` as integer days since 1970-01-01, both included. Paged like the object
+        lists: it stops after a page shorter than ``page_size``. Points keep Planhat's order,
+        so the last point of a day is its latest.
+
+        Args:
+            dimension_id: The metric's ``dimensionId`` (``dimid``).
+            start: First day (``from``).
+            end: Last day (``to``).
+            company_id: A Planhat Company ``_id`` (``cId``) to read one company only.
+            page_size: ``limit`` per request (1 to `DIMENSIONDATA_PAGE_LIMIT`).
+            max_pages: Hard cap; reaching it with a full page raises rather than stop short.
+
+        Yields:
+            Each page's points (points without a value are left out).
+
+        Raises:
+            ConfigError: ``start`` after ``end``, or a page size / ``max_pages`` without a
+                stop rule.
+            PagingLimitError: ``max_pages`` full pages and still more.
+            PayloadShapeError: An item without ``dimensionId``, ``parentId`` or a usable
+                ``time`` or ``value``.
+            ApiError: From the requests.
+        """
+        if start > end:
+            raise ConfigError(f"start {start} is after end {end}")
+        if not 1 <= page_size <= DIMENSIONDATA_PAGE_LIMIT:
+            raise ConfigError(
+                f"page_size for /dimensiondata must be between 1 and {DIMENSIONDATA_PAGE_LIMIT} "
+                f"(a page shorter than it is the stop rule), got {page_size}"
+            )
+        check_max_pages(max_pages)
+        params = {
+            "dimid": dimension_id,
+            "from": str((start - _EPOCH).days),
+            "to": str((end - _EPOCH).days),
+        }
+        if company_id is not None:
+            params["cId"] = company_id
+        # Arguments are checked above, when called; requests start on the first next().
+        return self._points(params, page_size, max_pages)
+
+    def _points(
+        self, params: Mapping[str, str], limit: int, max_pages: int
+    ) -> Iterator[list[MetricPoint]]:
+        for page in self._offset_pages("/dimensiondata", params, limit, max_pages):
+            points = [self._point(item) for item in page]
+            yield [p for p in points if p is not None]
+
+    def _point(self, item: JSONDict) -> MetricPoint | None:
+        dimension_id, parent_id = item.get("dimensionId"), item.get("parentId")
+        value, day = item.get("value"), _day(item.get("time"))
+        if not isinstance(dimension_id, str) or not dimension_id:
+            raise self._shape("GET", "/dimensiondata", "an item has no dimensionId")
+        if not isinstance(parent_id, str) or not parent_id:
+            raise self._shape("GET", "/dimensiondata", "an item has no parentId")
+        if day is None:
+            problem = f"an item's time is not a date: {str(item.get('time'))[:40]!r}"
+            raise self._shape("GET", "/dimensiondata", problem)
+        if value is None:
+            return None  # Planhat shows a day without a value as null: nothing to compare
+        if not _is_number(value):
+            problem = f"an item's value is not a number: {str(value)[:40]!r}"
+            raise self._shape("GET", "/dimensiondata", problem)
+        model = item.get("model")
+        return MetricPoint(
+            dimension_id=dimension_id,
+            day=day,
+            value=float(value),
+            model=model if isinstance(model, str) and model else "Company",
+            parent_id=parent_id,
+        )
+
     def _offset_pages(
-        self, path: str, select: str, limit: int, max_pages: int
+        self, path: str, params: Mapping[str, str], limit: int, max_pages: int
     ) -> Iterator[list[JSONDict]]:
         for page_index in range(max_pages):
-            offset = str(page_index * limit)
-            query = {"select": select, "sort": "_id", "limit": str(limit), "offset": offset}
+            query = {**params, "limit": str(limit), "offset": str(page_index * limit)}
             response = self._request(
                 "GET", self.api_url + path, auth=self._bearer, hint=_TOKEN_HINT, params=query
             )
@@ -337,6 +432,28 @@ class PlanhatClient(PooledClient):
             "would give an incomplete listing)",
             PagingLimitError,
         )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _day(value: Any) -> date | None:
+    """The day of a point's ``time``: an ISO date or timestamp (``2026-11-02T00:00:00.000Z``),
+    or a number (days since 1970-01-01, or epoch milliseconds); None when it is neither."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    if not _is_number(value):
+        return None
+    if abs(value) < 1_000_000:  # days: 1,000,000 days is the year 4707
+        return _EPOCH + timedelta(days=int(value))
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC).date()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _dimension_data_result(content: bytes) -> DimensionDataResult:

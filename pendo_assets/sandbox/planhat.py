@@ -55,6 +55,9 @@ class PlanhatStore:
         self._pending_ids: dict[str, list[str]] = {}
         self._id_batches: dict[str, int] = {}
         self._points: list[JSONDict] = []
+        self._points_version = 0
+        # The last filtered listing of the points: consecutive pages of one read reuse it.
+        self._points_cache: tuple[tuple[Any, ...], list[JSONDict]] | None = None
         self._version = 0
         self._indexes: dict[tuple[Model, str], tuple[int, dict[str, list[JSONDict]]]] = {}
         self._sorted_cache: dict[tuple[Model, str | None], tuple[int, list[JSONDict]]] = {}
@@ -370,6 +373,7 @@ class PlanhatStore:
         }
         with self._lock:
             self._points.append(point)
+            self._points_version += 1
         return point
 
     def metric_points(
@@ -384,6 +388,9 @@ class PlanhatStore:
     ) -> list[JSONDict]:
         """Stored points, the way ``GET /dimensiondata`` filters them (days since 1970-01-01, inclusive)."""
         with self._lock:
+            key = (self._points_version, company_id, dimension_id, from_day, to_day)
+            if self._points_cache is not None and self._points_cache[0] == key:
+                return [dict(p) for p in self._points_cache[1][offset : offset + limit]]
             out = []
             for p in self._points:
                 if company_id is not None and p["companyId"] != company_id:
@@ -395,5 +402,55 @@ class PlanhatStore:
                     continue
                 if to_day is not None and day_no > to_day:
                     continue
-                out.append(dict(p))
-            return out[offset : offset + limit]
+                out.append(p)
+            self._points_cache = (key, out)
+            return [dict(p) for p in out[offset : offset + limit]]
+
+    def set_metric_day(
+        self,
+        *,
+        dimension_id: str,
+        model: Model,
+        external_id: str,
+        day: date | str,
+        value: float | None,
+    ) -> int:
+        """Change a metric day on the Planhat side, as a Planhat user could: the day's points
+        on the object with this ``externalId`` are replaced by one point of ``value`` (so the
+        day shows ``value`` whether the metric sums or takes the last point), or all removed
+        when ``value`` is None. What the sandbox received (`Recorder`) is left as it was.
+
+        Returns:
+            How many points were removed.
+
+        Raises:
+            KeyError: No visible ``model`` record has this ``externalId``.
+        """
+        when = day if isinstance(day, str) else day.isoformat()
+        with self._lock:
+            targets = self.match_external(model, external_id)
+            if not targets:
+                raise KeyError(f"no {model} with externalId {external_id!r}")
+            parents = {t["_id"] for t in targets}
+            kept, removed = [], 0
+            for p in self._points:
+                if (
+                    p["dimensionId"] == dimension_id
+                    and p["model"] == model
+                    and p["parentId"] in parents
+                    and p["time"][:10] == when[:10]
+                ):
+                    removed += 1
+                else:
+                    kept.append(p)
+            self._points = kept
+            self._points_version += 1
+            if value is not None:
+                self.store_metric(
+                    target=targets[0],
+                    model=model,
+                    dimension_id=dimension_id,
+                    value=float(value),
+                    day=when,
+                )
+            return removed

@@ -47,6 +47,8 @@ from .rows import PendoRows, RowInjection, apply_injections
 
 __all__ = [
     "CONTROL_PREFIX",
+    "DIMENSIONDATA_DEFAULT_LIMIT",
+    "DIMENSIONDATA_MAX_LIMIT",
     "MAX_ANALYTICS_BODY",
     "MAX_UPSERT_ITEMS",
     "App",
@@ -65,6 +67,8 @@ __all__ = [
 CONTROL_PREFIX = "/_sandbox/"
 MAX_ANALYTICS_BODY = 32 * 1024 * 1024
 MAX_UPSERT_ITEMS = 5000
+DIMENSIONDATA_DEFAULT_LIMIT = 2000
+DIMENSIONDATA_MAX_LIMIT = 10_000
 _TRANSPORT_FAULTS = frozenset(
     {"status", "delay", "reset", "reset_after_apply", "truncate", "invalid_json"}
 )
@@ -411,13 +415,19 @@ class PlanhatApiApp:
         return _json(206 if failed else 200, report, items=len(items), applied=True)
 
     def _dimensiondata(self, req: Request) -> Response:
+        # Paged by limit/offset over the points in the order received, like Planhat's lists
+        # (a bare JSON array, a short page is the last). The company filter is spelled `cId` by
+        # one client and `cid` by another (planhat_api.md section 7): both are taken.
+        limit = _int_param(req, "limit", DIMENSIONDATA_DEFAULT_LIMIT)
+        if not 1 <= limit <= DIMENSIONDATA_MAX_LIMIT:
+            raise _BadRequest(f"limit must be between 1 and {DIMENSIONDATA_MAX_LIMIT}")
         points = self.dataset.planhat.metric_points(
-            company_id=req.param("cId"),
+            company_id=req.param("cId") or req.param("cid"),
             dimension_id=req.param("dimid"),
             from_day=_int_param(req, "from", -(10**9)) if req.param("from") else None,
             to_day=_int_param(req, "to", 10**9) if req.param("to") else None,
             offset=_int_param(req, "offset", 0),
-            limit=_int_param(req, "limit", 2000),
+            limit=limit,
         )
         return _json(200, points, items=len(points))
 
@@ -609,7 +619,9 @@ class ControlApp:
 
     GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals`` and
     ``metric_points`` (``?include_dropped=0``); POST ``revise_day`` (``{"day", "grow"}``),
-    ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``), ``clear``.
+    ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``), ``clear``,
+    ``set_metric_day`` (``{"dimensionId", "model", "externalId", "day", "value": number |
+    null}``: a metric day changed, or deleted with null, on the Planhat side).
 
     Faults, for tests that run the product as another process: GET ``faults`` (``{"fired",
     "active": [...]}``); POST ``faults`` (``{"service", "kind", "path", "method", "times",
@@ -683,6 +695,21 @@ class ControlApp:
             if name == "clear":
                 rec.clear()
                 return _json(200, {})
+            if name == "set_metric_day":
+                value = body.get("value")
+                if value is not None and not _is_number(value):
+                    return _text(400, "value must be a number or null")
+                try:
+                    removed = ds.planhat.set_metric_day(
+                        dimension_id=str(body.get("dimensionId")),
+                        model=body.get("model") or "Company",
+                        external_id=str(body.get("externalId")),
+                        day=str(body.get("day")),
+                        value=value,
+                    )
+                except KeyError as exc:
+                    return _text(404, str(exc.args[0]))
+                return _json(200, {"removed": removed})
             if name == "faults" and self.faults is not None:
                 params = body.get("params") or {}
                 if not isinstance(params, dict):

@@ -26,4 +26,5 @@ SELECT
     (SELECT COUNT(*) FROM outbox_metric_items JOIN outbox_batches USING (batch_id)
       WHERE run_id = $run_id AND status = 'delivered' AND error IS NULL) AS metric_items_sent,
     (SELECT COUNT(*) FROM outbox_batches WHERE run_id = $run_id AND sent_at IS NOT NULL) AS requests,
-    (SELECT COUNT(*) FROM activity_drift) AS drift_keys;
+    (SELECT COUNT(*) FROM activity_drift) AS drift_keys,
+    (SELECT COUNT(*) FROM metric_drift) AS metric_drift_keys;

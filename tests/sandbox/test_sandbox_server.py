@@ -450,6 +450,87 @@ def test_dimensiondata_reports_errors_drops_unmatched_and_stores_points(client):
         }
 
 
+def test_dimensiondata_reads_back_in_pages_and_a_test_can_change_or_delete_a_day(client):
+    with Sandbox() as fresh:
+        accounts = fresh.dataset.account_categories()
+        a, b = [acct for acct, c in accounts.items() if c == "matched"][:2]
+        items = [
+            {"dimensionId": "m", "value": v, "externalId": ext, "date": day}
+            for ext in (a, b)
+            for day in ("2026-11-01", "2026-11-02")
+            for v in (1, 2)
+        ]
+        r = client.post(
+            f"{fresh.planhat_analytics_url}/dimensiondata/{fresh.tenant_token}", json=items
+        )
+        assert r.json()["processed"] == 8
+        first, last = ((date(2026, 11, d) - date(1970, 1, 1)).days for d in (1, 2))
+        pages, offset = [], 0
+        while True:
+            page = planhat_get(
+                fresh,
+                client,
+                "/dimensiondata",
+                dimid="m",
+                limit=3,
+                offset=offset,
+                **{"from": first, "to": last},
+            ).json()
+            pages.append(page)
+            if len(page) < 3:
+                break
+            offset += 3
+        assert [len(p) for p in pages] == [3, 3, 2]
+        got = [(p["time"][:10], p["value"]) for page in pages for p in page]
+        assert got == [(i["date"], float(i["value"])) for i in items]  # in the order received
+        assert (
+            planhat_get(fresh, client, "/dimensiondata", dimid="m", limit=10_001).status_code == 400
+        )
+        company = fresh.dataset.planhat.match_external("Company", a)[0]
+        for spelling in ("cId", "cid"):
+            one = planhat_get(
+                fresh, client, "/dimensiondata", dimid="m", **{spelling: company["_id"]}
+            )
+            assert {p["parentId"] for p in one.json()} == {company["_id"]}
+
+        # Changed: the day's points become one point; deleted: none. The recording stays.
+        assert (
+            fresh.dataset.planhat.set_metric_day(
+                dimension_id="m", model="Company", external_id=a, day="2026-11-01", value=7
+            )
+            == 2
+        )
+        r = client.post(
+            f"{fresh.planhat_api_url}/_sandbox/set_metric_day",
+            json={
+                "dimensionId": "m",
+                "model": "Company",
+                "externalId": b,
+                "day": "2026-11-02",
+                "value": None,
+            },
+        )
+        assert r.status_code == 200 and r.json() == {"removed": 2}
+        left = planhat_get(fresh, client, "/dimensiondata", dimid="m").json()
+        by_day = Counter((p["parentId"], p["time"][:10], p["value"]) for p in left)
+        b_id = fresh.dataset.planhat.match_external("Company", b)[0]["_id"]
+        assert by_day == Counter(
+            {
+                (company["_id"], "2026-11-02", 1.0): 1,
+                (company["_id"], "2026-11-02", 2.0): 1,
+                (b_id, "2026-11-01", 1.0): 1,
+                (b_id, "2026-11-01", 2.0): 1,
+                (company["_id"], "2026-11-01", 7.0): 1,
+            }
+        )
+        assert len(fresh.received.metrics()) == 8
+        missing = client.post(
+            f"{fresh.planhat_api_url}/_sandbox/set_metric_day",
+            json={"dimensionId": "m", "externalId": "nobody", "day": "2026-11-02", "value": 1},
+        )
+        assert missing.status_code == 404
+
+
 def test_bodies_over_32_mb_get_413_and_nothing_is_applied(sb, client):
     sb.received.clear()
     item = {"externalId": "x" * 1000, "action": "a", "date": "2026-11-02", "count": 1}
