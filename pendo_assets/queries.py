@@ -188,13 +188,15 @@ def apply_migration(conn: Conn, *, version: int, name: str, sql: str) -> None:
 _TABLE_KEY = re.compile(r",\s*PRIMARY KEY\s*\([^)]*\)", re.IGNORECASE)
 _COLUMN_KEY = re.compile(r"\s+PRIMARY KEY\b", re.IGNORECASE)
 _SEQUENCE = re.compile(r"^\s*CREATE SEQUENCE\b[^;]*;", re.IGNORECASE | re.MULTILINE)
+_BOOLEAN_DEFAULT = re.compile(r"\bDEFAULT\s+(true|false)\b", re.IGNORECASE)
 
 
 def for_ducklake(sql: str) -> str:
     """A migration's DDL as DuckLake takes it: DuckLake has no PRIMARY KEY or UNIQUE
     constraint and no sequence, so keys become NOT NULL columns (the code keeps them unique:
     delete then insert, batch ids under the publish lock) and sequences are dropped (none is
-    used)."""
+    used); ``ADD COLUMN … DEFAULT false`` takes only a literal, so ``'false'``."""
+    sql = _BOOLEAN_DEFAULT.sub(lambda m: f"DEFAULT '{m.group(1).lower()}'", sql)
     sql = _TABLE_KEY.sub("", sql)
     sql = _COLUMN_KEY.sub(" NOT NULL", sql)
     return _SEQUENCE.sub("", sql)

@@ -77,8 +77,9 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 @pytest.fixture
 def backend() -> str:
-    """The warehouse backend of `make_env`: ``file`` unless the test parametrizes it."""
-    return "file"
+    """The warehouse backend of `make_env`: ``file`` unless the test parametrizes it (or
+    ``PENDO_PLANHAT_TEST_BACKEND=ducklake`` runs every end-to-end test on DuckLake)."""
+    return os.environ.get("PENDO_PLANHAT_TEST_BACKEND") or "file"
 
 
 @pytest.fixture

@@ -70,6 +70,9 @@ def test_every_migration_takes_the_ducklake_dialect() -> None:
     assert queries.for_ducklake("a VARCHAR PRIMARY KEY,\n b INT,\n PRIMARY KEY (a, b)\n);") == (
         "a VARCHAR NOT NULL,\n b INT\n);"
     )
+    assert queries.for_ducklake("ADD COLUMN r BOOLEAN DEFAULT false;") == (
+        "ADD COLUMN r BOOLEAN DEFAULT 'false';"
+    )
 
 
 def test_migrations_create_every_table_and_view_on_ducklake(ducklake: Warehouse) -> None:
