@@ -270,8 +270,8 @@ def try_advisory_lock(conn: Conn, *, db: str, key: int) -> bool:
     _check_identifier(db)
     conn.execute("BEGIN TRANSACTION")
     row = conn.execute(
-        f"SELECT * FROM postgres_query({_literal(db)}, "
-        f"{_literal(f'SELECT pg_try_advisory_xact_lock({int(key)}) AS got')})"
+        "SELECT * FROM postgres_query(?, ?)",
+        [db, f"SELECT pg_try_advisory_xact_lock({int(key)}) AS got"],
     ).fetchone()
     if row is not None and row[0]:
         return True

@@ -224,8 +224,8 @@ class Warehouse:
                 return base
             base = duckdb.connect(config=_CONFIG)
             try:
-                _load_extensions(base)
                 data_path = self.data_path
+                _load_extensions(base, data_path=data_path)
                 if data_path and "://" not in data_path and not read_only:
                     Path(data_path).mkdir(parents=True, exist_ok=True)
                 queries.attach_ducklake(
@@ -281,11 +281,15 @@ def _local_dir(data_path: str | None) -> Path:
     return Path(DEFAULT_WAREHOUSE).parent
 
 
-def _load_extensions(conn: duckdb.DuckDBPyConnection) -> None:
+def _load_extensions(conn: duckdb.DuckDBPyConnection, *, data_path: str | None) -> None:
     """Install (once per machine, from the PyPI packages' files) and load DuckLake's
-    extensions."""
+    extensions, and ``httpfs`` (package ``duckdb-extension-httpfs``) for an object-store data
+    path."""
     installed = queries.installed_extensions(conn)
-    for name, package in _EXTENSIONS.items():
+    wanted = dict(_EXTENSIONS)
+    if data_path and "://" in data_path:
+        wanted["httpfs"] = "duckdb_extension_httpfs"
+    for name, package in wanted.items():
         if name not in installed:
             queries.install_extension(conn, path=_extension_file(package))
         queries.load_extension(conn, name=name)

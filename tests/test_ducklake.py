@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -129,6 +130,14 @@ def test_a_ducklake_that_cannot_be_reached_says_so_without_the_password(tmp_path
         pass
     assert "cannot open the warehouse" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+def test_an_object_store_data_path_needs_the_httpfs_package(tmp_path: Path) -> None:
+    if importlib.util.find_spec("duckdb_extension_httpfs") is not None:
+        pytest.skip("duckdb-extension-httpfs is installed here")
+    warehouse = Warehouse(DUCKLAKE_PREFIX + "host=127.0.0.1 port=1", data_path="s3://bucket/lake/")
+    with pytest.raises(WarehouseError, match="duckdb-extension-httpfs"), warehouse.connect():
+        pass
 
 
 def test_the_cluster_fixture_gives_a_fresh_database_each_time(
