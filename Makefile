@@ -1,10 +1,10 @@
-# Two entry points from nothing: `make demo` and `make test` create .venv on first use.
+# Entry points from nothing: `make demo`, `make ui` and `make test` create .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-quick lint typecheck clean
+.PHONY: demo ui test test-fast bench bench-quick lint typecheck clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/pendo-planhat demo
+
+# The Dagster UI on the demo's data (created first if missing); UI_ARGS="--port 3001" etc.
+ui: $(STAMP)
+	$(BIN)/pendo-planhat ui $(UI_ARGS)
 
 # pytest exits 5 when it collects nothing: that must never pass as green.
 test: $(STAMP)

@@ -51,6 +51,8 @@ class SandboxProcess:
     now: str | None = FIXED_NOW
     config_path: Path | None = None
     start_date: str | None = None
+    #: More ``python -m pendo_assets.sandbox`` arguments, e.g. ``["--rate-limit", "200/60"]``.
+    extra_args: Sequence[str] = ()
     info: dict[str, Any] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -73,9 +75,11 @@ class SandboxProcess:
             cmd += ["--config", str(self.config_path)]
         if self.start_date:
             cmd += ["--start-date", self.start_date]
+        cmd += list(self.extra_args)
         log = (self.workdir / "sandbox.log").open("ab")
         self._proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
-        deadline = time.monotonic() + 300
+        started = time.monotonic()
+        deadline = started + 300
         while not port_file.exists():
             if self._proc.poll() is not None:
                 raise MeasurementError(
@@ -87,6 +91,7 @@ class SandboxProcess:
             time.sleep(0.05)
         self.info = json.loads(port_file.read_text(encoding="utf-8"))
         self.info["port_file"] = str(port_file)
+        self.info["startup_s"] = round(time.monotonic() - started, 2)
         return self
 
     def __exit__(
@@ -107,6 +112,19 @@ class SandboxProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+    def peak_rss_mb(self) -> float | None:
+        """The sandbox process's peak resident set so far (Linux), or None."""
+        if self._proc is None:
+            return None
+        try:
+            status = Path(f"/proc/{self._proc.pid}/status").read_text(encoding="utf-8")
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return None
 
     @property
     def port_file(self) -> str:

@@ -1,6 +1,6 @@
-"""pendo-planhat benchmark: ingest, growth, match, publish and backfill, against the sandbox.
+"""pendo-planhat benchmark: ingest, growth, match, publish, backfill and snapshot, against the sandbox.
 
-    make bench                                   # the full run (~10 min on 2 cores)
+    make bench                                   # the full run (~12 min on 2 cores)
     make bench-quick                             # 250k-row days, smaller match and publish
     .venv/bin/python bench/run.py --only ingest,match --repeat 5
 
@@ -38,7 +38,10 @@ from _harness import (
     table,
 )
 
-SECTIONS = ("ingest", "growth", "match", "publish", "backfill")
+SECTIONS = ("ingest", "growth", "match", "publish", "backfill", "snapshot")
+#: Planhat's documented main-API quota (planhat_api.md section 5.2): 200 calls a minute. Its hard
+#: limit, 150 a second, is never reached by the one-at-a-time snapshot reads.
+PLANHAT_RATE_LIMIT = "200/60"
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +330,100 @@ def run_backfill(days: int, *, repeat: int, scratch: Path, profile: bool) -> dic
     return out
 
 
+def run_snapshot(
+    endusers: int, companies: int, rows: int, *, rate_limit: str, repeat: int, scratch: Path
+) -> dict[str, Any]:
+    """The snapshot read whole under the rate limit (a fresh sandbox per sample, so every
+    sample starts with the quota unused), then the match step on the first sample's warehouse.
+
+    The read runs at most twice: at full size most of its time is the quota's, the same each run.
+    """
+    reads = min(repeat, 2)
+    samples: list[dict[str, Any]] = []
+    matches: list[dict[str, Any]] = []
+    landed: dict[str, Any] = {}
+    tenant = ["--endusers", str(endusers), "--companies", str(companies)]
+    for k in range(reads):
+        with SandboxProcess(
+            scratch / f"sandbox-snapshot-{k}",
+            rows_per_day=rows,
+            extra_args=[*tenant, "--rate-limit", rate_limit],
+        ) as sandbox:
+            workdir = scratch / f"snapshot-{k}"
+            common = ["--port-file", sandbox.port_file, "--workdir", str(workdir)]
+            sample = measure(
+                "snapshot.py", ["snapshot", *common], scratch=scratch, label="snapshot"
+            )
+            sample["sandbox_startup_s"] = sandbox.info["startup_s"]
+            samples.append(sample)
+            log(
+                f"  [{k + 1}/{reads}] {sample['objects']:,} objects in {sample['requests']} "
+                f"requests ({sample['requests_429']} answered 429, {sample['rate_limit_wait_s']:.0f} s "
+                f"waited): {sample['wall_s']:.1f} s (fetch {sample['fetch_s']:.1f}, store "
+                f"{sample['store_s']:.1f}), peak RSS {sample['peak_rss_mb']:.0f} MB"
+            )
+            if k == 0:
+                config = write_ingest_config(sandbox, scratch / "snapshot-day.yaml")
+                day = ["--config", str(config), "--day", INGEST_DAY]
+                landed = measure(
+                    "snapshot.py", ["land", *common, *day], scratch=scratch, label="land"
+                )
+                log(
+                    f"  landed {landed['rows']:,} event rows of {INGEST_DAY} ({landed['wall_s']:.1f} s)"
+                )
+                for j in range(repeat):
+                    m = measure(
+                        "snapshot.py", ["match", *common, *day], scratch=scratch, label="match"
+                    )
+                    matches.append(m)
+                    log(
+                        f"  [{j + 1}/{repeat}] match {m['event_rows']:,} rows x {m['endusers']:,} "
+                        f"End Users: {m['wall_s']:.2f} s (load {m['load_s']:.2f}, match "
+                        f"{m['match_s']:.2f}, write {m['write_s']:.2f}), peak RSS "
+                        f"{m['peak_rss_mb']:.0f} MB"
+                    )
+            sample["sandbox_peak_rss_mb"] = sandbox.peak_rss_mb()
+            shutil.rmtree(workdir, ignore_errors=True)
+    first = samples[0]
+    keys = ("wall_s", "fetch_s", "store_s", "rate_limit_wait_s", "sandbox_server_s", "peak_rss_mb")
+    out: dict[str, Any] = {
+        key: first[key]
+        for key in (
+            "endusers",
+            "companies",
+            "assets",
+            "projects",
+            "objects",
+            "pages",
+            "response_mb",
+        )
+    }
+    out.update({k: round(median(s[k] for s in samples), 2) for k in keys})
+    out.update(
+        {
+            "rate_limit": rate_limit,
+            "requests": round(median(s["requests"] for s in samples)),
+            "requests_ok": first["requests_ok"],
+            "requests_429": round(median(s["requests_429"] for s in samples)),
+            "sandbox_startup_s": round(median(s["sandbox_startup_s"] for s in samples), 1),
+            "sandbox_peak_rss_mb": max(s["sandbox_peak_rss_mb"] or 0 for s in samples),
+            "match_event_rows": matches[0]["event_rows"],
+            "match_endusers": matches[0]["endusers"],
+            "match_keys": matches[0]["matched_keys"],
+            "match_rate": matches[0]["match_rate"],
+            "match_wall_s": round(median(m["wall_s"] for m in matches), 3),
+            "match_load_s": round(median(m["load_s"] for m in matches), 3),
+            "match_s": round(median(m["match_s"] for m in matches), 3),
+            "match_write_s": round(median(m["write_s"] for m in matches), 3),
+            "match_peak_rss_mb": round(median(m["peak_rss_mb"] for m in matches), 1),
+            "land": landed,
+            "samples": samples,
+            "match_samples": matches,
+        }
+    )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Targets, table, main
 # --------------------------------------------------------------------------------------------
@@ -360,6 +457,11 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         add("publish requests", p["requests"], "<= 25", p["requests"] <= 25)
         add("re-run items", p["rerun_items"], "0", p["rerun_items"] == 0)
         add("re-run analytics requests", p["rerun_requests"], "0", p["rerun_requests"] == 0)
+    if "snapshot" in results:
+        s = results["snapshot"]
+        # The issue's bar: a daily sync reads the whole tenant in a few minutes at most.
+        add("snapshot read + store (s)", s["wall_s"], "<= 300", s["wall_s"] <= 300)
+        add("snapshot peak RSS (MB)", s["peak_rss_mb"], "<= 2048", s["peak_rss_mb"] <= 2048)
     return out
 
 
@@ -444,6 +546,36 @@ def render(results: dict[str, Any]) -> str:
                 "backfill",
                 "overhead",
                 f"{b['overhead_s']:.1f} s: Dagster {b['framework_s']:.1f}, snapshot {b['snapshot_s']:.1f}, checks {b['checks_s']:.1f}, other Pendo-step code {b['pendo_other_s']:.1f}",
+            ],
+        ]
+    if "snapshot" in results:
+        s = results["snapshot"]
+        rows += [
+            [
+                "snapshot",
+                "tenant",
+                f"{s['endusers']:,} End Users, {s['companies']:,} Companies, {s['assets']:,} "
+                f"Assets, {s['projects']:,} Projects (sandbox built in {s['sandbox_startup_s']:.1f} s, "
+                f"peak RSS {s['sandbox_peak_rss_mb']:.0f} MB)",
+            ],
+            [
+                "snapshot",
+                f"read + store, rate limit {s['rate_limit']}",
+                f"{s['wall_s']:.1f} s (fetch {s['fetch_s']:.1f}, store {s['store_s']:.1f}), "
+                f"peak RSS {s['peak_rss_mb']:.0f} MB",
+            ],
+            [
+                "snapshot",
+                "requests",
+                f"{s['requests']} ({s['requests_ok']} pages, {s['requests_429']} answered 429; "
+                f"{s['rate_limit_wait_s']:.0f} s waited for the quota; {s['response_mb']:.0f} MB read)",
+            ],
+            [
+                "snapshot",
+                f"match {s['match_event_rows']:,} rows x {s['match_endusers']:,} End Users",
+                f"{s['match_wall_s']:.2f} s (load {s['match_load_s']:.2f}, match "
+                f"{s['match_s']:.2f}, write {s['match_write_s']:.2f}), peak RSS "
+                f"{s['match_peak_rss_mb']:.0f} MB, match rate {s['match_rate']:.1%}",
             ],
         ]
     out = [table(rows, ["section", "figure", "median"])]
@@ -560,6 +692,17 @@ def main() -> int:
             log(f"backfill: {days} days at demo scale through Dagster")
             results["backfill"] = run_backfill(
                 days, repeat=repeat, scratch=scratch, profile=args.profile
+            )
+        if "snapshot" in only:
+            endusers, companies = 1_000_000 // scale, 50_000 // scale
+            # The smoke tenant is far under Planhat's quota: a tighter one still shows the 429s.
+            rate_limit = "4/2" if args.smoke else PLANHAT_RATE_LIMIT
+            log(
+                f"snapshot: {endusers:,} End Users + {companies:,} Companies, Planhat limit {rate_limit} "
+                f"(requests/seconds), then a day of ~{rows:,} rows matched against it"
+            )
+            results["snapshot"] = run_snapshot(
+                endusers, companies, rows, rate_limit=rate_limit, repeat=repeat, scratch=scratch
             )
     except MeasurementError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)

@@ -33,7 +33,12 @@ def build_checks(
     @dg.asset_check(
         asset=feature_events,
         name="rows_have_visitor_ids",
-        description="No Pendo row of the run's days was quarantined for a missing or bad visitorId.",
+        description=(
+            "Per run (its partition days): no Pendo row was quarantined for a missing or bad "
+            "visitorId. WARN: the other rows landed and are published. If it fails: look at "
+            "those rows in quarantine_feature_events; the Pendo install is sending events "
+            "without a visitor (a snippet problem on Pendo's side), nothing to fix here."
+        ),
     )
     def rows_have_visitor_ids(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
@@ -47,14 +52,18 @@ def build_checks(
         return _result(
             problem if bad else None,
             {"rows_without_visitor_id": bad, "partition_window": window(days)},
+            WARN,
         )
 
     @dg.asset_check(
         asset=activities,
         name="match_rate_above_threshold",
         description=(
-            f"Share of identified visitors' events matched to an End User is at least "
-            f"sync.min_match_rate ({min_rate:.0%})."
+            f"Per run (its partition days): the share of identified visitors' events matched to "
+            f"an End User is at least sync.min_match_rate ({min_rate:.0%}). ERROR: below it, "
+            "much usage never reaches Planhat. If it fails: see unmatched_visitors by reason; "
+            "no_enduser means no Planhat End User has the Pendo visitorId as its externalId; "
+            "ambiguous means two End Users share it; anonymous visitors never count."
         ),
     )
     def match_rate_above_threshold(
@@ -79,7 +88,12 @@ def build_checks(
     @dg.asset_check(
         asset=publish,
         name="no_batches_in_doubt",
-        description="No batch sent to Planhat has an unknown outcome (see batches_in_doubt).",
+        description=(
+            "Whole warehouse: no batch sent to Planhat has an unknown outcome (batches_in_doubt). "
+            "ERROR: their keys are held back until you decide. If it fails: run `pendo-planhat "
+            "batches list`, check in Planhat whether each batch arrived, then `pendo-planhat "
+            "batches resolve BATCH_ID --delivered` or `--resend` (README, Exactly once)."
+        ),
     )
     def no_batches_in_doubt(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
@@ -98,7 +112,12 @@ def build_checks(
     @dg.asset_check(
         asset=publish,
         name="no_activity_drift",
-        description="No activity count in Pendo fell below what Planhat already holds (see activity_drift).",
+        description=(
+            "Whole warehouse: no activity count in Pendo fell below what Planhat already holds "
+            "(activity_drift). WARN: Planhat cannot retract activities, so nothing is sent. If it "
+            "fails: nothing can be fixed here (Pendo reprocessed its history); the view lists "
+            "the keys, should Planhat's totals be questioned."
+        ),
     )
     def no_activity_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with open_warehouse(warehouse) as conn:
@@ -115,8 +134,11 @@ def build_checks(
         asset=publish,
         name="metric_drift",
         description=(
-            "Planhat holds, for every metric day read back, what the ledger says it was sent "
-            "(the metric_drift view is empty)."
+            "Whole warehouse: Planhat holds, for every metric day read back after it was last "
+            "sent, what the ledger says it was sent (the metric_drift view is empty). ERROR: "
+            "Planhat's charts show other numbers than Pendo's. If it fails: the result names the "
+            "keys and the `pendo-planhat resend-metrics --start --end` that repairs them (README, "
+            "Metric drift); a key you want to keep as Planhat has it stays listed."
         ),
     )
     def metric_drift(warehouse: WarehouseResource) -> dg.AssetCheckResult:

@@ -9,9 +9,11 @@ errors.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -59,6 +61,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--dir", type=Path, default=Path("data/demo"), help="where the demo keeps its files"
+    )
+
+    ui = sub.add_parser(
+        "ui",
+        help="the Dagster UI on the demo's data: starts the sandbox, creates the demo data if "
+        "missing, prints the URL; Ctrl-C stops it all",
+    )
+    ui.add_argument(
+        "--dir", type=Path, default=Path("data/demo"), help="the demo's files (default data/demo)"
+    )
+    ui.add_argument(
+        "--port", type=int, default=None, help="webserver port (default 3000, or any free one)"
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="webserver host (default 127.0.0.1)")
+    ui.add_argument(
+        "--days", type=int, default=90, help="days of history when creating the demo data"
+    )
+    ui.add_argument(
+        "--rows-per-day",
+        type=int,
+        default=None,
+        help="sandbox feature-event rows per day (default: what the demo data was made with)",
     )
 
     sync = sub.add_parser(
@@ -152,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = {
             "sync": _sync,
             "demo": _demo,
+            "ui": _ui,
             "sandbox": _sandbox,
             "batches": _batches,
             "discover": _discover,
@@ -286,20 +311,37 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    return _make_demo(args.dir, days=args.days, rows_per_day=args.rows_per_day)
+
+
+def _demo_home(demo_dir: Path) -> Path:
+    """Where the demo's Dagster runs are recorded: ``DAGSTER_HOME`` when set, else
+    ``<demo dir>/dagster_home`` (what ``pendo-planhat ui`` shows)."""
+    return Path(os.environ.get("DAGSTER_HOME") or demo_dir / "dagster_home").absolute()
+
+
+def _make_demo(demo_dir: Path, *, days: int, rows_per_day: int | None) -> int:
     from .config import load_config
     from .runner import run_sync
     from .sandbox import Sandbox, SandboxSpec
+    from .ui import prepare_dagster_home
 
     started = time.perf_counter()
-    demo_dir: Path = args.dir
     if demo_dir.exists():
         shutil.rmtree(demo_dir)  # the demo always starts from nothing
     demo_dir.mkdir(parents=True)
-    spec = SandboxSpec() if args.rows_per_day is None else SandboxSpec.for_rows(args.rows_per_day)
+    home = _demo_home(demo_dir)
+    if home.is_relative_to(demo_dir.absolute()):
+        prepare_dagster_home(home)
+    os.environ["DAGSTER_HOME"] = str(home)
+    (demo_dir / "sandbox.json").write_text(
+        json.dumps({"rows_per_day": rows_per_day}), encoding="utf-8"
+    )
+    spec = SandboxSpec() if rows_per_day is None else SandboxSpec.for_rows(rows_per_day)
     with Sandbox(spec) as sandbox:
         config_path = demo_dir / "pendo_planhat.yaml"
         end = sandbox.dataset.today() - timedelta(days=1)
-        start = end - timedelta(days=args.days - 1)
+        start = end - timedelta(days=days - 1)
         sandbox.write_config(config_path, start_date=start)
         env = {
             **sandbox.env(),
@@ -308,12 +350,11 @@ def _demo(args: argparse.Namespace) -> int:
         }
         os.environ.update(env)
         (demo_dir / "demo.env").write_text(
-            "".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8"
+            "".join(f"{k}={v}\n" for k, v in {**env, "DAGSTER_HOME": str(home)}.items()),
+            encoding="utf-8",
         )
         config = load_config(config_path)
-        print(
-            f"pendo-planhat demo: {args.days}-day backfill {start}..{end} against the local sandbox"
-        )
+        print(f"pendo-planhat demo: {days}-day backfill {start}..{end} against the local sandbox")
         outcome = run_sync(config=config, start=start, end=end)
         print(f"\nBackfill run {outcome.run_id} ({time.perf_counter() - started:.0f} s):")
         _print_summary(outcome.summary)
@@ -326,10 +367,7 @@ def _demo(args: argparse.Namespace) -> int:
             "(nothing changed, so nothing is sent twice)"
         )
     print("\nWhere to look next:")
-    print(
-        f"  Dagster UI on the same data:  set -a; . {demo_dir}/demo.env; set +a; "
-        f"DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml"
-    )
+    print("  Dagster UI on the same data:  make ui  (or .venv/bin/pendo-planhat ui)")
     print(
         f'  Unmatched visitors in SQL:    .venv/bin/python -c "import duckdb; '
         f'print(duckdb.sql(\\"SELECT reason, COUNT(*) FROM \'{demo_dir}/exports/unmatched_visitors.parquet\' GROUP BY reason\\"))"'
@@ -374,6 +412,54 @@ def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) ->
         f"{len(got_m):,} metric values: this {mark} the sandbox's ground truth "
         f"({sum(truth.values()):,} events, {len(truth):,} keys, {len(truth_m):,} metric values)."
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sandbox import Sandbox, SandboxSpec
+    from .ui import demo_ready, pick_port, prepare_dagster_home, run_dagster_ui
+
+    demo_dir: Path = args.dir.absolute()
+    port = pick_port(args.host, args.port)
+    if not demo_ready(demo_dir):
+        print(f"No demo data in {demo_dir}: creating it first (pendo-planhat demo).")
+        os.environ.pop("DAGSTER_HOME", None)  # the UI shows the demo's own runs
+        code = _make_demo(demo_dir, days=args.days, rows_per_day=args.rows_per_day)
+        if code:
+            return code
+        print()
+    rows = args.rows_per_day
+    made_with = demo_dir / "sandbox.json"
+    if rows is None and made_with.exists():
+        rows = json.loads(made_with.read_text(encoding="utf-8")).get("rows_per_day")
+    load_config(demo_dir / "pendo_planhat.yaml")  # a config error stops here, naming its line
+    home = prepare_dagster_home(demo_dir / "dagster_home")
+    for signum in (signal.SIGINT, signal.SIGTERM):  # stop the UI's processes on `kill` too,
+        signal.signal(signum, _interrupt)  # and on Ctrl-C when started with SIGINT ignored
+    with Sandbox(SandboxSpec() if rows is None else SandboxSpec.for_rows(rows)) as sandbox:
+        env = {
+            **sandbox.env(),
+            "PENDO_PLANHAT_CONFIG": str(demo_dir / "pendo_planhat.yaml"),
+            "PENDO_PLANHAT_WAREHOUSE": str(demo_dir / "warehouse.duckdb"),
+            "DAGSTER_HOME": str(home),
+        }
+        print(f"Starting the Dagster UI on {demo_dir} (DAGSTER_HOME={home}) ...", flush=True)
+
+        def ready(url: str) -> None:
+            print(f"Dagster UI: {url}", flush=True)
+            print(
+                "  the sandbox stands in for Pendo and Planhat; materialize from the UI, or "
+                "turn on daily_sync_schedule. Ctrl-C stops everything.",
+                flush=True,
+            )
+
+        return run_dagster_ui(
+            env, host=args.host, port=port, log_path=home / "dagster-dev.log", on_ready=ready
+        )
 
 
 def _sandbox(args: argparse.Namespace) -> int:

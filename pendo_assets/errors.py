@@ -19,6 +19,7 @@ The tree::
     ├── DeliveryError                 (publishing stopped: batch_id, kind, items, status_code)
     │   └── ItemTooLargeError         (item_bytes, max_bytes: one item over the body limit)
     ├── BatchStateError               (batch_id, status: not a batch in doubt)
+    ├── UiError                       (log_path: the Dagster UI did not come up)
     └── WarehouseError                (path)
         └── WarehouseLockedError      (pid: another process holds the DuckDB file)
 
@@ -54,6 +55,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PendoAssetsError",
     "RateLimitedError",
+    "UiError",
     "UsageError",
     "WarehouseError",
     "WarehouseLockedError",
@@ -134,6 +136,14 @@ class BatchError(PendoAssetsError, ValueError):
 
 class ConfigError(PendoAssetsError, ValueError):
     """The configuration file or environment is invalid."""
+
+
+class UiError(PendoAssetsError):
+    """``pendo-planhat ui``: the Dagster UI did not come up; ``log_path`` holds its log."""
+
+    def __init__(self, message: str, *, log_path: str | None) -> None:
+        super().__init__(message + (f" (log: {log_path})" if log_path else ""))
+        self.log_path = log_path
 
 
 class WarehouseError(PendoAssetsError):

@@ -57,6 +57,8 @@ _UNFINISHED = (
 DEFAULT_INSTANCE_YAML = """\
 telemetry:
   enabled: false
+nux:
+  enabled: false
 concurrency:
   runs:
     max_concurrent_runs: 1

@@ -23,6 +23,17 @@ REQUIRED = {
     "match": {"keys", "endusers", "polars_s", "duckdb_sql_s", "peak_rss_mb"},
     "publish": {"activities", "requests", "items_per_s", "rerun_items", "rerun_requests"},
     "backfill": {"days", "wall_s", "fetch_s", "land_s", "match_s", "publish_s", "overhead_s"},
+    "snapshot": {
+        "endusers",
+        "companies",
+        "wall_s",
+        "requests",
+        "requests_429",
+        "peak_rss_mb",
+        "match_event_rows",
+        "match_wall_s",
+        "match_peak_rss_mb",
+    },
 }
 
 
@@ -57,4 +68,14 @@ def test_every_benchmark_section_runs_at_smoke_size(tmp_path: Path) -> None:
     assert publish["items_received"] == 4_800  # counted by the sandbox, not by the publisher
     assert (publish["rerun_items"], publish["rerun_requests"]) == (0, 0)
     assert results["backfill"]["days"] == 3 and results["backfill"]["wall_s"] > 0
-    assert "wrote" in done.stdout and "backfill" in done.stdout
+    snapshot = results["snapshot"]
+    assert abs(snapshot["endusers"] - 4_000) <= 10 and abs(snapshot["companies"] - 200) <= 10
+    assert snapshot["objects"] == sum(
+        snapshot[k] for k in ("endusers", "companies", "assets", "projects")
+    )
+    for sample in snapshot["samples"]:  # every request is a page read or a 429 (then retried)
+        assert sample["requests"] == sample["requests_ok"] + sample["requests_429"]
+        assert sample["requests_ok"] == sum(sample["pages"].values())
+    assert snapshot["match_event_rows"] == results["snapshot"]["land"]["rows"] > 0
+    assert snapshot["match_endusers"] == snapshot["endusers"]
+    assert "wrote" in done.stdout and "backfill" in done.stdout and "snapshot" in done.stdout

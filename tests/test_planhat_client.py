@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from pendo_assets.clients import PlanhatClient, RetryPolicy
+from pendo_assets.clients.planhat import API_QUOTA
 from pendo_assets.errors import (
     ApiStatusError,
     BatchError,
@@ -150,6 +151,49 @@ def test_iter_pages_raises_at_max_pages() -> None:
     with pytest.raises(PagingLimitError, match="3 full pages"):
         list(planhat(recorder).iter_pages("Asset", select=["_id"], page_size=2, max_pages=3))
     assert len(recorder.requests) == 3
+
+
+class FakeClock:
+    """A clock that only ``sleep`` moves, and that ``sleep`` itself."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_iter_pages_keeps_under_the_api_quota_without_a_429() -> None:
+    clock = FakeClock()
+    items = _ids(7)
+    recorder = Recorder(
+        lambda request: httpx.Response(200, json=items[int(request.url.params["offset"]) :][:1])
+    )
+    client = planhat(recorder, api_quota=(3, 10.0), clock=clock, sleep=clock.sleep)
+    pages = list(client.iter_pages("Asset", select=["_id"], page_size=1))
+    assert len(pages) == 8 and len(recorder.requests) == 8
+    # Three calls at t=0, three at t=10, two at t=20: never four within 10 s.
+    assert clock.sleeps == [10.0, 10.0]
+
+
+def test_the_api_quota_spares_the_analytics_host() -> None:
+    clock = FakeClock()
+    recorder = Recorder(httpx.Response(200, json={}))
+    client = planhat(recorder, api_quota=(1, 60.0), clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        client.post_activities(BODY, items=1)
+    assert clock.sleeps == [] and len(recorder.requests) == 3
+
+
+def test_the_default_api_quota_is_planhats_documented_one() -> None:
+    assert planhat(Recorder())._quota == API_QUOTA == (200, 60.0)
+    with pytest.raises(ConfigError, match="api_quota"):
+        planhat(Recorder(), api_quota=(0, 60.0))
 
 
 def test_iter_pages_honours_retry_after_on_429() -> None:

@@ -61,6 +61,24 @@ def tag_days(tags: Mapping[str, str], partitions: dg.DailyPartitionsDefinition) 
     return [date.fromisoformat(k) for k in keys]
 
 
+def add_day_metadata(
+    context: dg.AssetExecutionContext,
+    by_day: Mapping[date, Mapping[str, int | float | bool | str]],
+) -> None:
+    """Give each day's partition its own numbers, so the UI plots them over partitions.
+
+    In a single-run backfill Dagster records one materialization per partition, each with the
+    step's metadata (the whole range's totals); these per-day values override them. A key some
+    day lacks is 0 on that day, and ``partition_window`` is the day itself.
+    """
+    keys = {key for values in by_day.values() for key in values}
+    for day, values in by_day.items():
+        context.add_asset_metadata(
+            {**dict.fromkeys(keys, 0), **values, "partition_window": day.isoformat()},
+            partition_key=day.isoformat(),
+        )
+
+
 def window(days: list[date]) -> str:
     """``first..last`` for metadata."""
     if not days:

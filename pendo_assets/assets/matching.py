@@ -2,6 +2,7 @@
 
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
 from collections import Counter
+from datetime import date
 
 import dagster as dg
 import polars as pl
@@ -11,7 +12,7 @@ from ..config import Config
 from ..queries import replace_days
 from ..resources import WarehouseResource
 from ..transforms import daily_usage, match_activities, match_metrics
-from ._common import daily_asset, open_warehouse, run_days, window
+from ._common import add_day_metadata, daily_asset, open_warehouse, run_days, window
 
 VISITOR_REASONS = ("anonymous", "no_enduser", "ambiguous")
 
@@ -33,9 +34,13 @@ def build_matching_assets(
         kinds={"polars", "duckdb"},
         deps=[feature_events, snapshot],
         description=(
-            "One row per End User x Planhat action x day (Pendo row splits summed, features "
-            "folded into actions) in matched_activities; every visitor that cannot be matched "
-            "(anonymous, no_enduser, ambiguous) in unmatched_visitors, per day and account."
+            "Grain: one row per End User x Planhat action x day (Pendo row splits summed, "
+            "features folded into actions) in matched_activities; one row per (day, visitor, "
+            "account) that cannot be matched (anonymous, no_enduser, ambiguous) in "
+            "unmatched_visitors. Per partition: matched and unmatched events by reason. "
+            "If it fails: it reads only the warehouse, so the message is a warehouse problem "
+            "(another process holds the file: close it); materialize the days again. A low "
+            "match rate is not a failure: see the match_rate_above_threshold check."
         ),
     )
     def matched_activities(
@@ -45,6 +50,7 @@ def build_matching_assets(
         events_by_reason: Counter[str] = Counter()
         visitors_by_reason: Counter[str] = Counter()
         matched_keys = matched_events = 0
+        by_day: dict[date, dict[str, int | float]] = {}
         with open_warehouse(warehouse) as conn:
             objects = queries.select_planhat_objects(conn)
             actions = queries.select_feature_actions(conn, feature_ids=feature_ids)
@@ -56,32 +62,29 @@ def build_matching_assets(
                 m, u = pl.collect_all([matched, unmatched])
                 tables = {"matched_activities": [m], "unmatched_visitor_rows": [u]}
                 replace_days(conn, days=[day], frames=tables)
+                day_events = int(m["count"].sum() or 0)
                 matched_keys += m.height
-                matched_events += int(m["count"].sum() or 0)
-                for reason, n_events, n_visitors in (
-                    u.group_by("reason")
+                matched_events += day_events
+                day_reasons = {
+                    reason: (int(n_events), int(n_visitors))
+                    for reason, n_events, n_visitors in u.group_by("reason")
                     .agg(pl.col("num_events").sum(), pl.col("visitor_id").n_unique())
                     .rows()
-                ):
-                    events_by_reason[reason] += int(n_events)
-                    visitors_by_reason[reason] += int(n_visitors)
-        identified = matched_events + events_by_reason["no_enduser"] + events_by_reason["ambiguous"]
-        match_rate = matched_events / identified if identified else 1.0
+                }
+                for reason, (n_events, n_visitors) in day_reasons.items():
+                    events_by_reason[reason] += n_events
+                    visitors_by_reason[reason] += n_visitors
+                by_day[day] = _activity_metadata(m.height, day_events, day_reasons)
+        totals = {r: (events_by_reason[r], visitors_by_reason[r]) for r in VISITOR_REASONS}
+        metadata = _activity_metadata(matched_keys, matched_events, totals)
+        match_rate = metadata["match_rate"]
         context.log.info(
             f"{window(days)}: {matched_keys} activity keys matched ({matched_events} events), "
             f"match rate {match_rate:.1%}; unmatched events "
             + ", ".join(f"{r} {n}" for r, n in sorted(events_by_reason.items()))
         )
-        return dg.MaterializeResult(
-            metadata={
-                "partition_window": window(days),
-                "matched_keys": matched_keys,
-                "matched_events": matched_events,
-                "match_rate": round(match_rate, 4),
-                **{f"unmatched_events: {r}": events_by_reason[r] for r in VISITOR_REASONS},
-                **{f"unmatched_visitors: {r}": visitors_by_reason[r] for r in VISITOR_REASONS},
-            }
-        )
+        add_day_metadata(context, by_day)
+        return dg.MaterializeResult(metadata={"partition_window": window(days), **metadata})
 
     @daily_asset(
         partitions,
@@ -90,9 +93,12 @@ def build_matching_assets(
         kinds={"polars", "duckdb"},
         deps=[pipeline_results, snapshot],
         description=(
-            "One row per Planhat object x dimensionId x day in matched_metrics; every pipeline "
-            "id with no object (no_object) or shared by two objects (ambiguous) in "
-            "unmatched_accounts."
+            "Grain: one row per Planhat object x dimensionId x day in matched_metrics; one row "
+            "per (day, pipeline, id) with no object (no_object) or shared by two objects "
+            "(ambiguous) in unmatched_accounts. Per partition: values matched and unmatched ids "
+            "by reason. If it fails: it reads only the warehouse (another process may hold the "
+            "file: close it), then materialize the days again. Many no_object ids: the "
+            "pipeline's id_field does not hold the objects' externalId."
         ),
     )
     def matched_metrics(
@@ -108,19 +114,46 @@ def build_matching_assets(
             tables = {"matched_metrics": [m], "unmatched_account_rows": [u]}
             replace_days(conn, days=days, frames=tables)
         by_reason = dict(u.group_by("reason").len().rows())
-        ids = m.select("day", "pipeline", "external_id").n_unique() if m.height else 0
-        total_ids = ids + u.height
-        rate = ids / total_ids if total_ids else 1.0
         context.log.info(
             f"{window(days)}: {m.height} metric values matched; unmatched ids: {by_reason or 'none'}"
         )
+        add_day_metadata(
+            context,
+            {
+                day: _metric_metadata(
+                    m.filter(pl.col("day") == day), u.filter(pl.col("day") == day)
+                )
+                for day in days
+            },
+        )
         return dg.MaterializeResult(
-            metadata={
-                "partition_window": window(days),
-                "matched_values": m.height,
-                "match_rate": round(rate, 4),
-                **{f"unmatched_ids: {r}": by_reason.get(r, 0) for r in ("no_object", "ambiguous")},
-            }
+            metadata={"partition_window": window(days), **_metric_metadata(m, u)}
         )
 
     return [matched_activities, matched_metrics]
+
+
+def _activity_metadata(
+    keys: int, events: int, unmatched: dict[str, tuple[int, int]]
+) -> dict[str, int | float]:
+    """Numbers of matched activities; ``unmatched`` maps a reason to (events, visitors)."""
+    identified = events + sum(unmatched.get(r, (0, 0))[0] for r in ("no_enduser", "ambiguous"))
+    return {
+        "matched_keys": keys,
+        "matched_events": events,
+        "match_rate": round(events / identified if identified else 1.0, 4),
+        **{f"unmatched_events: {r}": unmatched.get(r, (0, 0))[0] for r in VISITOR_REASONS},
+        **{f"unmatched_visitors: {r}": unmatched.get(r, (0, 0))[1] for r in VISITOR_REASONS},
+    }
+
+
+def _metric_metadata(matched: pl.DataFrame, unmatched: pl.DataFrame) -> dict[str, int | float]:
+    """Numbers of matched metric values: values matched, share of ids matched, unmatched ids."""
+    by_reason = dict(unmatched.group_by("reason").len().rows())
+    ids = matched.select("day", "pipeline", "external_id").n_unique() if matched.height else 0
+    total_ids = ids + unmatched.height
+    return {
+        "matched_values": matched.height,
+        "match_rate": round(ids / total_ids if total_ids else 1.0, 4),
+        **{f"unmatched_ids: {r}": by_reason.get(r, 0) for r in ("no_object", "ambiguous")},
+    }

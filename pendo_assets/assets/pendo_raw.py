@@ -20,6 +20,7 @@ from ..partitions import first_mutable_day
 from ..resources import PendoResource, WarehouseResource
 from ._common import (
     GIVE_UP_AFTER,
+    add_day_metadata,
     daily_asset,
     day_error,
     failure_description,
@@ -41,12 +42,16 @@ def build_pendo_raw_assets(
         group_name="pendo_raw",
         kinds={"pendo", "duckdb"},
         description=(
-            "One row per Pendo feature-event row (visitor x account x feature x day x IP x user "
-            "agent x server) for the configured features, in table raw_feature_events; "
-            "malformed rows go to quarantine_feature_events with the reason. "
-            "Re-materializing a day replaces it in one transaction. Pendo changes recent days, "
+            "Grain: one row per Pendo feature-event row (visitor x account x feature x day x IP "
+            "x user agent x server) of the configured features, in table raw_feature_events, one "
+            "partition per subscription-local day; malformed rows go to quarantine_feature_events "
+            "with the reason. Re-materializing a day replaces it in one transaction. "
+            "If it fails: the failed days keep their previous data and the message names each "
+            "day and the cause. A 403 or 400: check PENDO_INTEGRATION_KEY and pendo.region; "
+            "429/5xx or timeouts: materialize the days again later; too many malformed rows: see "
+            "quarantine_feature_events (sync.max_quarantine_share). Pendo changes recent days, "
             "so the daily sync re-pulls the last sync.lookback_days; older days are final "
-            "(metadata final_days, mutable_from)."
+            "(per-day metadata final, mutable_from)."
         ),
     )
     def pendo_feature_events(
@@ -56,6 +61,8 @@ def build_pendo_raw_assets(
         totals: Counter[str] = Counter()  # rows, pages, bytes, milliseconds
         kinds: Counter[str] = Counter()  # quarantined rows per kind of problem
         attempts = _Attempts(what="day(s)")
+        by_day: dict[date, dict[str, int | float | bool | str]] = {}
+        mutable_from = first_mutable_day(config)  # older days are final
         # One warehouse connection for the step: this run is the only writer, and reopening
         # the file per day costs a checkpoint each time.
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
@@ -106,6 +113,17 @@ def build_pendo_raw_assets(
                     land_ms=round(staged.land_seconds * 1000),
                 )
                 kinds.update(staged.kinds)
+                by_day[day] = {
+                    "days": 1,
+                    "final": day < mutable_from,
+                    "rows_landed": staged.rows,
+                    "rows_quarantined": staged.quarantined,
+                    "pages": staged.pages,
+                    "response_mb": round(staged.body_bytes / 1e6, 2),
+                    "fetch_seconds": round(staged.fetch_seconds, 2),
+                    "land_seconds": round(staged.land_seconds, 2),
+                    **{f"quarantined: {kind}": n for kind, n in sorted(staged.kinds.items())},
+                }
                 context.log.info(
                     f"[{n}/{len(days)}] {day}: {staged.rows} rows landed, {staged.quarantined} "
                     f"quarantined, {staged.pages} page(s), {staged.body_bytes / 1e6:.1f} MB"
@@ -116,6 +134,7 @@ def build_pendo_raw_assets(
             failed_days=attempts.count,
             days=len(days),
         )
+        add_day_metadata(context, by_day)
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),
@@ -137,9 +156,14 @@ def build_pendo_raw_assets(
         group_name="pendo_raw",
         kinds={"pendo", "duckdb"},
         description=(
-            "One row per result row of each configured Pendo pipeline and day, run with its "
-            "timeSeries set to that day (raw_pipeline_results); the metric values read from them "
-            "in pipeline_values; values that cannot be sent in quarantine_pipeline_results."
+            "Grain: one row per result row of each configured Pendo pipeline and day, run with "
+            "its timeSeries set to that day (raw_pipeline_results); one row per (day, pipeline, "
+            "id, dimensionId) metric value in pipeline_values; values that cannot be sent in "
+            "quarantine_pipeline_results. "
+            "If it fails: the failed pipeline days keep their previous data; the message names "
+            "the pipeline and day. A 400 usually means the pipeline in the config is invalid "
+            "(test it in Pendo's aggregation API); a 403: check PENDO_INTEGRATION_KEY and "
+            "pendo.region."
         ),
     )
     def pendo_pipeline_results(
@@ -150,6 +174,7 @@ def build_pendo_raw_assets(
         kinds: Counter[str] = Counter()  # values quarantined per kind of problem
         attempts = _Attempts(what="pipeline day(s)")
         jobs = [(day, spec) for day in days for spec in config.pipelines]
+        by_day: dict[date, Counter[str]] = {}
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
             for i, (day, spec) in enumerate(jobs):
                 if attempts.give_up(sorted({d for d, _ in jobs[i:]}), count=len(jobs) - i):
@@ -168,6 +193,13 @@ def build_pendo_raw_assets(
                     rows=len(result.rows), values=result.values.height, rejected=len(result.rejects)
                 )
                 kinds.update(r.kind for r in result.rejects)
+                on_day = by_day.setdefault(day, Counter(days=1, pipelines=len(config.pipelines)))
+                on_day.update(
+                    result_rows=len(result.rows),
+                    metric_values=result.values.height,
+                    values_quarantined=len(result.rejects),
+                )
+                on_day.update(f"quarantined: {r.kind}" for r in result.rejects)
                 if spec is config.pipelines[-1]:
                     context.log.info(
                         f"[{days.index(day) + 1}/{len(days)}] {day}: {len(config.pipelines)} pipeline(s) run"
@@ -178,6 +210,7 @@ def build_pendo_raw_assets(
             failed=attempts.count,
             pipeline_days=len(jobs),
         )
+        add_day_metadata(context, by_day)
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),

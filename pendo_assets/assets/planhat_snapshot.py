@@ -54,8 +54,11 @@ def build_planhat_snapshot_asset() -> dg.AssetsDefinition:
         kinds={"planhat", "duckdb"},
         pool=WAREHOUSE_POOL,
         description=(
-            "One row per Planhat End User, Company, Asset and Project (object_id, external_id, "
-            "email, company links) in table planhat_objects, read whole at every sync."
+            "Grain: one row per Planhat End User, Company, Asset and Project (object_id, "
+            "external_id, email, company links) in table planhat_objects, read whole at every "
+            "sync (not partitioned). If it fails: the previous snapshot is kept and nothing is "
+            "matched or published; a 401/403: check PLANHAT_API_TOKEN (and PLANHAT_API_URL); "
+            "429/5xx: materialize it again later."
         ),
     )
     def planhat_snapshot(

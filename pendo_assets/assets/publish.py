@@ -5,10 +5,10 @@ import dagster as dg
 
 from ..delivery import Publisher
 from ..errors import ApiError, DeliveryError
-from ..queries import export_views
+from ..queries import export_views, sent_per_day
 from ..readback import read_back_metrics
 from ..resources import PlanhatResource, WarehouseResource
-from ._common import daily_asset, open_warehouse, run_days, window
+from ._common import add_day_metadata, daily_asset, open_warehouse, run_days, window
 
 
 class PublishConfig(dg.Config):
@@ -29,12 +29,17 @@ def build_publish_asset(
         kinds={"planhat", "duckdb"},
         deps=[activities, metrics],
         description=(
-            "Sends Planhat only what it lacks: one activity item per (End User, action, day) "
-            "delta and one metric item per changed (object, dimensionId, day), through a "
+            "Sends Planhat only what it lacks. Grain: one activity item per (End User, action, "
+            "day) delta and one metric item per changed (object, dimensionId, day), through a "
             "crash-safe outbox (outbox_batches). What Planhat holds: sent_activities, "
             "sent_metrics; batches whose outcome is unknown: batches_in_doubt. Then reads back "
             "from Planhat the metric days of the range the ledger says were sent "
-            "(planhat_metric_readback); keys where Planhat disagrees: metric_drift."
+            "(planhat_metric_readback); keys where Planhat disagrees: metric_drift. Per "
+            "partition: items and events sent that day. If it fails: batches sent before the "
+            "failure are recorded and the next run sends the rest (nothing twice); a 401/403: "
+            "check PLANHAT_API_TOKEN and PLANHAT_TENANT_TOKEN. If no_batches_in_doubt fails, run "
+            "`pendo-planhat batches list` and resolve each batch; if metric_drift fails, see the "
+            "README's Metric drift."
         ),
     )
     def planhat_publish(
@@ -77,6 +82,9 @@ def build_publish_asset(
                         "of these days, and the next run reads them again.",
                     ) from exc
             exported = export_views(conn, warehouse.exports_dir)
+            sent = sent_per_day(conn, run_id=context.run.run_id)
+        nothing = {"activity_items_sent": 0, "activity_units_sent": 0, "metric_items_sent": 0}
+        add_day_metadata(context, {day: {**nothing, **sent.get(day, {})} for day in days})
         verb = "would send" if config.dry_run else "sent"
         context.log.info(
             f"{window(days)}: {verb} {report.activity_items_planned} activity and "

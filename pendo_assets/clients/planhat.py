@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from ..types import JSONDict, Model
 from ._http import AttemptHooks, PooledClient, RetryPolicy, Sleep, check_max_pages
 
 __all__ = [
+    "API_QUOTA",
     "DIMENSIONDATA_PAGE_LIMIT",
     "MAX_ANALYTICS_BODY_BYTES",
     "MODEL_PAGE_LIMITS",
@@ -51,6 +53,10 @@ DEFAULT_MAX_PAGES: Final = 10_000
 #: ``limit`` of ``GET /dimensiondata``: undocumented; the cruds client defaults to 10,000.
 DIMENSIONDATA_PAGE_LIMIT: Final = 10_000
 _EPOCH: Final = date(1970, 1, 1)
+#: Planhat's main-API quota, 200 calls a minute (planhat_api.md section 5.2; its hard limit, 150 a
+#: second, is never reached one request at a time). Whether a 429 carries ``Retry-After`` is
+#: undocumented, and five backed-off attempts span about 20 s, so the client keeps under it.
+API_QUOTA: Final = (200, 60.0)
 _TOKEN_HINT: Final = "check PLANHAT_API_TOKEN: a service-account token with access to this object"
 _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -67,6 +73,10 @@ class PlanhatClient(PooledClient):
             serves both hosts.
         max_body_bytes: Largest analytics body this client sends (Planhat's cap is 32 MB).
         max_items: Most items in one analytics body (Planhat: "about 150,000" fit in 32 MB).
+        api_quota: ``(requests, seconds)``: before a main-API request that would make more than
+            ``requests`` in ``seconds``, wait (with ``sleep``) until it would not; None never
+            waits. The analytics host has no such limit.
+        clock: Monotonic seconds for ``api_quota`` (tests pass a fake one with ``sleep``).
 
     Raises:
         ConfigError: Empty tokens, non-HTTP URLs or limits out of range.
@@ -88,6 +98,8 @@ class PlanhatClient(PooledClient):
         sleep: Sleep = time.sleep,
         max_body_bytes: int = 30_000_000,
         max_items: int = 140_000,
+        api_quota: tuple[int, float] | None = API_QUOTA,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value in (("api_token", api_token), ("tenant_token", tenant_token)):
             if not isinstance(value, str) or not value.strip():
@@ -103,6 +115,8 @@ class PlanhatClient(PooledClient):
             )
         if max_items < 1:
             raise ConfigError(f"max_items must be 1 or more, got {max_items}")
+        if api_quota is not None and not (api_quota[0] >= 1 and api_quota[1] > 0):
+            raise ConfigError(f"api_quota must be (requests >= 1, seconds > 0), got {api_quota}")
         super().__init__(
             secrets=[api_token, tenant_token],
             timeout=timeout,
@@ -118,6 +132,9 @@ class PlanhatClient(PooledClient):
         tenant = quote(tenant_token, safe="")
         self._activities_url = f"{self.analytics_url}/analytics/bulk/{tenant}"
         self._dimensiondata_url = f"{self.analytics_url}/dimensiondata/{tenant}"
+        self._quota = api_quota
+        self._clock = clock
+        self._api_calls: deque[float] = deque()
 
     def __repr__(self) -> str:
         return f"PlanhatClient(api_url={self.api_url!r}, analytics_url={self.analytics_url!r})"
@@ -191,13 +208,18 @@ class PlanhatClient(PooledClient):
         """
         frames: dict[Model, pl.DataFrame] = {}
         for model, schema in SNAPSHOT_SCHEMAS.items():
-            columns: dict[str, list[Any]] = {name: [] for name in schema}
+            # One frame per page: a million End Users held as Python strings until the end
+            # peaked at seven times the finished frames (bench/snapshot.py).
+            parts: list[pl.DataFrame] = []
             for page in self.iter_pages(model, select=list(schema), max_pages=max_pages):
+                columns: dict[str, list[Any]] = {name: [] for name in schema}
                 for item in page:
                     self._collect(model, item, columns)
-            frame = pl.DataFrame(columns, schema=schema)
-            unique = frame.unique(subset="_id", keep="first", maintain_order=True)
-            if unique.height != frame.height:
+                parts.append(pl.DataFrame(columns, schema=schema))
+            frame = pl.concat(parts, rechunk=True)
+            unique = frame
+            if frame["_id"].n_unique() != frame.height:  # counting is cheaper than a copy
+                unique = frame.unique(subset="_id", keep="first", maintain_order=True)
                 # Offset paging over a changing collection can repeat an object across pages.
                 logger.info(
                     "Planhat %s snapshot: dropped %d repeated _id rows",
@@ -410,6 +432,31 @@ class PlanhatClient(PooledClient):
             model=model if isinstance(model, str) and model else "Company",
             parent_id=parent_id,
         )
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self._quota is None or not url.startswith(self.api_url + "/"):
+            return super()._request(method, url, **kwargs)
+        self._wait_for_quota(*self._quota)
+        try:
+            return super()._request(method, url, **kwargs)
+        finally:
+            # Stamped when the answer is in: Planhat counted the call before that, never after.
+            self._api_calls.append(self._clock())
+
+    def _wait_for_quota(self, requests: int, seconds: float) -> None:
+        calls = self._api_calls
+        now = self._clock()
+        while calls and now - calls[0] >= seconds:
+            calls.popleft()
+        if len(calls) >= requests:
+            wait = seconds - (now - calls[0])
+            logger.info(
+                "Planhat API quota: %d calls in %.0f s; waiting %.1f s", requests, seconds, wait
+            )
+            self._sleep(wait)
+            now = max(self._clock(), calls[0] + seconds)
+            while calls and now - calls[0] >= seconds:
+                calls.popleft()
 
     def _offset_pages(
         self, path: str, params: Mapping[str, str], limit: int, max_pages: int

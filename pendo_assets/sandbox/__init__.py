@@ -21,14 +21,18 @@ Run as a process with ``python -m pendo_assets.sandbox --help``.
 from __future__ import annotations
 
 from .faults import Fault, FaultKind, Faults, SandboxService
-from .generator import DEFAULT_APP_ID, SECOND_APP_ID, Dataset, SandboxSpec
+from .generator import DEFAULT_APP_ID, SECOND_APP_ID, Dataset, IdentityMatch, SandboxSpec
 from .pipeline import PipelineError
 from .recorder import ActivityRecord, MetricRecord, Recorder, RequestRecord, UpsertRecord
 from .rows import (
     FEATURE_EVENTS,
+    PAGE_EVENTS,
+    TRACK_EVENTS,
+    VISITORS,
     PendoRows,
     RowInjection,
     malformed_feature_rows,
+    malformed_visitor_rows,
     valid_odd_feature_rows,
 )
 from .sandbox import (
@@ -45,12 +49,16 @@ __all__ = [
     "DEFAULT_PENDO_KEY",
     "DEFAULT_TENANT_TOKEN",
     "FEATURE_EVENTS",
+    "PAGE_EVENTS",
     "SECOND_APP_ID",
+    "TRACK_EVENTS",
+    "VISITORS",
     "ActivityRecord",
     "Dataset",
     "Fault",
     "FaultKind",
     "Faults",
+    "IdentityMatch",
     "MetricRecord",
     "PendoRows",
     "PipelineError",
@@ -62,6 +70,7 @@ __all__ = [
     "SandboxSpec",
     "UpsertRecord",
     "malformed_feature_rows",
+    "malformed_visitor_rows",
     "serve_forever",
     "valid_odd_feature_rows",
 ]

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         "--visitors", type=int, help="identified visitors (default: scaled to --rows-per-day)"
     )
     parser.add_argument("--accounts", type=int, help="accounts (default: scaled to the visitors)")
+    parser.add_argument(
+        "--endusers", type=int, help="size the Planhat tenant instead (with --companies)"
+    )
+    parser.add_argument("--companies", type=int, help="Planhat Companies (with --endusers)")
     parser.add_argument("--features", type=int, default=12)
     parser.add_argument("--timezone", default="America/New_York")
     parser.add_argument("--host", default="127.0.0.1")
@@ -50,15 +54,35 @@ def main(argv: list[str] | None = None) -> int:
         "--now", help="fix the clock (ISO datetime), e.g. 2026-11-03T12:00:00+00:00"
     )
     parser.add_argument("--rate-limit", type=_rate, help="Planhat main API limit REQUESTS/SECONDS")
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="visitor emails and End Users matched by email only (SandboxSpec.identity)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the environment")
     args = parser.parse_args(argv)
-    overrides = {"seed": args.seed, "n_features": args.features, "timezone": args.timezone}
+    overrides: dict[str, object] = {
+        "seed": args.seed,
+        "n_features": args.features,
+        "timezone": args.timezone,
+        "identity": args.identity,
+    }
     if args.visitors is not None:
         overrides["n_visitors"] = args.visitors
     if args.accounts is not None:
         overrides["n_accounts"] = args.accounts
     try:
-        spec = SandboxSpec.for_rows(args.rows_per_day, **overrides)
+        if (args.endusers is None) != (args.companies is None):
+            raise ValueError("--endusers and --companies go together")
+        if args.endusers is not None:
+            spec = SandboxSpec.for_tenant(
+                endusers=args.endusers,
+                companies=args.companies,
+                rows_per_day=args.rows_per_day,
+                **overrides,
+            )
+        else:
+            spec = SandboxSpec.for_rows(args.rows_per_day, **overrides)
         now = datetime.fromisoformat(args.now) if args.now else None
         require_loopback(args.host)
     except ValueError as exc:

@@ -17,6 +17,12 @@ Visitors and accounts carry category labels (``matched``, ``missing``, ``case_va
 ``ambiguous``, ``late``; ``anonymous`` for ``_PENDO_T_`` ids) that decide which Planhat objects
 exist. The ``truth_*`` helpers compute what a correct sync must deliver from the labelled arrays
 and the current Planhat state, independent of the product's code.
+
+``pageEvents`` and ``trackEvents`` rows (pages and track types instead of features) come from
+their own seeded streams, so they never change feature events. ``SandboxSpec.identity`` adds
+visitor emails and End Users matched by email (:meth:`Dataset.identity_categories`); the
+``truth_identity``, ``truth_created_end_users``, ``truth_activities_by_key`` and
+``truth_unmatched_by_key`` helpers give the ground truth for each ``matching`` config.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import functools
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -47,8 +53,12 @@ __all__ = [
     "SECOND_APP_ID",
     "AccountCategory",
     "Dataset",
+    "IdentityCategory",
+    "IdentityMatch",
+    "MatchedBy",
     "SandboxSpec",
     "UnmatchedAccountReason",
+    "UnmatchedIdentityReason",
     "UnmatchedVisitorReason",
     "VisitorCategory",
 ]
@@ -62,7 +72,33 @@ VisitorCategory: TypeAlias = Literal[
 AccountCategory: TypeAlias = Literal["matched", "missing", "case_variant", "ambiguous"]
 UnmatchedVisitorReason: TypeAlias = Literal["anonymous", "no_enduser", "ambiguous"]
 UnmatchedAccountReason: TypeAlias = Literal["no_object", "ambiguous"]
+ItemSource: TypeAlias = Literal["pageEvents", "trackEvents"]
 
+IdentityCategory: TypeAlias = Literal[
+    "email_only", "email_shared", "email_ambiguous", "create", "no_company", "no_email"
+]
+MatchedBy: TypeAlias = Literal["externalId", "email", "created"]
+UnmatchedIdentityReason: TypeAlias = Literal[
+    "anonymous", "no_enduser", "ambiguous", "ambiguous_email"
+]
+
+
+class IdentityMatch(NamedTuple):
+    """How a (visitor, account) pair resolves: matched (``matched_by``, ``key``) or ``reason``."""
+
+    matched_by: MatchedBy | None
+    key: str | None
+    reason: UnmatchedIdentityReason | None
+
+
+_ICATS: tuple[IdentityCategory, ...] = (
+    "email_only",
+    "email_shared",
+    "email_ambiguous",
+    "create",
+    "no_company",
+    "no_email",
+)
 _VCATS: tuple[VisitorCategory, ...] = ("matched", "missing", "case_variant", "ambiguous", "late")
 _ACATS: tuple[AccountCategory, ...] = ("matched", "missing", "case_variant", "ambiguous")
 
@@ -102,6 +138,25 @@ _USER_AGENTS = (
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36",
 )
 _SERVERS = ("app.example.com", "eu.app.example.com", "beta.example.com")
+_PAGE_NAMES = (
+    "Dashboard",
+    "Billing",
+    "Settings",
+    "Reports",
+    "Team members",
+    "Integrations",
+    "Onboarding checklist",
+    "Search results",
+)
+_TRACK_TYPE_NAMES = (
+    "Invited teammate",
+    "Created project",
+    "Upgraded plan",
+    "Exported data",
+    "Connected integration",
+    "Completed onboarding",
+)
+_PAGE_TABS = ("overview", "details", "history")
 _FIRST_NAMES = (
     "Ann",
     "Bob",
@@ -178,6 +233,12 @@ class SandboxSpec:
 
     Visitor fractions apply to identified visitors, account fractions to accounts; whatever is
     left is ``matched``.
+
+    ``identity`` (off by default, so today's data stays as it is) gives identified visitors an
+    email in ``metadata.agent.email`` and adds End Users matched by email only (see
+    :meth:`Dataset.identity_categories`). ``pageEvents`` and ``trackEvents`` are always served
+    (``n_pages`` pages, ``n_track_types`` track types; ``page_rows_per_day`` defaults to half of
+    ``rows_per_day``, ``track_rows_per_day`` to a fifth); they never change feature events.
     """
 
     seed: int = 7
@@ -200,6 +261,11 @@ class SandboxSpec:
     asset_fraction: float = 0.5
     project_fraction: float = 0.33
     cache_rows: int | None = None
+    identity: bool = False
+    n_pages: int = 6
+    n_track_types: int = 4
+    page_rows_per_day: int | None = None
+    track_rows_per_day: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -212,6 +278,10 @@ class SandboxSpec:
             raise ValueError(f"n_apps must be between 1 and n_features ({self.n_features})")
         if self.rows_per_day < 0:
             raise ValueError("rows_per_day must be >= 0")
+        if self.n_pages < 1 or self.n_track_types < 1:
+            raise ValueError("n_pages and n_track_types must be at least 1")
+        if (self.page_rows_per_day or 0) < 0 or (self.track_rows_per_day or 0) < 0:
+            raise ValueError("page_rows_per_day and track_rows_per_day must be >= 0")
         for name in (
             "anonymous_fraction",
             "anonymous_key_fraction",
@@ -256,6 +326,14 @@ class SandboxSpec:
             else max(2_000_000, int(1.6 * self.rows_per_day))
         )
 
+    def item_rows_per_day(self, kind: ItemSource) -> int:
+        """Approximate rows a day of ``pageEvents`` or ``trackEvents`` has."""
+        if kind == "pageEvents":
+            given, share = self.page_rows_per_day, 2
+        else:
+            given, share = self.track_rows_per_day, 5
+        return given if given is not None else self.rows_per_day // share
+
     @classmethod
     def for_rows(cls, rows_per_day: int, **overrides: Any) -> SandboxSpec:
         """A spec sized for ``rows_per_day``: visitors and accounts grow with the row count.
@@ -272,6 +350,41 @@ class SandboxSpec:
             "rows_per_day": rows_per_day,
             "n_visitors": n_visitors,
             "n_accounts": max(200, n_visitors // 10),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def for_tenant(
+        cls, *, endusers: int, companies: int, rows_per_day: int = 5000, **overrides: Any
+    ) -> SandboxSpec:
+        """A spec whose Planhat tenant holds about ``endusers`` End Users and ``companies``
+        Companies (within a few), e.g. a B2C-leaning tenant of 1M End Users and 50k Companies.
+
+        Args:
+            endusers: End Users listed by ``GET /endusers`` (late ones not counted).
+            companies: Companies listed by ``GET /companies``.
+            rows_per_day: approximate feature-event rows per day.
+            **overrides: any other :class:`SandboxSpec` field (the category fractions too).
+
+        Returns:
+            The spec.
+        """
+
+        def given(name: str) -> float:
+            return float(overrides.get(name, getattr(cls, name)))
+
+        # Per visitor, `Dataset._build_planhat` makes one End User (matched, case variant), two
+        # (ambiguous) or none (missing, late), plus 1 in 100 without externalId and 1 in 50
+        # CRM-only; per account one Company, two (ambiguous) or none, plus 1 in 50 orphans and
+        # 1 in 50 CRM-only.
+        per_visitor = 1 - given("visitor_missing") - given("visitor_late")
+        per_visitor += given("visitor_ambiguous") + 0.01 + 0.02
+        per_account = 1 - given("account_missing") + given("account_ambiguous") + 0.04
+        values: dict[str, Any] = {
+            "rows_per_day": rows_per_day,
+            "n_visitors": max(20, round(endusers / per_visitor)),
+            "n_accounts": max(10, round(companies / per_account)),
         }
         values.update(overrides)
         return cls(**values)
@@ -302,6 +415,51 @@ class _DayCore:
 
 
 _CORE_FIELDS = ("vis", "acc", "feat", "slot", "nev", "nmin")
+
+
+@dataclass(frozen=True)
+class _Items:
+    """Pages or track types: ids, names, apps and popularity (the features' counterpart)."""
+
+    kind: ItemSource
+    column: str  # pageId | trackTypeId
+    ids: list[str]
+    names: list[str]
+    app: IntArray
+    cdf: npt.NDArray[np.float64]
+    series: pl.Series
+    rank: pl.Series
+
+
+def _make_items(spec: SandboxSpec, kind: ItemSource, app_ids: Sequence[int]) -> _Items:
+    """Build the pages (``pageEvents``) or track types from their own seeded stream."""
+    pages = kind == "pageEvents"
+    rng = np.random.default_rng([spec.seed, 40 if pages else 41])
+    n = spec.n_pages if pages else spec.n_track_types
+    names_pool = _PAGE_NAMES if pages else _TRACK_TYPE_NAMES
+    ids: list[str] = []
+    while len(ids) < n:
+        for s in _random_strings(rng, n, 27, _B64URL):
+            if s not in ids and len(ids) < n:
+                ids.append(s)
+    names = [
+        names_pool[i % len(names_pool)]
+        + ("" if i < len(names_pool) else f" {i // len(names_pool) + 1}")
+        for i in range(n)
+    ]
+    weights = 1.0 / (np.arange(n) + 1.0) ** 0.7
+    column = "pageId" if pages else "trackTypeId"
+    series = pl.Series(column, ids, dtype=pl.String)
+    return _Items(
+        kind=kind,
+        column=column,
+        ids=ids,
+        names=names,
+        app=np.array([app_ids[i % len(app_ids)] for i in range(n)], dtype=np.int64),
+        cdf=np.cumsum(weights / weights.sum()),
+        series=series,
+        rank=series.rank("dense").cast(pl.UInt32),
+    )
 
 
 def _random_strings(rng: np.random.Generator, n: int, length: int, alphabet: bytes) -> list[str]:
@@ -335,6 +493,26 @@ def _sorted_unique(values: IntArray) -> IntArray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+def _email_variant(email: str, code: int) -> str:
+    """The email as a Pendo visitor carries it: mostly as is, else other case or padded."""
+    if code == 6:
+        return email.upper()
+    if code == 7:
+        return email[:1].upper() + email[1:]
+    if code == 8:
+        return f" {email} "
+    if code == 9:
+        return f"{email.upper()}  "
+    return email
+
+
+def _norm_email(value: Any) -> str | None:
+    """An email as matching compares it: trimmed and lower-cased; None when empty."""
+    if not isinstance(value, str):
+        return None
+    return value.strip().lower() or None
 
 
 def _case_variant(value: str) -> str:
@@ -533,6 +711,8 @@ class Dataset:
         self.planhat = PlanhatStore(seed=self.spec.seed)
         self._late_endusers: list[JSONDict] = []
         self._late_added = False
+        self._emails: list[str | None] = [None] * self.spec.n_visitors
+        self._identity_cat = np.full(self.spec.n_visitors, -1, dtype=np.int8)
         self._build_planhat()
 
     # ------------------------------------------------------------------ clock and calendar
@@ -680,6 +860,86 @@ class Dataset:
         frame = self._frame(as_date(day), hourly)
         return frame.select([c for c in frame.columns if not c.startswith(RANK_PREFIX)])
 
+    def page_events(self, day: date | str, *, hourly: bool = False) -> pl.DataFrame:
+        """All ``pageEvents`` rows of ``day`` (every app): ``accountId, appId, day, [hour,]
+        numEvents, numMinutes, pageId, parameters, remoteIp, server, userAgent, visitorId``."""
+        return self._public(self._item_frame("pageEvents", as_date(day), hourly))
+
+    def track_events(self, day: date | str, *, hourly: bool = False) -> pl.DataFrame:
+        """All ``trackEvents`` rows of ``day`` (every app): ``accountId, appId, day, [hour,]
+        numEvents, numMinutes, remoteIp, server, trackTypeId, userAgent, visitorId``."""
+        return self._public(self._item_frame("trackEvents", as_date(day), hourly))
+
+    @staticmethod
+    def _public(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.select([c for c in frame.columns if not c.startswith(RANK_PREFIX)])
+
+    def pages(self, *, app_id: int | None = None) -> list[JSONDict]:
+        """Page objects as ``GET /api/v1/page?expand=*`` returns them (or one app's)."""
+        objects = self._item_objects("pageEvents")
+        return [p for p in objects if app_id is None or p["appId"] == app_id]
+
+    def track_types(self, *, app_id: int | None = None) -> list[JSONDict]:
+        """Track types as the ``trackTypes`` aggregation source returns them (or one app's)."""
+        objects = self._item_objects("trackEvents")
+        return [t for t in objects if app_id is None or t["appId"] == app_id]
+
+    @functools.cached_property
+    def _item_pools(self) -> dict[ItemSource, _Items]:
+        return {
+            kind: _make_items(self.spec, kind, self._pop.app_ids)
+            for kind in ("pageEvents", "trackEvents")
+        }
+
+    def _item_core(self, kind: ItemSource, day: date) -> _DayCore:
+        """A day of page or track events, from its own seeded stream (revisions do not apply)."""
+        with self._lock:
+            key = (kind, day)
+            hit = self._cores.get(key)
+            if hit is not None:
+                self._cores.move_to_end(key)
+                return hit
+            spec, items = self.spec, self._item_pools[kind]
+            rng = np.random.default_rng(
+                [spec.seed, 42 if kind == "pageEvents" else 43, day.toordinal()]
+            )
+            target_rows = spec.item_rows_per_day(kind) * rng.uniform(0.95, 1.05)
+            n_keys = round(target_rows / _MEAN_ROWS_PER_KEY)
+            n_anon = round(n_keys * spec.anonymous_key_fraction) if self._pop.n_anonymous else 0
+            ident = self._sample_keys(rng, n_keys - n_anon, anonymous=False, items=items)
+            anon = self._sample_keys(rng, n_anon, anonymous=True, items=items)
+            keys = [np.concatenate([a, b]) for a, b in zip(ident, anon, strict=True)]
+            core = self._rows_for_keys(rng, keys[0], keys[1], keys[2])
+            core = core.take(rng.permutation(len(core)))
+            self._cores[key] = core
+            while len(self._cores) > 256:
+                self._cores.popitem(last=False)
+            return core
+
+    def _item_frame(
+        self, kind: ItemSource, day: date, hourly: bool, hours: frozenset[int] | None = None
+    ) -> pl.DataFrame:
+        """A day of page or track event rows (cached), or only some hours of it."""
+        with self._lock:
+            key = (kind, day, hourly)
+            frame = self._frames.get(key)
+            if frame is None:
+                core = self._item_core(kind, day)
+                items = self._item_pools[kind]
+                day_ms = day_start_ms(day, self._tz)
+                if hourly:
+                    chunks, hour_ms = self._hourly(core, day, ())
+                    frame = self._build_frame(chunks, day_ms, hour_ms, items)
+                else:
+                    frame = self._build_frame(core, day_ms, None, items)
+                self._make_room(frame.height)
+                self._frames[key] = frame
+            else:
+                self._frames.move_to_end(key)
+            if hourly and hours is not None and len(hours) < len(hour_starts_ms(day, self._tz)):
+                return frame.filter(pl.col("hour").is_in(sorted(hours)))
+            return frame
+
     def _revs(self, day: date) -> tuple[bool, ...]:
         return tuple(self._revisions.get(day, ()))
 
@@ -712,10 +972,17 @@ class Dataset:
         *,
         anonymous: bool,
         exclude: IntArray | None = None,
+        items: _Items | None = None,
     ) -> tuple[IntArray, IntArray, IntArray]:
-        """Sample distinct (visitor, account, feature) keys; returns visitor, account, feature arrays."""
+        """Sample distinct (visitor, account, feature) keys; returns visitor, account, feature arrays.
+
+        With ``items``, the third array indexes those pages or track types instead of features.
+        """
         pop = self._pop
         n_f, n_codes = pop.n_features, pop.n_accounts + 2
+        cdf = pop.feature_cdf
+        if items is not None:
+            n_f, cdf = len(items.ids), items.cdf
         if n_keys <= 0 or (anonymous and pop.n_anonymous == 0):
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty
@@ -732,7 +999,7 @@ class Dataset:
                 vis = pop.visitor_table[rng.integers(0, pop.visitor_table.shape[0], m)]
                 alt = (pop.visitor_second[vis] >= 0) & (rng.random(m) < 0.4)
                 acc = np.where(alt, pop.visitor_second[vis], pop.visitor_home[vis])
-            feat = np.searchsorted(pop.feature_cdf, rng.random(m), side="right").clip(0, n_f - 1)
+            feat = np.searchsorted(cdf, rng.random(m), side="right").clip(0, n_f - 1)
             new = (vis.astype(np.int64) * n_f + feat) * n_codes + acc
             if exclude is not None:
                 pos = np.searchsorted(exclude, new).clip(0, max(exclude.shape[0] - 1, 0))
@@ -832,7 +1099,13 @@ class Dataset:
         )
         return chunks, hours[first[owner] + offset]
 
-    def _build_frame(self, core: _DayCore, day_ms: int, hour_ms: IntArray | None) -> pl.DataFrame:
+    def _build_frame(
+        self,
+        core: _DayCore,
+        day_ms: int,
+        hour_ms: IntArray | None,
+        items: _Items | None = None,
+    ) -> pl.DataFrame:
         """Pendo rows for a core, plus hidden ``__rank__<column>`` sort keys.
 
         Every string column comes from a pool, so its lexical order is the order of the pool
@@ -841,9 +1114,10 @@ class Dataset:
         """
         pop = self._pop
         n = len(core)
+        item_col = "featureId" if items is None else items.column
         index = {
             "accountId": core.acc,
-            "featureId": core.feat,
+            item_col: core.feat,
             "remoteIp": core.vis * 4 + core.slot,
             "server": (pop.visitor_hash[core.vis] // 7 + core.slot) % len(_SERVERS),
             "userAgent": (pop.visitor_hash[core.vis] + 3 * core.slot) % len(_USER_AGENTS),
@@ -851,9 +1125,11 @@ class Dataset:
         }
         columns: dict[str, pl.Series] = {
             "accountId": pop.account_series.gather(index["accountId"]),
-            "appId": pl.Series(pop.feature_app[core.feat], dtype=pl.Int64),
+            "appId": pl.Series(
+                (pop.feature_app if items is None else items.app)[core.feat], dtype=pl.Int64
+            ),
             "day": pl.Series(np.full(n, day_ms, dtype=np.int64)),
-            "featureId": pop.feature_series.gather(index["featureId"]),
+            item_col: (pop.feature_series if items is None else items.series).gather(core.feat),
         }
         if hour_ms is not None:
             columns["hour"] = pl.Series(hour_ms, dtype=pl.Int64)
@@ -864,9 +1140,25 @@ class Dataset:
         columns["userAgent"] = pop.ua_series.gather(index["userAgent"])
         columns["visitorId"] = pop.visitor_series.gather(index["visitorId"])
         ranks = pop.ranks
+        if items is not None:
+            ranks = {**ranks, item_col: items.rank}
+            if items.kind == "pageEvents":
+                columns["parameters"] = self._page_parameters(core)
+            names = sorted(columns)  # Pendo's rows list their fields alphabetically
+            columns = {name: columns[name] for name in names}
         for name, idx in index.items():
             columns[RANK_PREFIX + name] = ranks[name].gather(idx)
         return pl.DataFrame([s.alias(name) for name, s in columns.items()])
+
+    def _page_parameters(self, core: _DayCore) -> pl.Series:
+        """``parameters`` of page-event rows: ``{"tab": ...}`` on a quarter of them, else null."""
+        code = (self._pop.visitor_hash[core.vis] + core.feat + core.slot) % 12
+        tabs = pl.Series("tab", _PAGE_TABS, dtype=pl.String).gather(code % len(_PAGE_TABS))
+        return (
+            pl.DataFrame({"tab": tabs, "keep": code < 3})
+            .select(pl.when(pl.col("keep")).then(pl.struct("tab")).alias("parameters"))
+            .to_series()
+        )
 
     def _estimate(self, day: date, hourly: bool, hours: frozenset[int] | None) -> int:
         core = self._cores.get((day, self._revs(day)))
@@ -932,8 +1224,16 @@ class Dataset:
                     self._estimate(d, spec.hourly, frozenset(h) if spec.hourly else None)
                     for d, h in by_day.items()
                 )
+        if spec.kind in ("pageEvents", "trackEvents"):
+            days = {p.day for p in spec.periods}
+            rows = self.spec.item_rows_per_day(spec.kind) * len(days)
+            return int(rows * (_HOURLY_ROWS_PER_DAILY_ROW if spec.hourly else 1))
         if spec.kind == "visitors":
             return self._pop.n_visitors + self._pop.n_anonymous
+        if spec.kind in ("pages", "trackTypes"):
+            return len(
+                self._item_pools["pageEvents" if spec.kind == "pages" else "trackEvents"].ids
+            )
         return self._pop.n_accounts if spec.kind == "accounts" else self._pop.n_features
 
     def source_frame(self, spec: SourceSpec) -> pl.DataFrame:
@@ -963,6 +1263,13 @@ class Dataset:
             if spec.feature_id is not None:
                 df = df.filter(pl.col("featureId") == spec.feature_id)
             return self._events(df, hourly=spec.hourly) if spec.kind == "events" else df
+        if spec.kind in ("pageEvents", "trackEvents"):
+            return self._item_source_frame(spec)
+        if spec.kind in ("pages", "trackTypes"):
+            objects = self._static(spec.kind)
+            if spec.app_ids is not None:
+                objects = objects.filter(pl.col("appId").is_in(sorted(spec.app_ids)))
+            return objects
         if spec.kind == "visitors":
             df = self._static("visitors")
             return (
@@ -976,6 +1283,29 @@ class Dataset:
         if spec.app_ids is not None:
             features = features.filter(pl.col("appId").is_in(sorted(spec.app_ids)))
         return features
+
+    def _item_source_frame(self, spec: SourceSpec) -> pl.DataFrame:
+        kind: ItemSource = "pageEvents" if spec.kind == "pageEvents" else "trackEvents"
+        by_day: dict[date, set[int]] = {}
+        for p in spec.periods:
+            by_day.setdefault(p.day, set())
+            if p.hour_ms is not None:
+                by_day[p.day].add(p.hour_ms)
+        frames = [
+            self._item_frame(kind, d, spec.hourly, frozenset(h) if spec.hourly else None)
+            for d, h in by_day.items()
+        ]
+        if not frames:
+            empty = _DayCore.of(*([np.zeros(0, dtype=np.int32)] * 6))
+            hours = np.zeros(0, dtype=np.int64) if spec.hourly else None
+            frames.append(self._build_frame(empty, 0, hours, self._item_pools[kind]))
+        df = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+        if spec.app_ids is not None:
+            df = df.filter(pl.col("appId").is_in(sorted(spec.app_ids)))
+        item_id = spec.page_id if kind == "pageEvents" else spec.track_type_id
+        if item_id is not None:
+            df = df.filter(pl.col(self._item_pools[kind].column) == item_id)
+        return df
 
     @staticmethod
     def _events(df: pl.DataFrame, *, hourly: bool) -> pl.DataFrame:
@@ -1002,11 +1332,16 @@ class Dataset:
         with self._lock:
             hit = self._static_frames.get(name)
             if hit is None:
-                hit = {
+                builders: dict[str, Callable[[], pl.DataFrame]] = {
                     "visitors": self._visitors_frame,
                     "accounts": self._accounts_frame,
                     "features": self._features_frame,
-                }[name]()
+                    "pages": lambda: pl.DataFrame(self.pages(), infer_schema_length=None),
+                    "trackTypes": lambda: pl.DataFrame(
+                        self.track_types(), infer_schema_length=None
+                    ),
+                }
+                hit = builders[name]()
                 self._static_frames[name] = hit
             return hit
 
@@ -1037,10 +1372,13 @@ class Dataset:
             lastvisit=pl.Series(last),
             eager=True,
         )
-        agent = pl.struct(
-            language=pl.Series(np.where(idx % 3 == 0, "de-DE", "en-US")),
-            eager=True,
-        )
+        language = pl.Series("language", np.where(idx % 3 == 0, "de-DE", "en-US"))
+        if self.spec.identity:
+            emails = [*self._emails, *([None] * pop.n_anonymous)]
+            email = pl.Series("email", emails, dtype=pl.String)
+            agent = pl.struct(language, email, eager=True)
+        else:
+            agent = pl.struct(language=language, eager=True)
         metadata = pl.struct(agent=agent, auto=auto, eager=True)
         return pl.DataFrame({"metadata": metadata, "visitorId": pop.visitor_series})
 
@@ -1110,6 +1448,43 @@ class Dataset:
                     "dailyRollupFirst": created,
                 }
             )
+        return out
+
+    def _item_objects(self, kind: ItemSource) -> list[JSONDict]:
+        items = self._item_pools[kind]
+        created0 = day_start_ms(date(2024, 2, 1), self._tz)
+        user = {
+            "id": "5kGHaMqXyz0",
+            "username": "admin@example.com",
+            "first": "Ada",
+            "last": "Admin",
+        }
+        out: list[JSONDict] = []
+        for i, item_id in enumerate(items.ids):
+            created = created0 + i * 86_400_000
+            obj: JSONDict = {
+                "id": item_id,
+                "name": items.names[i],
+                "appId": int(items.app[i]),
+                "createdAt": created,
+                "createdByUser": user,
+                "lastUpdatedAt": created + 3_600_000,
+                "lastUpdatedByUser": user,
+            }
+            if kind == "pageEvents":
+                slug = items.names[i].lower().replace(" ", "-")
+                obj.update(
+                    kind="Page",
+                    rules=[{"rule": f"//*/app/{slug}", "designerHint": f"/app/{slug}"}],
+                    isCoreEvent=i < 2,
+                    dirty=False,
+                    rootVersionId=item_id,
+                    stableVersionId=f"{item_id}-{created}",
+                    validThrough=created + 7 * 86_400_000,
+                )
+            else:
+                obj.update(kind="TrackType", trackTypeName=items.names[i])
+            out.append(obj)
         return out
 
     # ------------------------------------------------------------------ Planhat tenant
@@ -1249,6 +1624,361 @@ class Dataset:
             assets.append(dup)
         store.add_many("Asset", assets)
         store.add_many("Project", attached("Project", spec.project_fraction, "rollout"))
+        if spec.identity:
+            crm = [c for c in companies if str(c["name"]).startswith("CRM-only Company")]
+            self._build_identity(enduser, crm)
+
+    def _build_identity(self, enduser: Callable[..., JSONDict], crm: Sequence[JSONDict]) -> None:
+        """Visitor emails and the End Users matched by email only (``SandboxSpec.identity``).
+
+        From its own seeded stream, so the rest of the tenant is as without ``identity``. Matched
+        and case-variant visitors carry their End User's email (a tenth of matched ones none);
+        ambiguous and late ones none. Single-account ``missing`` visitors are split into the
+        categories of :meth:`identity_categories`; multi-account ones get no email.
+        """
+        pop, store = self._pop, self.planhat
+        rng = np.random.default_rng([self.spec.seed, 30])
+        n_v = pop.n_visitors
+        u, variant, blank = rng.random(n_v), rng.integers(0, 10, n_v), rng.random(n_v)
+        added: list[JSONDict] = []
+        for v in range(n_v):
+            vcat = _VCATS[int(pop.visitor_cat[v])]
+            if vcat in ("matched", "case_variant"):
+                if vcat == "matched" and blank[v] < 0.1:
+                    self._emails[v] = None if v % 2 else ""
+                else:
+                    self._emails[v] = _email_variant(enduser(v, None)["email"], int(variant[v]))
+                continue
+            if vcat != "missing":
+                continue
+            single = _ACATS[int(pop.account_cat[int(pop.visitor_home[v])])] == "matched"
+            cuts: tuple[tuple[IdentityCategory, float], ...] = (
+                (("email_only", 0.3), ("email_shared", 0.45), ("create", 0.8))
+                if single
+                else (("email_only", 0.3), ("email_ambiguous", 0.65), ("no_company", 0.85))
+            )
+            cat: IdentityCategory = "no_email"
+            if pop.visitor_second[v] < 0:
+                cat = next((c for c, cut in cuts if u[v] < cut), "no_email")
+            self._identity_cat[v] = _ICATS.index(cat)
+            if cat == "no_email":
+                continue
+            first = enduser(v, None)
+            self._emails[v] = _email_variant(first["email"], int(variant[v]))
+            if cat == "email_only":
+                if v % 3 == 0:
+                    del first["externalId"]
+                elif v % 3 == 2:
+                    first["externalId"] = ""
+                added.append(first)
+            elif cat in ("email_shared", "email_ambiguous"):
+                other = enduser(v, f"crm-shared-{v:06d}" if cat == "email_shared" else None, 1)
+                other.update(email=first["email"], companyId=crm[0]["_id"])
+                other["companyName"] = crm[0]["name"]
+                if cat == "email_ambiguous":
+                    first.update(companyId=crm[1]["_id"], companyName=crm[1]["name"])
+                added.extend([first, other])
+        store.add_many("EndUser", added)
+
+    def visitor_emails(self) -> dict[str, str | None]:
+        """Identified visitor id -> ``metadata.agent.email`` as served (None when absent).
+
+        Every value is None unless ``SandboxSpec.identity`` is set.
+        """
+        pop = self._pop
+        return dict(zip(pop.visitor_ids[: pop.n_visitors], self._emails, strict=True))
+
+    def identity_categories(self) -> dict[str, VisitorCategory | IdentityCategory]:
+        """Visitor id -> category, with ``missing`` visitors split by ``SandboxSpec.identity``.
+
+        ``email_only``: one End User without externalId holds the visitor's email.
+        ``email_shared``: the email is on two End Users of two Companies, one of them the
+        Company of the visitor's account (resolved by it). ``email_ambiguous``: on two End Users
+        of two Companies, neither the visitor's (``ambiguous_email``). ``create``: no End User,
+        an email, and its account is the externalId of exactly one Company. ``no_company``: no
+        End User, an email, but its account is not exactly one Company. ``no_email``: neither.
+        Without ``identity`` this equals :meth:`visitor_categories`.
+        """
+        out: dict[str, VisitorCategory | IdentityCategory] = dict(self.visitor_categories())
+        pop = self._pop
+        for v in np.flatnonzero(self._identity_cat >= 0).tolist():
+            out[pop.visitor_ids[v]] = _ICATS[int(self._identity_cat[v])]
+        return out
+
+    def _identity_resolver(
+        self, end_user_keys: Sequence[str], create_end_users: bool
+    ) -> Callable[[int, int], IdentityMatch]:
+        """Resolve (visitor index, account code) pairs against the current Planhat state."""
+        for k in end_user_keys:
+            if k not in ("externalId", "email"):
+                raise ValueError(f"end_user_keys: unknown key {k!r}")
+        pop, store = self._pop, self.planhat
+        ext_counts = store.external_counts("EndUser")
+        company_counts = store.external_counts("Company")
+        company_ext = {c["_id"]: c.get("externalId") for c in store.records("Company")}
+        by_email: dict[str, list[JSONDict]] = {}
+        for r in store.records("EndUser"):
+            e = _norm_email(r.get("email"))
+            if e:
+                by_email.setdefault(e, []).append(r)
+
+        def without_create(v: int, a: int) -> IdentityMatch:
+            if v >= pop.n_visitors:
+                return IdentityMatch(None, None, "anonymous")
+            vid, acc = pop.visitor_ids[v], pop.account_value(a)
+            reason: UnmatchedIdentityReason = "no_enduser"
+            for k in end_user_keys:
+                if k == "externalId":
+                    n = ext_counts.get(vid, 0)
+                    if n == 1:
+                        return IdentityMatch("externalId", vid, None)
+                    if n > 1 and reason == "no_enduser":
+                        reason = "ambiguous"
+                    continue
+                cands = by_email.get(_norm_email(self._emails[v]) or "", [])
+                if len(cands) > 1:
+                    cands = [c for c in cands if acc and company_ext.get(c.get("companyId")) == acc]
+                    if len(cands) != 1 and reason == "no_enduser":
+                        reason = "ambiguous_email"
+                if len(cands) == 1:
+                    ext = cands[0].get("externalId")
+                    key = ext if isinstance(ext, str) and ext else cands[0]["email"]
+                    return IdentityMatch("email", key, None)
+            return IdentityMatch(None, None, reason)
+
+        memo: dict[tuple[int, int], IdentityMatch] = {}
+        creatable: dict[int, bool] = {}
+
+        def can_create(v: int) -> bool:
+            if v not in creatable:
+                email = _norm_email(self._emails[v])
+                pairs = self._visitor_account_codes(v)
+                creatable[v] = bool(email) and all(
+                    without_create(v, a).reason == "no_enduser" for a in pairs
+                )
+                creatable[v] = creatable[v] and any(
+                    company_counts.get(pop.account_value(a) or "", 0) == 1 for a in pairs
+                )
+            return creatable[v]
+
+        def resolve(v: int, a: int) -> IdentityMatch:
+            hit = memo.get((v, a))
+            if hit is None:
+                hit = without_create(v, a)
+                if hit.reason == "no_enduser" and create_end_users and can_create(v):
+                    hit = IdentityMatch("created", pop.visitor_ids[v], None)
+                memo[(v, a)] = hit
+            return hit
+
+        return resolve
+
+    def _visitor_account_codes(self, v: int) -> list[int]:
+        pop = self._pop
+        if v >= pop.n_visitors:
+            return [int(pop.anon_account[v - pop.n_visitors])]
+        codes = [int(pop.visitor_home[v])]
+        if pop.visitor_second[v] >= 0:
+            codes.append(int(pop.visitor_second[v]))
+        return codes
+
+    def truth_identity(
+        self,
+        *,
+        end_user_keys: Sequence[str] = ("externalId", "email"),
+        create_end_users: bool = False,
+    ) -> dict[tuple[str, str | None], IdentityMatch]:
+        """How every (visitor, account) pair resolves against the current Planhat state.
+
+        Keys are tried in order; ``email`` compares the visitor's email trimmed and lower-cased
+        with End Users' emails the same way; several End Users with it are narrowed to those
+        whose Company's externalId is the account, else ``ambiguous_email``. With
+        ``create_end_users`` a visitor unmatched with reason ``no_enduser`` that has an email
+        and an account that is the externalId of exactly one Company is ``created``.
+
+        Args:
+            end_user_keys: ``externalId`` and/or ``email``, in order.
+            create_end_users: the config's ``matching.create_end_users``.
+
+        Returns:
+            ``(visitorId, accountId) -> IdentityMatch(matched_by, key, reason)`` for every
+            visitor's account(s) (anonymous ones included); ``key`` is what activities are
+            addressed by: the End User's externalId, else its email (as stored in Planhat), or
+            the visitorId for one to be created.
+        """
+        resolve = self._identity_resolver(end_user_keys, create_end_users)
+        pop = self._pop
+        out: dict[tuple[str, str | None], IdentityMatch] = {}
+        for v in range(pop.n_visitors + pop.n_anonymous):
+            for a in self._visitor_account_codes(v):
+                out[(pop.visitor_ids[v], pop.account_value(a))] = resolve(v, a)
+        return out
+
+    def truth_created_end_users(
+        self,
+        *,
+        end_user_keys: Sequence[str] = ("externalId", "email"),
+        days: Iterable[date | str] | None = None,
+        features: Iterable[str] | None = None,
+        pages: Iterable[str] | None = None,
+        track_events: Iterable[str] | None = None,
+    ) -> dict[str, JSONDict]:
+        """End Users a sync with ``create_end_users: true`` must create (against current state).
+
+        Args:
+            end_user_keys: the keys tried first.
+            days: only visitors with events on these days (of the given sources); all when None.
+            features: feature ids whose events count (with ``days``).
+            pages: page ids whose events count (with ``days``).
+            track_events: track type ids whose events count (with ``days``).
+
+        Returns:
+            ``visitorId -> {"externalId", "email" (trimmed), "companyId", "companyExternalId"}``,
+            the bulk-upsert item plus the account it was chosen by.
+        """
+        resolve = self._identity_resolver(end_user_keys, True)
+        pop, store = self._pop, self.planhat
+        seen: set[int] | None = None
+        if days is not None:
+            seen = set()
+            for _, _, core, code in self._usage_cores(days, features, pages, track_events):
+                seen.update(np.unique(core.vis[code[core.feat] >= 0]).tolist())
+        company_counts = store.external_counts("Company")
+        out: dict[str, JSONDict] = {}
+        for v in range(pop.n_visitors):
+            if seen is not None and v not in seen:
+                continue
+            codes = self._visitor_account_codes(v)
+            if resolve(v, codes[0]).matched_by != "created":
+                continue
+            acc = next(
+                pop.account_value(a)
+                for a in codes
+                if company_counts.get(pop.account_value(a) or "", 0) == 1
+            )
+            company = store.match_external("Company", acc)[0]
+            email = self._emails[v]
+            assert email is not None  # creatable visitors have an email
+            out[pop.visitor_ids[v]] = {
+                "externalId": pop.visitor_ids[v],
+                "email": email.strip(),
+                "companyId": company["_id"],
+                "companyExternalId": acc,
+            }
+        return out
+
+    def _usage_cores(
+        self,
+        days: Iterable[date | str],
+        features: Iterable[str] | Mapping[str, str] | None,
+        pages: Iterable[str] | Mapping[str, str] | None,
+        track_events: Iterable[str] | Mapping[str, str] | None,
+    ) -> Iterable[tuple[str, list[str], _DayCore, IntArray]]:
+        """(day, action names, core, item -> action code) for each day and configured source."""
+        pop = self._pop
+        sources: list[tuple[str, Any, list[str]]] = [
+            ("featureEvents", features, pop.feature_ids),
+            ("pageEvents", pages, self._item_pools["pageEvents"].ids),
+            ("trackEvents", track_events, self._item_pools["trackEvents"].ids),
+        ]
+        for d in sorted({as_date(x) for x in days}):
+            for kind, wanted, ids in sources:
+                if not wanted:
+                    continue
+                actions = dict(wanted) if isinstance(wanted, Mapping) else {i: i for i in wanted}
+                names = sorted(set(actions.values()))
+                index = {item_id: i for i, item_id in enumerate(ids)}
+                code = np.full(len(ids), -1, dtype=np.int64)
+                for item_id, action in actions.items():
+                    if item_id in index:
+                        code[index[item_id]] = names.index(action)
+                core = (
+                    self._core(d)
+                    if kind == "featureEvents"
+                    else self._item_core("pageEvents" if kind == "pageEvents" else "trackEvents", d)
+                )
+                yield d.isoformat(), names, core, code
+
+    def _resolved_usage(
+        self,
+        days: Iterable[date | str],
+        features: Any,
+        pages: Any,
+        track_events: Any,
+        end_user_keys: Sequence[str],
+        create_end_users: bool,
+    ) -> Iterable[tuple[str, str, int, IdentityMatch, int, int]]:
+        """(day, action, visitor, match, account code, events), summed per day and source."""
+        resolve = self._identity_resolver(end_user_keys, create_end_users)
+        for iso, names, core, code in self._usage_cores(days, features, pages, track_events):
+            act = code[core.feat]
+            mask = act >= 0
+            df = pl.DataFrame(
+                {"v": core.vis[mask], "c": core.acc[mask], "a": act[mask], "n": core.nev[mask]}
+            )
+            for v, c, a, n in df.group_by(["v", "c", "a"]).agg(pl.col("n").sum()).iter_rows():
+                yield iso, names[a], v, resolve(v, c), c, int(n)
+
+    def truth_activities_by_key(
+        self,
+        *,
+        days: Iterable[date | str],
+        features: Mapping[str, str] | None = None,
+        pages: Mapping[str, str] | None = None,
+        track_events: Mapping[str, str] | None = None,
+        end_user_keys: Sequence[str] = ("externalId",),
+        create_end_users: bool = False,
+    ) -> dict[tuple[str, str, str], int]:
+        """What Planhat should hold as User Activities from features, pages and track events.
+
+        With the defaults and only ``features`` this equals :meth:`truth_activities`.
+
+        Args:
+            days: local days.
+            features: feature id -> action.
+            pages: page id -> action.
+            track_events: track type id -> action.
+            end_user_keys: the config's ``matching.end_user_keys``.
+            create_end_users: the config's ``matching.create_end_users``.
+
+        Returns:
+            ``(End User key, action, "YYYY-MM-DD") -> sum of numEvents``, the key being the End
+            User's externalId, else its email, or the visitorId of one to be created.
+        """
+        out: dict[tuple[str, str, str], int] = {}
+        for iso, action, _, match, _, n in self._resolved_usage(
+            days, features, pages, track_events, end_user_keys, create_end_users
+        ):
+            if match.key is not None:
+                k = (match.key, action, iso)
+                out[k] = out.get(k, 0) + n
+        return out
+
+    def truth_unmatched_by_key(
+        self,
+        *,
+        days: Iterable[date | str],
+        features: Iterable[str] | None = None,
+        pages: Iterable[str] | None = None,
+        track_events: Iterable[str] | None = None,
+        end_user_keys: Sequence[str] = ("externalId",),
+        create_end_users: bool = False,
+    ) -> dict[tuple[str, str, str | None], tuple[UnmatchedIdentityReason, int]]:
+        """Unmatched visitors per day: ``(date_iso, visitorId, accountId) -> (reason, events)``.
+
+        Sums the given sources. With the defaults and only ``features`` this equals
+        :meth:`truth_unmatched_visitors`. Reasons: ``anonymous``, ``no_enduser``,
+        ``ambiguous`` (externalId) and ``ambiguous_email``.
+        """
+        pop = self._pop
+        out: dict[tuple[str, str, str | None], tuple[UnmatchedIdentityReason, int]] = {}
+        for iso, _, v, match, c, n in self._resolved_usage(
+            days, features, pages, track_events, end_user_keys, create_end_users
+        ):
+            if match.reason is None:
+                continue
+            k = (iso, pop.visitor_ids[v], pop.account_value(c))
+            out[k] = (match.reason, out.get(k, (match.reason, 0))[1] + n)
+        return out
 
     # ------------------------------------------------------------------ ground truth
 
@@ -1417,6 +2147,22 @@ class Dataset:
         return self._pipeline_truth(days, pipelines, app_ids).unmatched
 
     # ------------------------------------------------------------------ config
+
+    def identity_config(self) -> JSONDict:
+        """Config keys of DESIGN.md section 5 *Identity* and *More Pendo sources* for this data:
+        ``matching`` (both keys, creation on), ``pages`` and ``track_events`` (every page and
+        track type, named by its Pendo name). Merge into :meth:`demo_config`'s result."""
+        return {
+            "matching": {
+                "end_user_keys": ["externalId", "email"],
+                "visitor_email_field": "metadata.agent.email",
+                "create_end_users": True,
+            },
+            "pages": [{"id": p["id"], "action": f"Viewed {p['name']}"} for p in self.pages()],
+            "track_events": [
+                {"id": t["id"], "action": f"{t['name']} (track event)"} for t in self.track_types()
+            ],
+        }
 
     def demo_config(self, *, start_date: date | str) -> JSONDict:
         """A product config (DESIGN.md section 5 format) that exercises the sandbox.

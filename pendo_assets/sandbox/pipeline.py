@@ -53,9 +53,33 @@ RANK_PREFIX = "__rank__"
 MAX_DAYS = 1000
 MAX_HOURS = 24 * 100
 
-SourceKind: TypeAlias = Literal["featureEvents", "events", "visitors", "accounts", "features"]
-_TIME_SOURCES = frozenset({"featureEvents", "events"})
-_ALL_SOURCES = frozenset({"featureEvents", "events", "visitors", "accounts", "features"})
+SourceKind: TypeAlias = Literal[
+    "featureEvents",
+    "events",
+    "pageEvents",
+    "trackEvents",
+    "visitors",
+    "accounts",
+    "features",
+    "pages",
+    "trackTypes",
+]
+_TIME_SOURCES = frozenset({"featureEvents", "events", "pageEvents", "trackEvents"})
+_ALL_SOURCES = frozenset(
+    {
+        "featureEvents",
+        "events",
+        "pageEvents",
+        "trackEvents",
+        "visitors",
+        "accounts",
+        "features",
+        "pages",
+        "trackTypes",
+    }
+)
+# The id parameter of each event source that takes one (``{"pageEvents": {"pageId": ...}}``).
+_ITEM_PARAMS = {"featureEvents": "featureId", "pageEvents": "pageId", "trackEvents": "trackTypeId"}
 _EXPAND_ALL = re.compile(r"""^\s*expandAppIds\(\s*(["`])\*\1\s*\)\s*$""")
 _INT_RE = re.compile(r"^\s*-?\d+\s*$")
 _WINDOW_OPS = frozenset({"skip", "limit"})
@@ -418,6 +442,8 @@ class SourceSpec:
     app_ids: frozenset[int] | None = None
     feature_id: str | None = None
     identified_only: bool = False
+    page_id: str | None = None
+    track_type_id: str | None = None
 
     @property
     def start_ms(self) -> int | None:
@@ -611,12 +637,14 @@ def _parse_source(stage: Any, *, tz: ZoneInfo, now_ms: int, default_app_id: int)
         if "timeSeries" not in stage:
             raise PipelineError(f"{kind} needs a timeSeries")
         periods, hourly = resolve_time_series(stage["timeSeries"], tz=tz, now_ms=now_ms)
-    feature_id = params.get("featureId")
-    if feature_id is not None and not isinstance(feature_id, str):
-        raise PipelineError("featureId must be a string")
+    item_param = _ITEM_PARAMS.get(kind, "featureId")
+    item_id = params.get(item_param)
+    if item_id is not None and not isinstance(item_id, str):
+        raise PipelineError(f"{item_param} must be a string")
+    feature_id = item_id if item_param == "featureId" else None
     if "appId" in params:
         app_ids = _parse_app_ids(params["appId"])
-    elif kind in ("accounts", "visitors") or feature_id is not None:
+    elif kind in ("accounts", "visitors") or item_id is not None:
         app_ids = None
     else:
         app_ids = frozenset({default_app_id})
@@ -628,6 +656,8 @@ def _parse_source(stage: Any, *, tz: ZoneInfo, now_ms: int, default_app_id: int)
         app_ids=app_ids,
         feature_id=feature_id if kind == "featureEvents" else None,
         identified_only=bool(identified) if kind == "visitors" else False,
+        page_id=item_id if kind == "pageEvents" else None,
+        track_type_id=item_id if kind == "trackEvents" else None,
     )
 
 

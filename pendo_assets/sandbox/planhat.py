@@ -151,6 +151,14 @@ class PlanhatStore:
         with self._lock:
             return {k: len(v) for k, v in self._ext_index(model).items()}
 
+    def company_external_id(self, company_id: Any) -> Any:
+        """The ``externalId`` of the Company with ``_id`` ``company_id`` (None if unknown)."""
+        with self._lock:
+            company = (
+                self._by_id["Company"].get(company_id) if isinstance(company_id, str) else None
+            )
+            return company.get("externalId") if company is not None else None
+
     def match_email(self, email: Any) -> list[JSONDict]:
         """Visible End Users with this exact email."""
         if not isinstance(email, str) or not email:
@@ -243,12 +251,16 @@ class PlanhatStore:
                 return hits[0], None
         return None, None
 
-    def upsert(self, model: Model, items: Sequence[Any]) -> JSONDict:
+    def upsert(
+        self, model: Model, items: Sequence[Any], *, outcomes: list[str] | None = None
+    ) -> JSONDict:
         """Apply a bulk upsert (``PUT /<collection>``) and return Planhat's summary.
 
         Args:
             model: which collection.
             items: the request's JSON array.
+            outcomes: when given, receives one of ``created``, ``updated``, ``unchanged`` or
+                ``error`` per item, in order.
 
         Returns:
             ``{created, createdErrors, insertsKeys, updated, updatedErrors, updatesKeys,
@@ -268,18 +280,31 @@ class PlanhatStore:
         }
         with self._lock:
             for item in items:
+                before = (report["created"], report["updated"], report["nonupdates"])
                 if not isinstance(item, Mapping):
                     report["createdErrors"].append(
                         {"item": item, "error": "item must be an object"}
                     )
-                    continue
-                existing, error = self._find(model, item)
-                if error:
-                    report["updatedErrors"].append({"item": dict(item), "error": error})
-                elif existing is not None:
-                    self._update(model, existing, item, report)
                 else:
-                    self._create(model, item, report)
+                    existing, error = self._find(model, item)
+                    if error:
+                        report["updatedErrors"].append({"item": dict(item), "error": error})
+                    elif existing is not None:
+                        self._update(model, existing, item, report)
+                    else:
+                        self._create(model, item, report)
+                if outcomes is not None:
+                    after = (report["created"], report["updated"], report["nonupdates"])
+                    changed = [a > b for a, b in zip(after, before, strict=True)]
+                    outcomes.append(
+                        "created"
+                        if changed[0]
+                        else "updated"
+                        if changed[1]
+                        else "unchanged"
+                        if changed[2]
+                        else "error"
+                    )
         return report
 
     def _apply_company(self, fields: dict[str, Any]) -> str | None:

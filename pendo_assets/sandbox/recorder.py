@@ -51,7 +51,12 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class ActivityRecord:
-    """One received User Activity item; ``dropped`` when Planhat would silently discard it."""
+    """One received User Activity item; ``dropped`` when Planhat would silently discard it.
+
+    ``enduser_id`` is the ``_id`` of the End User it landed on; None when dropped, or when its
+    email is on several End Users and ``companyExternalId`` picks none of them (Planhat would
+    then pick one at random).
+    """
 
     request_seq: int
     tenant_ok: bool
@@ -65,6 +70,7 @@ class ActivityRecord:
     info: Any
     dropped: bool
     raw: Any
+    enduser_id: Any = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,13 @@ class MetricRecord:
 
 @dataclass(frozen=True)
 class UpsertRecord:
-    """One bulk-upsert item (``PUT /endusers`` etc.) and the store's summary for its request."""
+    """One bulk-upsert item (``PUT /endusers`` etc.) and what it did: ``outcome`` is
+    ``created``, ``updated``, ``unchanged`` or ``error`` (None if not applied)."""
 
     request_seq: int
     model: str
     item: Any
+    outcome: str | None = None
 
 
 class Recorder:
@@ -216,6 +224,31 @@ class Recorder:
             )
             totals[(r.external_id, r.action, r.date)] += int(count)
         return dict(totals)
+
+    def activity_totals_by_key(
+        self, *, include_dropped: bool = False
+    ) -> dict[tuple[Any, Any, Any], int]:
+        """Sum of ``count`` per ``(End User key, action, date)``, the key being the item's
+        ``externalId``, else its ``email`` (compare with ``Dataset.truth_activities_by_key``).
+
+        Args:
+            include_dropped: also count items Planhat dropped.
+
+        Returns:
+            The totals (counted as in :meth:`activity_totals`).
+        """
+        totals: dict[tuple[Any, Any, Any], int] = defaultdict(int)
+        for r in self.activities(include_dropped=include_dropped):
+            count = (
+                r.count if isinstance(r.count, int | float) and not isinstance(r.count, bool) else 0
+            )
+            key = r.external_id if r.external_id else r.email
+            totals[(key, r.action, r.date)] += int(count)
+        return dict(totals)
+
+    def created(self, model: str = "EndUser") -> list[Any]:
+        """Items of ``model`` whose bulk upsert created a record, in arrival order."""
+        return [u.item for u in self.upserts() if u.model == model and u.outcome == "created"]
 
     def metrics(
         self, *, include_dropped: bool = True, include_errors: bool = False

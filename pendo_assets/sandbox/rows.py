@@ -29,16 +29,32 @@ from ._time import as_date
 
 __all__ = [
     "FEATURE_EVENTS",
+    "PAGE_EVENTS",
+    "TRACK_EVENTS",
+    "VISITORS",
     "PendoRows",
     "RowInjection",
     "encode_row",
     "malformed_feature_rows",
+    "malformed_visitor_rows",
     "valid_odd_feature_rows",
 ]
 
 #: ``match`` value meaning the product's own feature-event reads: a ``featureEvents`` source
 #: followed only by ``filter``/``sort``/``skip``/``limit`` stages (no grouping pipeline).
 FEATURE_EVENTS: Final = "featureEvents rows"
+#: The same for the product's ``pageEvents`` and ``trackEvents`` reads.
+PAGE_EVENTS: Final = "pageEvents rows"
+TRACK_EVENTS: Final = "trackEvents rows"
+#: ``match`` value for the product's ``visitors`` reads (a ``visitors`` source with row-read
+#: stages and ``select``); ``day`` is not needed, as the source has no timeSeries.
+VISITORS: Final = "visitors rows"
+_ROW_SOURCES: Final = {
+    FEATURE_EVENTS: "featureEvents",
+    PAGE_EVENTS: "pageEvents",
+    TRACK_EVENTS: "trackEvents",
+    VISITORS: "visitors",
+}
 _ROW_READ_STAGES: Final = frozenset({"filter", "sort", "skip", "limit", "identified"})
 
 
@@ -55,7 +71,7 @@ def encode_row(row: str | bytes | Mapping[str, Any]) -> bytes:
 class RowInjection:
     """Rows added to (or edited in) one day's answers; ``served`` counts answers that had them."""
 
-    day: date
+    day: date | None
     match: str
     rows: list[bytes] = field(default_factory=list)
     edits: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -63,19 +79,18 @@ class RowInjection:
     served: int = 0
 
     def applies(
-        self, day_ms: int | None, pipeline: Sequence[Any], body: bytes, start_ms: int
+        self, day_ms: int | None, pipeline: Sequence[Any], body: bytes, start_ms: int | None
     ) -> bool:
-        if day_ms != start_ms:
+        if self.match != VISITORS and day_ms != start_ms:
             return False
-        if self.match == FEATURE_EVENTS:
+        if self.match in _ROW_SOURCES:
             source = (
                 pipeline[0].get("source") if pipeline and isinstance(pipeline[0], dict) else None
             )
-            if not isinstance(source, dict) or "featureEvents" not in source:
+            if not isinstance(source, dict) or _ROW_SOURCES[self.match] not in source:
                 return False
-            return all(
-                isinstance(stage, dict) and set(stage) <= _ROW_READ_STAGES for stage in pipeline[1:]
-            )
+            stages = _ROW_READ_STAGES | ({"select"} if self.match == VISITORS else set())
+            return all(isinstance(stage, dict) and set(stage) <= stages for stage in pipeline[1:])
         return self.match.encode() in body
 
 
@@ -95,7 +110,7 @@ class PendoRows:
     def add(
         self,
         *,
-        day: date | str,
+        day: date | str | None = None,
         rows: Sequence[str | bytes | Mapping[str, Any]] = (),
         edits: Mapping[str, Mapping[str, Any]] | None = None,
         id_field: str = "accountId",
@@ -104,21 +119,25 @@ class PendoRows:
         """Serve extra rows, and/or altered rows, in the answers for ``day``.
 
         Args:
-            day: The subscription-local day whose aggregations get them.
+            day: The subscription-local day whose aggregations get them (required unless
+                ``match`` is `VISITORS`).
             rows: Rows appended after the real ones (text sent as is, mappings JSON-encoded).
             edits: ``{id value: {field: new value}}``: real rows whose ``id_field`` equals the
                 id get those fields replaced (values JSON-encoded, NaN/Infinity as tokens).
             id_field: The field ``edits`` are keyed on.
-            match: `FEATURE_EVENTS` (the product's feature-event reads), or a text the request
-                body must contain (e.g. ``'"totalEvents"'`` for one configured pipeline).
+            match: `FEATURE_EVENTS` (the product's feature-event reads; likewise
+                `PAGE_EVENTS`, `TRACK_EVENTS`, `VISITORS`), or a text the request body must
+                contain (e.g. ``'"totalEvents"'`` for one configured pipeline).
 
         Returns:
             The injection (its ``served`` counter grows with each answer that carried it).
         """
         if not rows and not edits:
             raise ValueError("give rows to add or edits to apply")
+        if day is None and match != VISITORS:
+            raise ValueError("give the day whose answers get the rows")
         item = RowInjection(
-            day=as_date(day),
+            day=as_date(day) if day is not None else None,
             match=match,
             rows=[encode_row(r) for r in rows],
             edits={str(k): dict(v) for k, v in (edits or {}).items()},
@@ -156,7 +175,12 @@ class PendoRows:
         return [
             item
             for item in items
-            if item.applies(day_ms, pipeline, body, self._day_start_ms(item.day))
+            if item.applies(
+                day_ms,
+                pipeline,
+                body,
+                self._day_start_ms(item.day) if item.day is not None else None,
+            )
         ]
 
 
@@ -188,18 +212,22 @@ def apply_injections(lines: list[bytes], injections: Sequence[RowInjection]) -> 
     return out
 
 
-def malformed_feature_rows(*, day_ms: int, feature_id: str) -> list[tuple[str, str]]:
+def malformed_feature_rows(
+    *, day_ms: int, feature_id: str, id_field: str = "featureId"
+) -> list[tuple[str, str]]:
     """One featureEvents row per kind of bad input, as ``(expected reason, row JSON text)``.
 
     Each row is otherwise valid for ``day_ms`` and ``feature_id``; the expected reason is the
-    start of what the product must record in ``quarantine_feature_events.reason``.
+    start of what the product must record in ``quarantine_feature_events.reason``. With
+    ``id_field="pageId"`` or ``"trackTypeId"`` (and that id as ``feature_id``) the rows are
+    ``pageEvents`` or ``trackEvents`` rows, the reasons naming that field.
     """
 
     def row(**fields: Any) -> dict[str, Any]:
         base: dict[str, Any] = {
             "visitorId": "bad-input-visitor",
             "accountId": "acct-00003",
-            "featureId": feature_id,
+            id_field: feature_id,
             "appId": -323232,
             "day": day_ms,
             "numEvents": 3,
@@ -244,8 +272,8 @@ def malformed_feature_rows(*, day_ms: int, feature_id: str) -> list[tuple[str, s
         ("numEvents is missing", text(numEvents=_MISSING)),
         ("numEvents is not a number", text(numEvents=True)),
         ("numMinutes is NaN", text(numMinutes=float("nan"))),
-        ("featureId is missing", text(featureId=_MISSING)),
-        ("featureId is null", text(featureId=None)),
+        (f"{id_field} is missing", text(**{id_field: _MISSING})),
+        (f"{id_field} is null", text(**{id_field: None})),
         ("day is a string", text(day=str(day_ms))),
         (
             f"day {day_ms - 86_400_000} is not the requested local midnight",
@@ -254,6 +282,40 @@ def malformed_feature_rows(*, day_ms: int, feature_id: str) -> list[tuple[str, s
         ("accountId is not a string", text(accountId=["acct-00003"])),
         ("row is not a JSON object", '"not a row"'),
         ("row is not a JSON object", "[1, 2, 3]"),
+    ]
+
+
+def malformed_visitor_rows() -> list[tuple[str, str]]:
+    """One ``visitors`` row per kind of bad input, as ``(expected reason, row JSON text)``.
+
+    The reasons follow :func:`malformed_feature_rows`; the email field is
+    ``metadata.agent.email``.
+    """
+
+    def row(visitor: Any = "bad-visitor", email: Any = "bad@example.com", **top: Any) -> str:
+        base: dict[str, Any] = {
+            "visitorId": visitor,
+            "metadata": {
+                "agent": {"email": email},
+                "auto": {"accountid": "acct-00003", "accountids": ["acct-00003"]},
+            },
+        }
+        if visitor is _MISSING:
+            del base["visitorId"]
+        base.update(top)
+        return encode_row(base).decode()
+
+    return [
+        ("visitorId is missing", row(_MISSING)),
+        ("visitorId is empty", row("")),
+        ("visitorId is null", row(None)),
+        ("visitorId is not a string", row(42)),
+        ("visitorId is longer than 1024 characters", row("v" * 5000)),
+        ("visitorId contains control characters", row("bad\u0000id")),
+        ("metadata.agent.email is not a string", row("bad-email-1", email=12345)),
+        ("metadata.agent.email is not a string", row("bad-email-2", email=["a@b.c"])),
+        ("metadata is not an object", row("bad-metadata", metadata="nope")),
+        ("row is not a JSON object", '"not a row"'),
     ]
 
 

@@ -180,7 +180,7 @@ def _same(given: str | None, expected: str) -> bool:
 
 
 class PendoApp:
-    """``/api/v1/token/verify``, ``/api/v1/feature`` and ``/api/v1/aggregation``."""
+    """``/api/v1/token/verify``, ``/api/v1/feature``, ``/api/v1/page`` and ``/api/v1/aggregation``."""
 
     service: SandboxService = "pendo"
     max_body: int | None = None
@@ -214,10 +214,17 @@ class PendoApp:
             return _json(200, hits[0], items=1) if hits else Response(404, b"", content_type=None)
         if req.method == "POST" and path == "/api/v1/aggregation":
             return self._aggregation(req)
+        if req.method == "GET" and path == "/api/v1/page":
+            return self._features(req, self.dataset.pages())
+        if req.method == "GET" and path.startswith("/api/v1/page/"):
+            pid = unquote(path.rsplit("/", 1)[1])
+            hits = [p for p in self.dataset.pages() if p["id"] == pid]
+            return _json(200, hits[0], items=1) if hits else Response(404, b"", content_type=None)
         return _text(404, "Not Found")
 
-    def _features(self, req: Request) -> Response:
-        features = self.dataset.features()
+    def _features(self, req: Request, objects: list[JSONDict] | None = None) -> Response:
+        """Features (or, given ``objects``, pages): every app with ``?expand=*``."""
+        features = self.dataset.features() if objects is None else objects
         app_param = req.param("appId")
         if req.param("expand") == "*":
             return _json(200, features, items=len(features))
@@ -409,8 +416,11 @@ class PlanhatApiApp:
             raise _BadRequest("body must be a JSON array")
         if len(items) > MAX_UPSERT_ITEMS:
             raise _BadRequest(f"at most {MAX_UPSERT_ITEMS} items per request, got {len(items)}")
-        self.recorder.add_upserts([UpsertRecord(req.seq, model, item) for item in items])
-        report = self.dataset.planhat.upsert(model, items)
+        outcomes: list[str] = []
+        report = self.dataset.planhat.upsert(model, items, outcomes=outcomes)
+        self.recorder.add_upserts(
+            [UpsertRecord(req.seq, model, item, o) for item, o in zip(items, outcomes, strict=True)]
+        )
         failed = bool(report["createdErrors"] or report["updatedErrors"])
         return _json(206 if failed else 200, report, items=len(items), applied=True)
 
@@ -493,11 +503,9 @@ class PlanhatAnalyticsApp:
                 )
                 continue
             ext, email = item.get("externalId"), item.get("email")
-            matched = (
-                bool(store.match_external("EndUser", ext))
-                if ext
-                else bool(store.match_email(email))
-            )
+            hits = store.match_external("EndUser", ext) if ext else store.match_email(email)
+            matched = bool(hits)
+            chosen = self._pick_enduser(hits, item.get("companyExternalId"))
             records.append(
                 ActivityRecord(
                     request_seq=req.seq,
@@ -512,10 +520,24 @@ class PlanhatAnalyticsApp:
                     info=item.get("info"),
                     dropped=not (tenant_ok and matched),
                     raw=item,
+                    enduser_id=chosen if tenant_ok else None,
                 )
             )
         self.recorder.add_activities(records)
         return _json(200, {}, items=len(items), applied=True)
+
+    def _pick_enduser(self, hits: list[JSONDict], company_external_id: Any) -> str | None:
+        """The End User an activity lands on: the only hit, or the only one whose Company's
+        externalId is ``companyExternalId`` (Planhat's rule for an email on several End Users)."""
+        if len(hits) > 1:
+            store = self.dataset.planhat
+            hits = [
+                h
+                for h in hits
+                if company_external_id
+                and store.company_external_id(h.get("companyId")) == company_external_id
+            ]
+        return hits[0]["_id"] if len(hits) == 1 else None
 
     def _metrics(self, req: Request, tenant: str) -> Response:
         tenant_ok = _same(tenant, self.tenant)
@@ -617,11 +639,12 @@ class ControlApp:
     """``/_sandbox/...`` on every server: lets an out-of-process benchmark read what was received
     and drive the data set. Loopback only, like the rest; never recorded or faulted.
 
-    GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals`` and
-    ``metric_points`` (``?include_dropped=0``); POST ``revise_day`` (``{"day", "grow"}``),
-    ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``), ``clear``,
-    ``set_metric_day`` (``{"dimensionId", "model", "externalId", "day", "value": number |
-    null}``: a metric day changed, or deleted with null, on the Planhat side).
+    GET ``spec``, ``requests`` (``?service=&path_prefix=``), ``activity_totals``,
+    ``activity_totals_by_key`` and ``metric_points`` (``?include_dropped=0|1``), ``created``
+    (``?model=EndUser``: the upsert items that created a record); POST ``revise_day``
+    (``{"day", "grow"}``), ``add_late_endusers``, ``now`` (``{"now": ISO datetime | null}``),
+    ``clear``, ``set_metric_day`` (``{"dimensionId", "model", "externalId", "day", "value":
+    number | null}``: a metric day changed, or deleted with null, on the Planhat side).
 
     Faults, for tests that run the product as another process: GET ``faults`` (``{"fired",
     "active": [...]}``); POST ``faults`` (``{"service", "kind", "path", "method", "times",
@@ -660,6 +683,13 @@ class ControlApp:
             if name == "activity_totals":
                 totals = rec.activity_totals(include_dropped=_flag(req, "include_dropped", True))
                 return _json(200, [[*k, v] for k, v in totals.items()])
+            if name == "activity_totals_by_key":
+                totals = rec.activity_totals_by_key(
+                    include_dropped=_flag(req, "include_dropped", False)
+                )
+                return _json(200, [[*k, v] for k, v in totals.items()])
+            if name == "created":
+                return _json(200, rec.created(req.param("model") or "EndUser"))
             if name == "metric_points":
                 points = rec.metric_points(include_dropped=_flag(req, "include_dropped", True))
                 return _json(200, [[*k, v] for k, v in points.items()])

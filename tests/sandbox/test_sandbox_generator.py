@@ -293,3 +293,11 @@ def test_spec_validates_and_scales():
     big = SandboxSpec.for_rows(4_000_000)
     assert big.rows_per_day == 4_000_000 and big.n_visitors >= 500_000 and big.n_accounts >= 50_000
     assert SandboxSpec.for_rows(1000, seed=3).seed == 3
+
+
+def test_spec_for_tenant_sizes_the_planhat_tenant():
+    spec = SandboxSpec.for_tenant(endusers=20_000, companies=1_000, seed=3)
+    store = Dataset(spec).planhat
+    assert spec.seed == 3
+    assert len(store.records("EndUser")) == 20_000
+    assert len(store.records("Company")) == 1_000

@@ -250,10 +250,10 @@ def test_pipeline_must_start_with_a_source():
     source = LiteralSource(ROWS)
     with pytest.raises(PipelineError, match="first pipeline stage must be a source"):
         evaluate_pipeline(source, [{"limit": 1}], now_ms=NOW_MS)
-    with pytest.raises(PipelineError, match="Unsupported source: pageEvents"):
+    with pytest.raises(PipelineError, match="Unsupported source: guideEvents"):
         evaluate_pipeline(
             source,
-            [{"source": {"pageEvents": None, "timeSeries": SOURCE["source"]["timeSeries"]}}],
+            [{"source": {"guideEvents": None, "timeSeries": SOURCE["source"]["timeSeries"]}}],
             now_ms=NOW_MS,
         )
     with pytest.raises(PipelineError, match="needs a timeSeries"):
