@@ -20,7 +20,7 @@ from .config import Config
 from .jobs import build_daily_schedule, build_sync_job
 from .partitions import daily_partitions
 from .resources import PendoResource, PlanhatResource, WarehouseResource
-from .warehouse import warehouse_path_from_env
+from .warehouse import warehouse_from_env
 
 __all__ = ["build_definitions"]
 
@@ -69,7 +69,7 @@ def build_definitions(config: Config) -> dg.Definitions:
                 or "https://analytics.planhat.com",
                 **http,
             ),
-            "warehouse": WarehouseResource(path=str(warehouse_path_from_env())),
+            "warehouse": WarehouseResource.from_warehouse(warehouse_from_env()),
         },
         executor=dg.in_process_executor,
     )

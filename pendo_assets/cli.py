@@ -386,9 +386,9 @@ def _make_demo(demo_dir: Path, *, days: int, rows_per_day: int | None) -> int:
 
 def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) -> str:
     """Compare what the sandbox's Planhat received with the generator's ground truth."""
-    from .warehouse import Warehouse, warehouse_path_from_env
+    from .warehouse import warehouse_from_env
 
-    with Warehouse(warehouse_path_from_env()).connect() as conn:
+    with warehouse_from_env().connect() as conn:
         actions = queries.feature_action_names(conn)
     truth = sandbox.dataset.truth_activities(days=days, actions=actions)
     received = sandbox.received.activity_totals()
@@ -485,7 +485,7 @@ def _resend_metrics(args: argparse.Namespace) -> int:
     from .errors import UsageError
     from .readback import resend_metrics
     from .resources import PlanhatResource
-    from .warehouse import Warehouse, warehouse_path_from_env
+    from .warehouse import warehouse_from_env
 
     if args.end < args.start:
         raise UsageError(f"--end {args.end} is before --start {args.start}")
@@ -507,14 +507,15 @@ def _resend_metrics(args: argparse.Namespace) -> int:
     days = [args.start + timedelta(days=n) for n in range((args.end - args.start).days + 1)]
     span = f"{args.start}..{args.end}" + (f" ({args.dimension})" if args.dimension else "")
     run_id = f"resend-metrics {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
-    warehouse = Warehouse(warehouse_path_from_env())
-    with planhat.get_client() as client, warehouse.connect() as conn:
+    warehouse = warehouse_from_env()
+    # It sends to Planhat: one publisher at a time, as the publish step (Warehouse.publish_lock).
+    with warehouse.publish_lock(), planhat.get_client() as client, warehouse.connect() as conn:
         try:
             report = resend_metrics(
                 conn, client=client, days=days, dimension_id=args.dimension, run_id=run_id
             )
         finally:
-            queries.export_views(conn, warehouse.path.parent / "exports")
+            queries.export_views(conn, warehouse.local_dir / "exports")
     sent = report.publish
     print(f"metric_drift for {span}: {report.drift_before} key(s) where Planhat disagreed")
     print(
@@ -534,9 +535,9 @@ def _resend_metrics(args: argparse.Namespace) -> int:
 
 def _batches(args: argparse.Namespace) -> int:
     from .delivery import resolve_batch
-    from .warehouse import Warehouse, warehouse_path_from_env
+    from .warehouse import warehouse_from_env
 
-    with Warehouse(warehouse_path_from_env()).connect() as conn:
+    with warehouse_from_env().connect() as conn:
         if args.batches_command == "list":
             rows = queries.select_batches_in_doubt(conn)
             if not rows:

@@ -74,18 +74,25 @@ class PlanhatResource(_HttpResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The DuckDB warehouse file and the folders next to it."""
+    """The warehouse (a DuckDB file, or a DuckLake URL and its data path) and the local folders
+    beside it."""
 
     path: str = DEFAULT_WAREHOUSE
+    data_path: str | None = None
+
+    @classmethod
+    def from_warehouse(cls, warehouse: Warehouse) -> WarehouseResource:
+        """The resource naming ``warehouse``."""
+        return cls(path=warehouse.target, data_path=warehouse.data_path)
 
     def get_warehouse(self) -> Warehouse:
         """The `Warehouse` (connections are opened per use, short)."""
-        return Warehouse(self.path)
+        return Warehouse(self.path, data_path=self.data_path)
 
     @property
     def exports_dir(self) -> Path:
-        return Path(self.path).parent / "exports"
+        return self.get_warehouse().local_dir / "exports"
 
     @property
     def staging_dir(self) -> Path:
-        return Path(self.path).parent / "staging"
+        return self.get_warehouse().local_dir / "staging"

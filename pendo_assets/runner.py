@@ -28,7 +28,7 @@ from .errors import UsageError, WarehouseError
 from .jobs import SYNC_JOB
 from .partitions import last_complete_day
 from .queries import export_views
-from .warehouse import Warehouse, warehouse_path_from_env
+from .warehouse import warehouse_from_env
 
 __all__ = [
     "REQUIRED_ENV",
@@ -156,7 +156,7 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
     """
     days = check_range(config, start, end)
     check_environment()
-    warehouse = Warehouse(warehouse_path_from_env())
+    warehouse = warehouse_from_env()
     try:
         # Before any Dagster run: a lock held elsewhere is reported in seconds, with what to do.
         with warehouse.connect():
@@ -184,7 +184,7 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
     failure = None if result.success else _failure_message(result)
     outcome = SyncOutcome(success=result.success, run_id=result.run_id, days=days, failure=failure)
     # After a failed run, do not wait long for the warehouse: the failure may be that very lock.
-    after = warehouse if result.success else Warehouse(warehouse.path, lock_wait=0.5)
+    after = warehouse if result.success else warehouse.with_lock_wait(0.5)
     try:
         with after.connect() as conn:
             outcome.batches_in_doubt = queries.count_batches_in_doubt(conn)
@@ -193,7 +193,7 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
                 conn, run_id=result.run_id
             )
             if not result.success:  # publish did not export: data/exports/ reflects every run
-                export_views(conn, after.path.parent / "exports")
+                export_views(conn, after.local_dir / "exports")
     except WarehouseError as exc:  # the lock was taken while the run was writing
         outcome.success = False
         if str(exc) not in (failure or ""):

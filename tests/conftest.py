@@ -4,10 +4,17 @@
 ``env`` / ``make_env`` give a sandbox, a config written for it, a fresh warehouse and a fresh
 ``DAGSTER_HOME``, all pointed at by the environment, and helpers comparing what the sandbox's
 Planhat received with the generator's ground truth (never with what the product computed).
+
+The warehouse is a DuckDB file unless the test is parametrized over ``backend``
+(``@pytest.mark.parametrize("backend", BACKENDS)``): ``"ducklake"`` gives a DuckLake with its
+catalog in a fresh database of a throwaway Postgres cluster (`tests.postgres`, one per session)
+and its Parquet files under the test's folder.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +29,9 @@ from pendo_assets.config import Config, load_config
 from pendo_assets.queries import EXPORTED_VIEWS
 from pendo_assets.runner import SyncOutcome, run_sync
 from pendo_assets.sandbox import Sandbox, SandboxSpec
-from pendo_assets.warehouse import Warehouse
+from pendo_assets.warehouse import DUCKLAKE_PREFIX, Warehouse
+
+from .postgres import PostgresCluster, postgres_bin, start_cluster
 
 START = date(2026, 10, 27)
 END = date(2026, 11, 9)  # 14 days, across the end of daylight saving time in New York (Nov 1)
@@ -44,6 +53,42 @@ FAST_RETRIES = {
 FAULT_TALLY: Counter[str] = Counter()
 BAD_INPUT_TALLY: Counter[str] = Counter()
 KILL_REPORTS: list[str] = []  # the head of each kill-harness report that passed
+
+
+#: The warehouse backends an end-to-end test can be parametrized over.
+BACKENDS = ["file", "ducklake"]
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway Postgres cluster for the session (skipped where Postgres is not installed,
+    except in CI, where `.ci/run` installs it)."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        message = "Postgres is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = start_cluster(bin_dir)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture
+def backend() -> str:
+    """The warehouse backend of `make_env`: ``file`` unless the test parametrizes it (or
+    ``PENDO_PLANHAT_TEST_BACKEND=ducklake`` runs every end-to-end test on DuckLake)."""
+    return os.environ.get("PENDO_PLANHAT_TEST_BACKEND") or "file"
+
+
+@pytest.fixture
+def ducklake(postgres_cluster: PostgresCluster, tmp_path: Path) -> Warehouse:
+    """A fresh DuckLake warehouse: a new catalog database, data under ``tmp_path/data/lake``."""
+    return Warehouse(
+        DUCKLAKE_PREFIX + postgres_cluster.create_database(),
+        data_path=str(tmp_path / "data" / "lake"),
+    )
 
 
 @pytest.fixture
@@ -69,7 +114,7 @@ class Env:
 
     @property
     def data_dir(self) -> Path:
-        return self.warehouse.path.parent
+        return self.warehouse.local_dir
 
     @property
     def exports(self) -> Path:
@@ -145,11 +190,14 @@ MakeEnv = Callable[..., Env]
 
 
 @pytest.fixture
-def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeEnv]:
+def make_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest
+) -> Iterator[MakeEnv]:
     """Build an `Env`: ``make_env(spec=..., sync={...}, **sandbox_kwargs)``.
 
     ``sync`` overrides the config's ``sync:`` section; the sandbox gets ``sandbox_kwargs``
-    (``pendo_key=``, ``max_analytics_body=``, ...). At most one per test.
+    (``pendo_key=``, ``max_analytics_body=``, ...). At most one per test. The warehouse is of
+    the test's ``backend``.
     """
     sandboxes: list[Sandbox] = []
 
@@ -167,16 +215,22 @@ def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeEn
         config_path = sandbox.write_config(
             tmp_path / "pendo_planhat.yaml", start_date=date(2026, 10, 1), **overrides
         )
-        warehouse = tmp_path / "data" / "warehouse.duckdb"
+        if backend == "ducklake":
+            warehouse: Warehouse = request.getfixturevalue("ducklake")
+            assert warehouse.data_path is not None
+            monkeypatch.setenv("PENDO_PLANHAT_DATA_PATH", warehouse.data_path)
+        else:
+            warehouse = Warehouse(tmp_path / "data" / "warehouse.duckdb")
+            monkeypatch.delenv("PENDO_PLANHAT_DATA_PATH", raising=False)
         for name, value in sandbox.env().items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("PENDO_PLANHAT_CONFIG", str(config_path))
-        monkeypatch.setenv("PENDO_PLANHAT_WAREHOUSE", str(warehouse))
+        monkeypatch.setenv("PENDO_PLANHAT_WAREHOUSE", warehouse.target)
         monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
         return Env(
             sandbox,
             load_config(config_path),
-            Warehouse(warehouse),
+            warehouse,
             tmp_path / "dagster_home",
             config_path,
         )
@@ -197,6 +251,16 @@ def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeEn
 def env(make_env: MakeEnv) -> Env:
     """The default `Env` of the end-to-end tests (14 days of ~1,200 rows a day)."""
     return make_env()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs on a DuckLake warehouse ``ducklake`` (``-m "not ducklake"``
+    leaves them out)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_lake = callspec is not None and callspec.params.get("backend") == "ducklake"
+        if on_lake or "postgres_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ducklake)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

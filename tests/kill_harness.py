@@ -54,7 +54,9 @@ import httpx
 import yaml
 
 from pendo_assets.config import Config, load_config
+from pendo_assets.errors import WarehouseError
 from pendo_assets.sandbox import Dataset, SandboxSpec
+from pendo_assets.warehouse import DUCKLAKE_PREFIX, Warehouse
 
 ActivityKey = tuple[str, str, str]  # externalId, action, date
 MetricKey = tuple[str, str, str, str]  # dimensionId, model, externalId, date
@@ -117,6 +119,9 @@ class Settings:
     revise_share: float = 0.4  # share of landing rounds that start with a revised day
     round_timeout: float = 150.0  # a sync that makes no progress this long is hung
     planhat_delay: float = 1.0  # how long the sandbox holds a pinned in-flight request
+    # A libpq connection string of an empty Postgres database: the warehouse is then a DuckLake
+    # with its catalog there and its data in the work folder (default: a DuckDB file).
+    ducklake: str = ""
 
 
 @dataclass
@@ -440,6 +445,13 @@ class KillHarness:
         span = (settings.end - settings.start).days + 1
         self.days = [settings.start + timedelta(days=i) for i in range(span)]
         self.warehouse = workdir / "warehouse" / "warehouse.duckdb"
+        self.lake = (
+            Warehouse(
+                DUCKLAKE_PREFIX + settings.ducklake, data_path=str(workdir / "warehouse" / "lake")
+            )
+            if settings.ducklake
+            else None
+        )
         self.home = workdir / "dagster_home"
         self.sandbox = SandboxProcess(settings, workdir)
         try:
@@ -459,10 +471,12 @@ class KillHarness:
         self.env.update(self.sandbox.env)
         self.env.update(
             PENDO_PLANHAT_CONFIG=str(self.config_path),
-            PENDO_PLANHAT_WAREHOUSE=str(self.warehouse),
+            PENDO_PLANHAT_WAREHOUSE=self.lake.target if self.lake else str(self.warehouse),
             DAGSTER_HOME=str(self.home),
             PYTHONUNBUFFERED="1",
         )
+        if self.lake is not None:
+            self.env["PENDO_PLANHAT_DATA_PATH"] = str(self.lake.data_path)
         script = Path(sys.executable).with_name("pendo-planhat")
         self.cli = [str(script)] if script.exists() else [sys.executable, "-m", "pendo_assets.cli"]
         self.known_runs: set[str] = set()
@@ -504,6 +518,18 @@ class KillHarness:
 
     @contextmanager
     def warehouse_sql(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        if self.lake is not None:
+            try:
+                opened = self.lake.connect(read_only=True)
+                lake = opened.__enter__()
+            except WarehouseError:  # no catalog yet: no sync got as far as creating it
+                yield None
+                return
+            try:
+                yield lake
+            finally:
+                opened.__exit__(None, None, None)
+            return
         if not self.warehouse.exists():
             yield None
             return

@@ -17,9 +17,10 @@ from pendo_assets.delivery import Publisher
 
 # The env fixture lives in conftest.py (shared with the fault, bad-input and contention tests);
 # these names stay importable from here.
-from .conftest import DAYS, END, SHORT, START, Env  # noqa: F401
+from .conftest import BACKENDS, DAYS, END, SHORT, START, Env  # noqa: F401
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_14_day_sync_delivers_exactly_the_truth_and_a_rerun_sends_nothing(env: Env) -> None:
     outcome = env.sync()
     assert outcome.exit_code == 0, outcome.last_line

@@ -49,7 +49,14 @@ def build_publish_asset(
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         days = run_days(context)
-        with planhat.get_client() as client, open_warehouse(warehouse) as conn:
+        # One publisher at a time, also across deployments sharing a DuckLake warehouse: the
+        # warehouse's own lock (a Postgres advisory lock; the DuckDB file's writer lock), held
+        # from recovering the outbox to the last batch. The pool only covers this instance.
+        with (
+            warehouse.get_warehouse().publish_lock(),
+            planhat.get_client() as client,
+            open_warehouse(warehouse) as conn,
+        ):
             publisher = Publisher(
                 conn=conn, sender=None if config.dry_run else client, run_id=context.run.run_id
             )

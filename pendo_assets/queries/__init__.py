@@ -28,6 +28,8 @@ __all__ = [
     "activity_drift_totals",
     "applied_migrations",
     "apply_migration",
+    "attach_ducklake",
+    "attach_postgres",
     "count_batches_in_doubt",
     "count_metric_drift",
     "delete_feature_actions",
@@ -36,10 +38,15 @@ __all__ = [
     "duckdb_setting",
     "export_views",
     "feature_action_names",
+    "for_ducklake",
     "insert_batch",
     "insert_frame",
     "insert_quarantined_feature_events",
     "insert_raw_feature_events_stream",
+    "install_extension",
+    "installed_extensions",
+    "is_ducklake",
+    "load_extension",
     "mark_batch",
     "match_totals",
     "metric_drift_keys",
@@ -48,6 +55,7 @@ __all__ = [
     "record_item_errors",
     "record_landed_day",
     "rejected_items_of_run",
+    "release_advisory_lock",
     "replace_days",
     "replace_metric_readback",
     "replace_planhat_objects",
@@ -71,6 +79,8 @@ __all__ = [
     "settle_interrupted_batches",
     "sync_summary",
     "transaction",
+    "try_advisory_lock",
+    "use_catalog",
 ]
 
 Conn: TypeAlias = duckdb.DuckDBPyConnection
@@ -158,18 +168,119 @@ def _check_identifier(name: str) -> None:
 
 def applied_migrations(conn: Conn) -> set[int]:
     """The versions recorded in ``_migrations`` (the table is created when missing)."""
-    conn.execute(
+    ddl = (
         "CREATE TABLE IF NOT EXISTS _migrations "
         "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
     )
+    conn.execute(for_ducklake(ddl) if is_ducklake(conn) else ddl)
     return {row[0] for row in conn.execute("SELECT version FROM _migrations").fetchall()}
 
 
 def apply_migration(conn: Conn, *, version: int, name: str, sql: str) -> None:
-    """Run one migration's DDL and record it, in one transaction."""
+    """Run one migration's DDL and record it, in one transaction (on DuckLake, as
+    `for_ducklake` rewrites it)."""
     with transaction(conn):
-        conn.execute(sql)
+        conn.execute(for_ducklake(sql) if is_ducklake(conn) else sql)
         conn.execute("INSERT INTO _migrations VALUES (?, ?, current_timestamp)", [version, name])
+
+
+_TABLE_KEY = re.compile(r",\s*PRIMARY KEY\s*\([^)]*\)", re.IGNORECASE)
+_COLUMN_KEY = re.compile(r"\s+PRIMARY KEY\b", re.IGNORECASE)
+_SEQUENCE = re.compile(r"^\s*CREATE SEQUENCE\b[^;]*;", re.IGNORECASE | re.MULTILINE)
+_BOOLEAN_DEFAULT = re.compile(r"\bDEFAULT\s+(true|false)\b", re.IGNORECASE)
+
+
+def for_ducklake(sql: str) -> str:
+    """A migration's DDL as DuckLake takes it: DuckLake has no PRIMARY KEY or UNIQUE
+    constraint and no sequence, so keys become NOT NULL columns (the code keeps them unique:
+    delete then insert, batch ids under the publish lock) and sequences are dropped (none is
+    used); ``ADD COLUMN … DEFAULT false`` takes only a literal, so ``'false'``."""
+    sql = _BOOLEAN_DEFAULT.sub(lambda m: f"DEFAULT '{m.group(1).lower()}'", sql)
+    sql = _TABLE_KEY.sub("", sql)
+    sql = _COLUMN_KEY.sub(" NOT NULL", sql)
+    return _SEQUENCE.sub("", sql)
+
+
+def is_ducklake(conn: Conn) -> bool:
+    """Whether the connection's current catalog is a DuckLake."""
+    row = conn.execute(
+        "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return row is not None and row[0] == "ducklake"
+
+
+# Opening a DuckLake, and the publish lock
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def installed_extensions(conn: Conn) -> set[str]:
+    """Names of the DuckDB extensions installed on this machine (for this DuckDB version)."""
+    rows = conn.execute("SELECT extension_name FROM duckdb_extensions() WHERE installed").fetchall()
+    return {name for (name,) in rows}
+
+
+def install_extension(conn: Conn, *, path: Path) -> None:
+    """``INSTALL`` an extension from a local file (never from the network)."""
+    conn.execute(f"INSTALL {_literal(str(path))}")
+
+
+def load_extension(conn: Conn, *, name: str) -> None:
+    """``LOAD`` an installed extension."""
+    _check_identifier(name)
+    conn.execute(f"LOAD {name}")
+
+
+def attach_ducklake(
+    conn: Conn, *, name: str, url: str, data_path: str | None, read_only: bool
+) -> None:
+    """Attach the DuckLake ``url`` (``ducklake:postgres:…``) as ``name`` and make it current."""
+    _check_identifier(name)
+    options = []
+    if data_path:
+        options.append(f"DATA_PATH {_literal(data_path)}")
+    if read_only:
+        options.append("READ_ONLY")
+    suffix = f" ({', '.join(options)})" if options else ""
+    conn.execute(f"ATTACH {_literal(url)} AS {name}{suffix}")
+    conn.execute(f"USE {name}")
+
+
+def use_catalog(conn: Conn, *, name: str) -> None:
+    """Make the attached catalog ``name`` the connection's default (``USE``)."""
+    _check_identifier(name)
+    conn.execute(f"USE {name}")
+
+
+def attach_postgres(conn: Conn, *, name: str, dsn: str) -> None:
+    """Attach the Postgres database of libpq connection string ``dsn`` as ``name``."""
+    _check_identifier(name)
+    conn.execute(f"ATTACH {_literal(dsn)} AS {name} (TYPE postgres)")
+
+
+def try_advisory_lock(conn: Conn, *, db: str, key: int) -> bool:
+    """Try to take the transaction-level advisory lock ``key`` in the attached Postgres ``db``.
+
+    On success the transaction stays open (the lock with it) until `release_advisory_lock`;
+    otherwise nothing is left open.
+    """
+    _check_identifier(db)
+    conn.execute("BEGIN TRANSACTION")
+    row = conn.execute(
+        "SELECT * FROM postgres_query(?, ?)",
+        [db, f"SELECT pg_try_advisory_xact_lock({int(key)}) AS got"],
+    ).fetchone()
+    if row is not None and row[0]:
+        return True
+    conn.execute("ROLLBACK")
+    return False
+
+
+def release_advisory_lock(conn: Conn) -> None:
+    """End the transaction holding an advisory lock, which releases it."""
+    conn.execute("ROLLBACK")
 
 
 def export_views(

@@ -182,13 +182,16 @@ def settle_interrupted_batches(
     Returns:
         How many batches moved.
     """
-    rows = conn.execute(
-        "UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, note = ? "
-        "WHERE status = ? AND (?::VARCHAR IS NULL OR kind = ?) "
-        "AND (?::VARCHAR IS NULL OR aggregation = ?) RETURNING batch_id",
-        [to, note, status, kind, kind, aggregation, aggregation],
-    ).fetchall()
-    return len(rows)
+    # The changed-row count, not RETURNING: DuckLake has no RETURNING on UPDATE.
+    return int(
+        _scalar(
+            conn,
+            "UPDATE outbox_batches SET status = ?, settled_at = current_timestamp, note = ? "
+            "WHERE status = ? AND (?::VARCHAR IS NULL OR kind = ?) "
+            "AND (?::VARCHAR IS NULL OR aggregation = ?)",
+            [to, note, status, kind, kind, aggregation, aggregation],
+        )
+    )
 
 
 def insert_batch(
@@ -206,7 +209,9 @@ def insert_batch(
         The new batch id.
     """
     with transaction(conn):
-        batch_id = int(_scalar(conn, "SELECT nextval('outbox_batch_ids')"))
+        # One past the highest id, not a sequence (DuckLake has none): batches are written by
+        # one publisher at a time (the warehouse's writer lock, or DuckLake's publish lock).
+        batch_id = int(_scalar(conn, "SELECT COALESCE(MAX(batch_id), 0) + 1 FROM outbox_batches"))
         conn.execute(
             "INSERT INTO outbox_batches (batch_id, kind, aggregation, status, items, body_bytes, "
             "created_at, run_id) VALUES (?, ?, ?, 'prepared', ?, ?, current_timestamp, ?)",

@@ -127,7 +127,9 @@ CREATE TABLE unmatched_account_rows (
 );
 
 -- The outbox: every batch is written here before it is sent. Its items, once the batch is
--- delivered, are the ledger of what Planhat holds.
+-- delivered, are the ledger of what Planhat holds. (outbox_batch_ids is no longer used: batch
+-- ids are one past the highest, which DuckLake also supports; it stays so that every DuckDB file,
+-- old or new, has one schema.)
 CREATE SEQUENCE outbox_batch_ids START 1;
 
 CREATE TABLE outbox_batches (
