@@ -321,11 +321,11 @@ def _extension_file(package: str) -> Path:
 
 #: DuckDB's own memory (its page cache and operators) per process; beyond it DuckDB spills to
 #: disk. DuckDB's default, 80 % of RAM, lets the page cache grow with every day a run touches.
-DEFAULT_MEMORY_LIMIT = "512MB"
+DEFAULT_MEMORY_LIMIT = "512MiB"
 
 
 def memory_limit() -> str:
-    """``PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT`` (DuckDB's syntax: ``512MB``, ``2GB``), or the default."""
+    """``PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT`` (DuckDB's syntax: ``512MiB``, ``2GiB``), or the default."""
     return os.environ.get("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
 
 

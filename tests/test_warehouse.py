@@ -66,6 +66,6 @@ def test_duckdb_memory_is_bounded_by_default_and_configurable(
             return str(queries.duckdb_setting(conn, "memory_limit"))
 
     monkeypatch.delenv("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT", raising=False)
-    assert limit() == "488.2 MiB"  # 512MB
+    assert limit() == "512.0 MiB"
     monkeypatch.setenv("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT", "300MB")
     assert limit() == "286.1 MiB"
