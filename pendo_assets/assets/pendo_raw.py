@@ -11,6 +11,7 @@ import dagster as dg
 from ..config import Config
 from ..errors import ApiError, PendoAssetsError
 from ..landing import (
+    FeatureEventsDay,
     fetch_pipeline_day,
     ingest_feature_events,
     land_pipeline_day,
@@ -58,11 +59,8 @@ def build_pendo_raw_assets(
         context: dg.AssetExecutionContext, pendo: PendoResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         days = run_days(context)
-        totals: Counter[str] = Counter()  # rows, pages, bytes, milliseconds
-        kinds: Counter[str] = Counter()  # quarantined rows per kind of problem
         attempts = _Attempts(what="day(s)")
-        by_day: dict[date, dict[str, int | float | bool | str]] = {}
-        mutable_from = first_mutable_day(config)  # older days are final
+        landed: dict[date, FeatureEventsDay] = {}
         # One warehouse connection for the step: this run is the only writer, and reopening
         # the file per day costs a checkpoint each time.
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
@@ -104,26 +102,7 @@ def build_pendo_raw_assets(
                     context.log.error(f"feature events not landed: {attempts.failure(day, exc)}")
                     continue
                 attempts.streak = 0
-                totals.update(
-                    rows=staged.rows,
-                    quarantined=staged.quarantined,
-                    pages=staged.pages,
-                    bytes=staged.body_bytes,
-                    fetch_ms=round(staged.fetch_seconds * 1000),
-                    land_ms=round(staged.land_seconds * 1000),
-                )
-                kinds.update(staged.kinds)
-                by_day[day] = {
-                    "days": 1,
-                    "final": day < mutable_from,
-                    "rows_landed": staged.rows,
-                    "rows_quarantined": staged.quarantined,
-                    "pages": staged.pages,
-                    "response_mb": round(staged.body_bytes / 1e6, 2),
-                    "fetch_seconds": round(staged.fetch_seconds, 2),
-                    "land_seconds": round(staged.land_seconds, 2),
-                    **{f"quarantined: {kind}": n for kind, n in sorted(staged.kinds.items())},
-                }
+                landed[day] = staged
                 context.log.info(
                     f"[{n}/{len(days)}] {day}: {staged.rows} rows landed, {staged.quarantined} "
                     f"quarantined, {staged.pages} page(s), {staged.body_bytes / 1e6:.1f} MB"
@@ -134,19 +113,20 @@ def build_pendo_raw_assets(
             failed_days=attempts.count,
             days=len(days),
         )
-        add_day_metadata(context, by_day)
+        mutable_from = first_mutable_day(config)  # older days are final
+        add_day_metadata(
+            context,
+            {
+                day: {"days": 1, "final": day < mutable_from, **_landed_metadata([staged])}
+                for day, staged in landed.items()
+            },
+        )
         return dg.MaterializeResult(
             metadata={
                 "partition_window": window(days),
                 "days": len(days),
-                **_finality(config, days),
-                "rows_landed": totals["rows"],
-                "rows_quarantined": totals["quarantined"],
-                "pages": totals["pages"],
-                "response_mb": round(totals["bytes"] / 1e6, 2),
-                "fetch_seconds": totals["fetch_ms"] / 1000,
-                "land_seconds": totals["land_ms"] / 1000,
-                **{f"quarantined: {kind}": rows for kind, rows in sorted(kinds.items())},
+                **_finality(days, mutable_from),
+                **_landed_metadata(list(landed.values())),
             }
         )
 
@@ -215,7 +195,7 @@ def build_pendo_raw_assets(
             metadata={
                 "partition_window": window(days),
                 "days": len(days),
-                **_finality(config, days),
+                **_finality(days, first_mutable_day(config)),
                 "pipelines": len(config.pipelines),
                 "result_rows": totals["rows"],
                 "metric_values": totals["values"],
@@ -227,12 +207,27 @@ def build_pendo_raw_assets(
     return [pendo_feature_events, pendo_pipeline_results]
 
 
-def _finality(config: Config, days: list[date]) -> dict[str, int | str]:
+def _finality(days: list[date], mutable_from: date) -> dict[str, int | str]:
     """Which of ``days`` are final: older than the window the daily sync re-pulls."""
-    mutable_from = first_mutable_day(config)
     return {
         "final_days": sum(day < mutable_from for day in days),
         "mutable_from": mutable_from.isoformat(),
+    }
+
+
+def _landed_metadata(landed: list[FeatureEventsDay]) -> dict[str, int | float]:
+    """What ``landed`` days of feature events hold, summed (one day's, or a run's)."""
+    kinds: Counter[str] = Counter()
+    for day in landed:
+        kinds.update(day.kinds)
+    return {
+        "rows_landed": sum(d.rows for d in landed),
+        "rows_quarantined": sum(d.quarantined for d in landed),
+        "pages": sum(d.pages for d in landed),
+        "response_mb": round(sum(d.body_bytes for d in landed) / 1e6, 2),
+        "fetch_seconds": round(sum(d.fetch_seconds for d in landed), 2),
+        "land_seconds": round(sum(d.land_seconds for d in landed), 2),
+        **{f"quarantined: {kind}": rows for kind, rows in sorted(kinds.items())},
     }
 
 

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -65,19 +65,7 @@ SourceKind: TypeAlias = Literal[
     "trackTypes",
 ]
 _TIME_SOURCES = frozenset({"featureEvents", "events", "pageEvents", "trackEvents"})
-_ALL_SOURCES = frozenset(
-    {
-        "featureEvents",
-        "events",
-        "pageEvents",
-        "trackEvents",
-        "visitors",
-        "accounts",
-        "features",
-        "pages",
-        "trackTypes",
-    }
-)
+_ALL_SOURCES: frozenset[str] = frozenset(get_args(SourceKind))
 # The id parameter of each event source that takes one (``{"pageEvents": {"pageId": ...}}``).
 _ITEM_PARAMS = {"featureEvents": "featureId", "pageEvents": "pageId", "trackEvents": "trackTypeId"}
 _EXPAND_ALL = re.compile(r"""^\s*expandAppIds\(\s*(["`])\*\1\s*\)\s*$""")
