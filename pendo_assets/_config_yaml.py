@@ -17,7 +17,10 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
+import pydantic as pd
 import yaml
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -29,6 +32,7 @@ __all__ = [
     "Scalar",
     "check_bounds",
     "format_problems",
+    "message",
     "path",
     "read_bounded",
     "show",
@@ -269,3 +273,75 @@ def syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int, Loc, str]:
     elif "<block end>" in problem or "<block mapping start>" in problem:
         message += "; check this line's indentation against the lines above it"
     return (line, (), message)
+
+
+# Wording pydantic's errors
+
+
+def message(root: type[pd.BaseModel], kind: str, loc: Loc, value: Any) -> str:
+    """Word a pydantic error from the field's description, choices, bounds and default."""
+    model, field, value = *_field_at(root, loc), value_of(value)
+    what = field.description if field is not None else "a mapping"
+    match kind:
+        case "extra_forbidden":
+            allowed, key = list(_fields(_field_at(root, loc[:-1])[0])), str(loc[-1])
+            hint = f"{suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
+            return f"unknown key {key!r}; {hint}"
+        case "missing":
+            return f"is required but missing; expected {what}"
+        case "model_type" | "model_attributes_type":
+            keys = ", ".join(_fields(model))
+            return f"must be a mapping with the keys {keys}; got {show(value)}"
+        case "literal_error" if field is not None:
+            choices = [str(choice) for choice in typing.get_args(field.annotation)]
+            one_of = "expected one of: " + ", ".join(choices)
+            if isinstance(value, str):
+                return f"{show(value)} is not a valid {what}; {suggest(value, choices)}{one_of}"
+            return f"must be a {what}; {one_of}; got {show(value)}"
+        case "finite_number" if field is not None:
+            return f"must be a finite number: {_hint(field)}"
+        case "greater_than_equal" | "less_than_equal" if field is not None:
+            return f"{value!r} is out of range: {_hint(field)}"
+        case "int_type" | "float_type" if field is not None:
+            return f"must be {_hint(field)}; got {show(value)}"
+        case "string_too_long" | "too_long" if field is not None:
+            most = _bound(field, "max_length")
+            return f"is {len(value)} characters long; the most allowed is {most}"
+        case "string_pattern_mismatch":
+            return f"{show(value)} is not {what}"
+    return f"must be {what}; got {show(value)}"  # a wrong type, or empty
+
+
+def _field_at(
+    root: type[pd.BaseModel], loc: Loc
+) -> tuple[type[pd.BaseModel] | None, FieldInfo | None]:
+    """The model at ``loc`` (None inside a field's value) and the field holding it."""
+    model: type[pd.BaseModel] | None = root
+    field: FieldInfo | None = None
+    for part in (part for part in loc if isinstance(part, str)):  # a list item: the list's model
+        if part not in _fields(model):
+            return None, field
+        field = _fields(model)[part]
+        types = (field.annotation, *typing.get_args(field.annotation))
+        models = [t for t in types if isinstance(t, type) and issubclass(t, pd.BaseModel)]
+        model = models[0] if models else None
+    return model, field
+
+
+def _fields(model: type[pd.BaseModel] | None) -> dict[str, FieldInfo]:
+    """A model's fields by the key the file uses for them."""
+    fields = model.model_fields if model else {}
+    return {info.alias or name: info for name, info in fields.items()}
+
+
+def _bound(field: FieldInfo, name: str) -> Any:
+    return next((getattr(m, name) for m in field.metadata if hasattr(m, name)), None)
+
+
+def _hint(field: FieldInfo) -> str:
+    """What a number field takes, e.g. ``seconds to wait from 1 to 3600 (default 60)``."""
+    numbers = (_bound(field, "ge"), _bound(field, "le"), field.default)
+    low, high, default = (str(n).removesuffix(".0") for n in numbers)  # 1000000, not 1e+06
+    span = f" from {low} to {high}" if high != "None" else f" ≥ {low}" if low != "None" else ""
+    default = "" if field.default is PydanticUndefined else f" (default {default})"
+    return f"{field.description}{span}{default}"

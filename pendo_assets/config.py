@@ -11,7 +11,7 @@ sorted by line, each naming the file, the line, the key path and what to change:
 refusing duplicate keys, secret-looking keys (their values unread), unsupported tags and input
 past its bounds (size, depth, values with aliases expanded; also for a pipeline file);
 :func:`_check_entries` checks what spans entries. The models validate the rest, and
-:func:`_message` words pydantic's errors from the field's description, ``Literal`` choices,
+:func:`message` (in ``_config_yaml``) words pydantic's errors from the field's description, ``Literal`` choices,
 bounds and default. So a new key is one field in one model (and its line in the README).
 """
 
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import typing
 import zoneinfo
 from collections.abc import Mapping
 from datetime import date
@@ -34,8 +33,7 @@ from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias
 import pydantic as pd
 import yaml
 from pydantic import Field
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError, PydanticUndefined, PydanticUseDefault
+from pydantic_core import PydanticCustomError, PydanticUseDefault
 
 from ._config_yaml import (
     TOO_DEEP,
@@ -44,6 +42,7 @@ from ._config_yaml import (
     Refused,
     check_bounds,
     format_problems,
+    message,
     path,
     read_bounded,
     show,
@@ -210,7 +209,7 @@ def _source_problems(source: object) -> list[str]:
     return problems
 
 
-# The config. A field's description words its problems (see _message): a noun phrase.
+# The config. A field's description words its problems (see message): a noun phrase.
 
 _Text = Annotated[str, pd.BeforeValidator(_text), Field(min_length=1)]  # as written
 _Number = Annotated[float, pd.BeforeValidator(value_of), Field(strict=True, allow_inf_nan=False)]
@@ -430,10 +429,10 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
             if any(loc[: len(done)] == done for done in loader.replaced):
                 continue  # the loader said what is wrong there
             if error["type"] == "config":
-                for at, message in error["ctx"]["problems"]:
-                    loader.report((*loc, *at), message)
+                for at, problem in error["ctx"]["problems"]:
+                    loader.report((*loc, *at), problem)
             else:
-                loader.report(loc, _message(error["type"], loc, error["input"]))
+                loader.report(loc, message(Config, error["type"], loc, error["input"]))
     if loader.problems:
         raise ConfigError(format_problems(source, loader.problems)) from None
     config._source = source
@@ -475,8 +474,8 @@ def _check_entries(data: dict[str, Any], loader: Loader, base_dir: Path | None) 
             loader.report(at, both)
             continue
         stages, problems = _read_stages(name, base_dir)
-        for place, message in problems:
-            loader.report((*at, *place), message)
+        for place, problem in problems:
+            loader.report((*at, *place), problem)
         if problems:  # they say it all: `pipeline` is not also missing
             loader.replaced.add(("pipelines", i, "pipeline"))
         else:
@@ -526,73 +525,3 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> JSONDict:
     if repeated := [key for i, key in enumerate(keys) if key in keys[:i]]:
         raise ValueError(f"duplicate key {repeated[0]!r} in a JSON object")
     return dict(pairs)
-
-
-# The messages
-
-
-def _message(kind: str, loc: Loc, value: Any) -> str:
-    """Word a pydantic error from the field's description, choices, bounds and default."""
-    model, field, value = *_field_at(loc), value_of(value)
-    what = field.description if field is not None else "a mapping"
-    match kind:
-        case "extra_forbidden":
-            allowed, key = list(_fields(_field_at(loc[:-1])[0])), str(loc[-1])
-            hint = f"{suggest(key, allowed)}allowed keys here: {', '.join(allowed)}"
-            return f"unknown key {key!r}; {hint}"
-        case "missing":
-            return f"is required but missing; expected {what}"
-        case "model_type" | "model_attributes_type":
-            keys = ", ".join(_fields(model))
-            return f"must be a mapping with the keys {keys}; got {show(value)}"
-        case "literal_error" if field is not None:
-            choices = [str(choice) for choice in typing.get_args(field.annotation)]
-            one_of = "expected one of: " + ", ".join(choices)
-            if isinstance(value, str):
-                return f"{show(value)} is not a valid {what}; {suggest(value, choices)}{one_of}"
-            return f"must be a {what}; {one_of}; got {show(value)}"
-        case "finite_number" if field is not None:
-            return f"must be a finite number: {_hint(field)}"
-        case "greater_than_equal" | "less_than_equal" if field is not None:
-            return f"{value!r} is out of range: {_hint(field)}"
-        case "int_type" | "float_type" if field is not None:
-            return f"must be {_hint(field)}; got {show(value)}"
-        case "string_too_long" | "too_long" if field is not None:
-            most = _bound(field, "max_length")
-            return f"is {len(value)} characters long; the most allowed is {most}"
-        case "string_pattern_mismatch":
-            return f"{show(value)} is not {what}"
-    return f"must be {what}; got {show(value)}"  # a wrong type, or empty
-
-
-def _field_at(loc: Loc) -> tuple[type[pd.BaseModel] | None, FieldInfo | None]:
-    """The model at ``loc`` (None inside a field's value) and the field holding it."""
-    model: type[pd.BaseModel] | None = Config
-    field: FieldInfo | None = None
-    for part in (part for part in loc if isinstance(part, str)):  # a list item: the list's model
-        if part not in _fields(model):
-            return None, field
-        field = _fields(model)[part]
-        types = (field.annotation, *typing.get_args(field.annotation))
-        models = [t for t in types if isinstance(t, type) and issubclass(t, pd.BaseModel)]
-        model = models[0] if models else None
-    return model, field
-
-
-def _fields(model: type[pd.BaseModel] | None) -> dict[str, FieldInfo]:
-    """A model's fields by the key the file uses for them."""
-    fields = model.model_fields if model else {}
-    return {info.alias or name: info for name, info in fields.items()}
-
-
-def _bound(field: FieldInfo, name: str) -> Any:
-    return next((getattr(m, name) for m in field.metadata if hasattr(m, name)), None)
-
-
-def _hint(field: FieldInfo) -> str:
-    """What a number field takes, e.g. ``seconds to wait from 1 to 3600 (default 60)``."""
-    numbers = (_bound(field, "ge"), _bound(field, "le"), field.default)
-    low, high, default = (str(n).removesuffix(".0") for n in numbers)  # 1000000, not 1e+06
-    span = f" from {low} to {high}" if high != "None" else f" ≥ {low}" if low != "None" else ""
-    default = "" if field.default is PydanticUndefined else f" (default {default})"
-    return f"{field.description}{span}{default}"
