@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from .assets.identity import build_identity_assets
 from .assets.matching import build_matching_assets
 from .assets.pendo_raw import build_pendo_raw_assets
 from .assets.planhat_snapshot import build_planhat_snapshot_asset
@@ -30,12 +31,16 @@ def build_definitions(config: Config) -> dg.Definitions:
     partitions = daily_partitions(config)
     feature_events, pipeline_results = build_pendo_raw_assets(config, partitions)
     snapshot = build_planhat_snapshot_asset()
+    identity = build_identity_assets(
+        config, partitions, feature_events=feature_events, snapshot=snapshot
+    )
     activities, metrics = build_matching_assets(
         config,
         partitions,
         feature_events=feature_events,
         pipeline_results=pipeline_results,
         snapshot=snapshot,
+        identity=identity,
     )
     publish = build_publish_asset(partitions, activities=activities, metrics=metrics)
     checks = build_checks(
@@ -49,7 +54,15 @@ def build_definitions(config: Config) -> dg.Definitions:
         "retry_max_delay_seconds": config.sync.retry_max_delay_seconds,
     }
     return dg.Definitions(
-        assets=[snapshot, feature_events, pipeline_results, activities, metrics, publish],
+        assets=[
+            snapshot,
+            feature_events,
+            pipeline_results,
+            *identity,
+            activities,
+            metrics,
+            publish,
+        ],
         asset_checks=checks,
         jobs=[job],
         schedules=[build_daily_schedule(job, config)],

@@ -35,6 +35,7 @@ __all__ = [
     "MetricPoint",
     "PlanhatSnapshot",
     "RejectedRow",
+    "UpsertResult",
 ]
 
 # Pendo
@@ -54,6 +55,21 @@ FEATURE_EVENT_SCHEMA: Final = pa.schema(
         pa.field("server", pa.string()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Planhat's answer to a bulk upsert (``PUT /endusers``), by the items' externalId.
+
+    Attributes:
+        created: externalId -> ``_id`` of each record Planhat created.
+        existed: externalId -> ``_id`` of each record it already had (updated or unchanged).
+        errors: externalId (None when Planhat did not echo it) -> why it refused the item.
+    """
+
+    created: dict[str, str] = field(default_factory=dict)
+    existed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str | None, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +247,9 @@ MATCHED_ACTIVITY_SCHEMA: Final = pl.Schema(
         "weight": pl.Float64,
         "company_external_id": pl.String,
         "feature_ids": pl.String,
+        "enduser_id": pl.String,
+        "email": pl.String,
+        "matched_by": pl.String,
     }
 )
 #: ``unmatched_visitor_rows``: one row per (day, visitor, account) not matched, with why.
