@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pendo_assets.sandbox import SandboxSpec
+from pendo_assets.sandbox import VISITORS, SandboxSpec, malformed_visitor_rows
 
 from .conftest import SHORT, Env, MakeEnv
 
@@ -164,3 +164,34 @@ def test_matching_by_email_without_creating(make_env: MakeEnv) -> None:
         [[v for v, _ in by_email[:5]]],
     )
     assert moved[0][0] > 0
+
+
+@pytest.mark.parametrize("backend", ["file"])
+def test_malformed_visitors_are_quarantined_with_their_reason_or_stop_the_sync(
+    make_env: MakeEnv,
+) -> None:
+    env = _identity_env(make_env, create=False)
+    bad = malformed_visitor_rows()
+    env.sandbox.pendo_rows.add(match=VISITORS, rows=[row for _, row in bad])
+    day = SHORT[0]
+
+    # Ten bad rows in about four hundred visitors: more than the default 1%.
+    refused = env.sync(day, day)
+    assert not refused.success
+    assert "Pendo visitors are malformed" in refused.last_line, refused.last_line
+    assert "sync.max_quarantine_share" in refused.last_line
+    assert env.sandbox.received.activity_totals_by_key() == {}  # nothing matched or sent
+
+    env.reconfigure(
+        sync={"max_quarantine_share": 0.05},
+        matching={"end_user_keys": KEYS, "create_end_users": False},
+    )
+    landed = env.sync(day, day)
+    assert landed.success, landed.last_line
+    rows = env.sql("SELECT reason, raw FROM quarantine_visitors ORDER BY raw")
+    assert len(rows) == len(bad)
+    expected = sorted(bad, key=lambda b: b[1])
+    for (reason, _), (kind, _) in zip(rows, expected, strict=True):
+        assert reason.startswith(kind), (reason, kind)
+    truth = _truth(env, [day], create=False)
+    assert env.sandbox.received.activity_totals_by_key() == truth["activities"]
