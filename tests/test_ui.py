@@ -34,6 +34,8 @@ ASSETS = {
     "pendo_feature_events",
     "pendo_pipeline_results",
     "planhat_snapshot",
+    "pendo_visitors",  # the demo matches by email ...
+    "planhat_end_users",  # ... and creates End Users
     "matched_activities",
     "matched_metrics",
     "planhat_publish",
@@ -161,7 +163,7 @@ METADATA = """
 """
 
 
-def test_graphql_the_six_assets_their_descriptions_and_checks(ui: Ui) -> None:
+def test_graphql_the_assets_their_descriptions_and_checks(ui: Ui) -> None:
     data = ui.graphql(
         "{ shouldShowNux assetNodes { assetKey { path } description isPartitioned "
         "assetChecksOrError { ... on AssetChecks { checks { name description } } } } "
@@ -172,7 +174,8 @@ def test_graphql_the_six_assets_their_descriptions_and_checks(ui: Ui) -> None:
     assert data["shouldShowNux"] is False  # no newsletter modal on the first visit
     nodes = {n["assetKey"]["path"][-1]: n for n in data["assetNodes"]}
     assert set(nodes) == ASSETS
-    assert {a for a, n in nodes.items() if not n["isPartitioned"]} == {"planhat_snapshot"}
+    read_whole = {a for a, n in nodes.items() if not n["isPartitioned"]}
+    assert read_whole == {"planhat_snapshot", "pendo_visitors"}
     for name, node in nodes.items():
         assert "Grain: " in node["description"], name
         assert "If it fails" in node["description"], name
@@ -256,7 +259,7 @@ def _shot(page: Any, name: str, *, full_page: bool = False) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
-def test_browser_the_asset_graph_shows_the_six_assets(ui: Ui, page: Any) -> None:
+def test_browser_the_asset_graph_shows_every_asset(ui: Ui, page: Any) -> None:
     page.set_viewport_size({"width": 1920, "height": 1900})  # the unfolded graph is tall
     page.goto(f"{ui.url}/asset-groups")
     page.wait_for_selector("text=pendo_raw")
@@ -265,9 +268,12 @@ def test_browser_the_asset_graph_shows_the_six_assets(ui: Ui, page: Any) -> None
     page.wait_for_timeout(500)
     for _ in range(expand.count()):
         expand.first.click()
+    # Zoomed out, all eight assets fit (the graph draws only what is on screen).
+    for _ in range(2):
+        page.locator('[aria-label="zoom_out"]').first.click()
+        page.wait_for_timeout(400)
     for asset in ASSETS:
         page.wait_for_selector(f"text={asset}", timeout=15_000)
-    page.locator('[aria-label="zoom_out"]').first.click()
     page.wait_for_timeout(800)
     _shot(page, "1-asset-graph")
     body = page.inner_text("body")

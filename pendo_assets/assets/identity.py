@@ -114,13 +114,14 @@ def build_identity_assets(
         kinds={"planhat", "duckdb"},
         deps=[feature_events, snapshot, pendo_visitors],
         description=(
-            "End Users created in Planhat for the run's identified visitors that match no End "
-            "User (matching.create_end_users): a visitor with an email whose account is the "
+            "Grain: one row per End User asked of Planhat in end_user_creations (with its "
+            "status), for the run's identified visitors that match no End User "
+            "(matching.create_end_users): a visitor with an email whose account is the "
             "externalId of exactly one Company, through PUT /endusers (at most 5,000 a "
-            "request, one at a time). Every request is written to end_user_creations first; "
-            "created_end_users lists them, planned_end_users what a --dry-run would create. "
-            "If it fails or is stopped: a request without an answer is settled by the next run "
-            "reading the End User back (never by creating it twice)."
+            "request, one at a time); created_end_users lists those created, planned_end_users "
+            "what a --dry-run would create. If it fails or is stopped: a request without an "
+            "answer is settled by the next run reading the End User back (never by creating it "
+            "twice); a refusal is in end_user_creations.error (e.g. a Company id Planhat lacks)."
         ),
     )
     def planhat_end_users(
