@@ -28,12 +28,13 @@ __all__ = ["build_definitions"]
 def build_definitions(config: Config) -> dg.Definitions:
     """Assets, checks, the sync job, its schedule and resources for ``config``."""
     partitions = daily_partitions(config)
-    feature_events, pipeline_results = build_pendo_raw_assets(config, partitions)
+    events, pipeline_results = build_pendo_raw_assets(config, partitions)
+    feature_events = events["feature_events"]
     snapshot = build_planhat_snapshot_asset()
     activities, metrics = build_matching_assets(
         config,
         partitions,
-        feature_events=feature_events,
+        events=list(events.values()),
         pipeline_results=pipeline_results,
         snapshot=snapshot,
     )
@@ -49,7 +50,7 @@ def build_definitions(config: Config) -> dg.Definitions:
         "retry_max_delay_seconds": config.sync.retry_max_delay_seconds,
     }
     return dg.Definitions(
-        assets=[snapshot, feature_events, pipeline_results, activities, metrics, publish],
+        assets=[snapshot, *events.values(), pipeline_results, activities, metrics, publish],
         asset_checks=checks,
         jobs=[job],
         schedules=[build_daily_schedule(job, config)],

@@ -21,7 +21,7 @@ def build_matching_assets(
     config: Config,
     partitions: dg.DailyPartitionsDefinition,
     *,
-    feature_events: dg.AssetsDefinition,
+    events: list[dg.AssetsDefinition],
     pipeline_results: dg.AssetsDefinition,
     snapshot: dg.AssetsDefinition,
 ) -> list[dg.AssetsDefinition]:
@@ -32,7 +32,7 @@ def build_matching_assets(
         name="matched_activities",
         group_name="matching",
         kinds={"polars", "duckdb"},
-        deps=[feature_events, snapshot],
+        deps=[*events, snapshot],
         description=(
             "Grain: one row per End User x Planhat action x day (Pendo row splits summed, "
             "features folded into actions) in matched_activities; one row per (day, visitor, "

@@ -21,6 +21,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from ..models import EventSource
+
 __all__ = [
     "EXPORTED_VIEWS",
     "BatchStatus",
@@ -34,15 +36,15 @@ __all__ = [
     "count_metric_drift",
     "delete_feature_actions",
     "delete_pipeline_day",
-    "delete_raw_feature_events_day",
+    "delete_raw_events_day",
     "duckdb_setting",
     "export_views",
     "feature_action_names",
     "for_ducklake",
     "insert_batch",
     "insert_frame",
-    "insert_quarantined_feature_events",
-    "insert_raw_feature_events_stream",
+    "insert_quarantined_events",
+    "insert_raw_events_stream",
     "install_extension",
     "installed_extensions",
     "is_ducklake",
@@ -304,28 +306,37 @@ def export_views(
 # Landing
 
 
-def delete_raw_feature_events_day(conn: Conn, *, day: date) -> None:
-    """Delete one day of raw and quarantined feature events (in the caller's transaction).
+def delete_raw_events_day(conn: Conn, *, source: EventSource, day: date) -> None:
+    """Delete one day of ``source``'s raw and quarantined events (in the caller's transaction).
 
     ``day = ?`` rather than a list of days lets DuckDB skip row groups of other days.
     """
-    conn.execute("DELETE FROM raw_feature_events WHERE day = ?", [day])
-    conn.execute("DELETE FROM quarantine_feature_events WHERE day = ?", [day])
+    for table in (source.raw_table, source.quarantine_table):
+        _check_identifier(table)
+        conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
 
 
-def insert_raw_feature_events_stream(conn: Conn, *, view: str, day: date, now: datetime) -> None:
-    """Insert the decoded rows registered as ``view`` (an Arrow stream) into raw_feature_events."""
+def insert_raw_events_stream(
+    conn: Conn, *, source: EventSource, view: str, day: date, now: datetime
+) -> None:
+    """Insert the decoded rows registered as ``view`` (an Arrow stream) into ``source``'s raw
+    table."""
+    _check_identifier(source.raw_table)
     conn.execute(
-        "INSERT INTO raw_feature_events BY NAME "
+        f"INSERT INTO {source.raw_table} BY NAME "
         f"SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM {view}",
         [day, now],
     )
 
 
-def insert_quarantined_feature_events(conn: Conn, *, day: date, now: datetime, path: Path) -> None:
-    """Insert a day's rejected rows, staged as Parquet at ``path``, into the quarantine."""
+def insert_quarantined_events(
+    conn: Conn, *, source: EventSource, day: date, now: datetime, path: Path
+) -> None:
+    """Insert a day's rejected rows, staged as Parquet at ``path``, into ``source``'s
+    quarantine."""
+    _check_identifier(source.quarantine_table)
     conn.execute(
-        "INSERT INTO quarantine_feature_events BY NAME "
+        f"INSERT INTO {source.quarantine_table} BY NAME "
         "SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM read_parquet(?)",
         [day, now, str(path)],
     )
