@@ -72,6 +72,7 @@ __all__ = [
     "FeatureMetric",
     "FeatureSpec",
     "ItemSpec",
+    "MatchingSettings",
     "PendoSettings",
     "PipelineSpec",
     "SyncSettings",
@@ -288,6 +289,51 @@ class SyncSettings(_Model):
     )
 
 
+def _end_user_keys(value: object) -> object:
+    keys, choices = value_of(value), ["externalId", "email"]
+    if not isinstance(keys, list):
+        return keys  # pydantic words it
+    problems: _Problems = [
+        (
+            (i,),
+            f"{show(k)} is not an End User key; {suggest(str(k), choices)}expected one of: "
+            + ", ".join(choices),
+        )
+        for i, k in enumerate(map(value_of, keys))
+        if k not in choices
+    ]
+    if problems:
+        _fail(problems)
+    if len(set(map(str, keys))) != len(keys):
+        _fail("names a key twice; list externalId and/or email once each")
+    return [str(k) for k in keys]
+
+
+class MatchingSettings(_Model):
+    """The optional ``matching:`` section: how a Pendo visitor is found among End Users."""
+
+    end_user_keys: Annotated[
+        tuple[Literal["externalId", "email"], ...], pd.BeforeValidator(_end_user_keys)
+    ] = Field(
+        default=("externalId",),
+        min_length=1,
+        description="a list of End User keys tried in order, externalId and/or email",
+    )
+    visitor_email_field: _Text = Field(
+        default="metadata.agent.email",
+        pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+        description="the field of Pendo's visitors holding the email, e.g. metadata.agent.email",
+    )
+    create_end_users: Annotated[bool, pd.BeforeValidator(value_of)] = Field(
+        default=False, strict=True, description="true or false: create missing End Users"
+    )
+
+    @property
+    def needs_visitors(self) -> bool:
+        """Whether matching reads Pendo's visitors (their emails)."""
+        return "email" in self.end_user_keys or self.create_end_users
+
+
 class Config(_Model):
     """The whole validated config. Equality and hashing ignore ``source``."""
 
@@ -306,6 +352,9 @@ class Config(_Model):
     )
     sync: Annotated[SyncSettings, _OrDefault] = Field(
         default=SyncSettings(), description="the optional `sync:` section"
+    )
+    matching: Annotated[MatchingSettings, _OrDefault] = Field(
+        default=MatchingSettings(), description="the optional `matching:` section"
     )
     _source: str = pd.PrivateAttr(default="<string>")
 

@@ -423,7 +423,7 @@ def test_parse_config_rejects_a_document_that_is_not_a_mapping() -> None:
     assert problems("- pendo\n") == {
         "(top level)": (
             1,
-            "must be a mapping with the keys pendo, features, pages, track_events, pipelines, sync; got a list",
+            "must be a mapping with the keys pendo, features, pages, track_events, pipelines, sync, matching; got a list",
         )
     }
 
