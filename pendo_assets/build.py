@@ -34,7 +34,7 @@ def build_definitions(config: Config) -> dg.Definitions:
     activities, metrics = build_matching_assets(
         config,
         partitions,
-        events=list(events.values()),
+        events=events,
         pipeline_results=pipeline_results,
         snapshot=snapshot,
     )

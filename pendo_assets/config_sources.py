@@ -77,6 +77,11 @@ class ItemSpec(_Model):
     )
     weight: _Number = Field(default=1.0, ge=0, description="a Planhat activity weight, a number")
 
+    @property
+    def is_metric(self) -> bool:
+        """True when the item's events become a Custom Metric (an ``as: metric`` feature)."""
+        return False
+
 
 class FeatureMetric(_Model):
     """Where an ``as: metric`` feature's daily event count goes: a Planhat Custom Metric."""
@@ -109,5 +114,4 @@ class FeatureSpec(ItemSpec):
 
     @property
     def is_metric(self) -> bool:
-        """True when the feature's events become a Custom Metric, not User Activities."""
         return self.as_ == "metric"

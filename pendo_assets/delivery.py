@@ -195,9 +195,18 @@ def pack_batches(
 def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
     """One JSON object per activity item, as Planhat's bulk endpoint takes it.
 
-    ``companyExternalId`` is left out when the End User's company has none.
+    ``companyExternalId`` is left out when the End User's company has none. ``info`` carries
+    ``featureId``, ``pageId`` and ``trackTypeId`` (comma-separated ids), each only when the
+    action counts such items.
     """
-    info = pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source"))
+    ids = {"featureId": "feature_ids", "pageId": "page_ids", "trackTypeId": "track_type_ids"}
+    info = pl.struct(
+        *(
+            (pl.col(c) if c in frame.columns else pl.lit(None, pl.String)).alias(key)
+            for key, c in ids.items()
+        ),
+        pl.lit("pendo").alias("source"),
+    )
     fields = [
         pl.col("external_id").alias("externalId"),
         pl.col("action"),
@@ -209,10 +218,14 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
     company = pl.col("company_external_id")
     plain = pl.struct(fields).struct.json_encode()
     with_company = pl.struct([*fields, company.alias("companyExternalId")]).struct.json_encode()
+    # A source without ids is left out of `info` (keys and ids are JSON-escaped, so the pattern
+    # matches only a key with an empty or null value).
+    empty = r'"(?:featureId|pageId|trackTypeId)":(?:""|null),'
     return frame.select(
         pl.when(company.is_null() | (company == ""))
         .then(plain)
         .otherwise(with_company)
+        .str.replace_all(empty, "")
         .alias("json")
     ).to_series()
 

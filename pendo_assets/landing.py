@@ -473,7 +473,7 @@ def resolve_actions(
     rows: list[tuple[str, str, str | None, str]] = []
     weights: dict[str, float] = {}
     for item in configured_items(config, source):
-        if getattr(item, "is_metric", False):
+        if item.is_metric:
             continue
         name = names.get(item.id)
         if item.action:

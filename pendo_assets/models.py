@@ -300,6 +300,8 @@ MATCHED_ACTIVITY_SCHEMA: Final = pl.Schema(
         "weight": pl.Float64,
         "company_external_id": pl.String,
         "feature_ids": pl.String,
+        "page_ids": pl.String,
+        "track_type_ids": pl.String,
     }
 )
 #: ``unmatched_visitor_rows``: one row per (day, visitor, account) not matched, with why.

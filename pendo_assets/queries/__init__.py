@@ -21,7 +21,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from ..models import EventSource
+from ..models import FEATURE_EVENTS, EventSource
 
 __all__ = [
     "EXPORTED_VIEWS",
@@ -66,6 +66,7 @@ __all__ = [
     "select_batches_in_doubt",
     "select_current_activities",
     "select_current_metrics",
+    "select_events",
     "select_feature_actions",
     "select_feature_events",
     "select_held_activity_keys",
@@ -424,9 +425,10 @@ def select_planhat_objects(conn: Conn) -> pl.DataFrame:
 
 
 def select_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> pl.DataFrame:
-    """``feature_id, action, weight`` of the configured features."""
+    """``feature_id, action, weight, event_source`` of the configured features (pages, track
+    types)."""
     return conn.execute(
-        "SELECT feature_id, action, weight FROM feature_actions "
+        "SELECT feature_id, action, weight, event_source FROM feature_actions "
         "WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
         [list(feature_ids)],
     ).pl()
@@ -434,10 +436,22 @@ def select_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> pl.Data
 
 def select_feature_events(conn: Conn, *, day: date) -> pl.DataFrame:
     """One day's raw feature-event rows, with the columns matching needs."""
+    return select_events(conn, source=FEATURE_EVENTS, day=day)
+
+
+def select_events(
+    conn: Conn, *, source: EventSource, day: date, item_ids: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """One day's raw rows of ``source`` (of ``item_ids`` when given) with the columns matching
+    needs: ``day, visitor_id, account_id, feature_id`` (the feature, page or track type id)
+    ``, num_events``."""
+    _check_identifier(source.raw_table)
+    column, ids = source.id_column, None if item_ids is None else list(item_ids)
     return conn.execute(
-        "SELECT day, visitor_id, account_id, feature_id, num_events "
-        "FROM raw_feature_events WHERE day = ?",
-        [day],
+        f"SELECT day, visitor_id, account_id, {column} AS feature_id, num_events "
+        f"FROM {source.raw_table} WHERE day = ? "
+        f"AND (?::VARCHAR[] IS NULL OR {column} IN (SELECT UNNEST(?::VARCHAR[])))",
+        [day, ids, ids],
     ).pl()
 
 

@@ -39,8 +39,8 @@ __all__ = [
 def select_current_activities(conn: Conn, *, days: Sequence[date]) -> pl.DataFrame:
     """What Pendo says now, per activity key."""
     return conn.execute(
-        "SELECT day, external_id, action, count, weight, company_external_id, feature_ids "
-        f"FROM matched_activities WHERE {_IN_DAYS}",
+        "SELECT day, external_id, action, count, weight, company_external_id, feature_ids, "
+        f"page_ids, track_type_ids FROM matched_activities WHERE {_IN_DAYS}",
         [list(days)],
     ).pl()
 

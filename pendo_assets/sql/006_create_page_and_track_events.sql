@@ -52,3 +52,81 @@ CREATE TABLE quarantine_track_events (
 -- feature_actions also names pages and track types (Pendo ids are unique across them):
 -- event_source says which ('feature_events' | 'page_events' | 'track_events').
 ALTER TABLE feature_actions ADD COLUMN event_source VARCHAR DEFAULT 'feature_events';
+
+-- An activity's ids per source, for its `info` (pageId, trackTypeId; feature_ids is '' when the
+-- action has no feature): comma-separated, null when none.
+ALTER TABLE matched_activities ADD COLUMN page_ids VARCHAR;
+ALTER TABLE matched_activities ADD COLUMN track_type_ids VARCHAR;
+ALTER TABLE outbox_activity_items ADD COLUMN page_ids VARCHAR;
+ALTER TABLE outbox_activity_items ADD COLUMN track_type_ids VARCHAR;
+ALTER TABLE planned_activities ADD COLUMN page_ids VARCHAR;
+ALTER TABLE planned_activities ADD COLUMN track_type_ids VARCHAR;
+
+-- Pendo's current count per (visitor, action, day), across all features, pages and track types
+-- mapped to the action (replaces 002's, which read feature events only).
+CREATE OR REPLACE VIEW activity_source AS
+SELECT e.day, e.visitor_id AS external_id, fa.action, SUM(e.num_events)::BIGINT AS source
+FROM (
+    SELECT day, visitor_id, feature_id AS item_id, num_events FROM raw_feature_events
+    UNION ALL
+    SELECT day, visitor_id, page_id, num_events FROM raw_page_events
+    UNION ALL
+    SELECT day, visitor_id, track_type_id, num_events FROM raw_track_events
+) AS e
+JOIN feature_actions AS fa ON fa.feature_id = e.item_id
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW activity_drift AS
+SELECT l.day, l.external_id, l.action, l.sent, COALESCE(s.source, 0)::BIGINT AS source
+FROM ledger_activities AS l
+LEFT JOIN activity_source AS s USING (day, external_id, action)
+WHERE COALESCE(s.source, 0) < l.sent
+  AND l.day IN (
+      SELECT day FROM landed_days
+      WHERE source IN ('feature_events', 'page_events', 'track_events')
+  );
+
+-- 004's item_lineage, with the page and track event rows an activity was counted from.
+CREATE OR REPLACE VIEW item_lineage AS
+WITH sent_keys AS (SELECT DISTINCT kind, day, external_id, key FROM sent_items)
+SELECT k.kind, k.day, k.external_id, k.key, e.source, e.num_events::DOUBLE AS amount, e.row
+FROM sent_keys AS k
+JOIN feature_actions AS fa ON fa.action = k.key
+JOIN (
+    SELECT 'raw_feature_events' AS source, day, visitor_id, feature_id AS item_id, num_events,
+           to_json(r)::VARCHAR AS row
+    FROM raw_feature_events AS r
+    UNION ALL
+    SELECT 'raw_page_events', day, visitor_id, page_id, num_events, to_json(r)::VARCHAR
+    FROM raw_page_events AS r
+    UNION ALL
+    SELECT 'raw_track_events', day, visitor_id, track_type_id, num_events, to_json(r)::VARCHAR
+    FROM raw_track_events AS r
+) AS e ON e.day = k.day AND e.visitor_id = k.external_id AND e.item_id = fa.feature_id
+WHERE k.kind = 'activities'
+UNION ALL
+SELECT k.kind, k.day, k.external_id, k.key, q.source, NULL, q.raw
+FROM sent_keys AS k
+JOIN (
+    SELECT 'quarantine_feature_events' AS source, day, raw FROM quarantine_feature_events
+    UNION ALL
+    SELECT 'quarantine_page_events', day, raw FROM quarantine_page_events
+    UNION ALL
+    SELECT 'quarantine_track_events', day, raw FROM quarantine_track_events
+) AS q ON q.day = k.day
+WHERE k.kind = 'activities'
+  AND CASE WHEN json_valid(q.raw) THEN json_extract_string(q.raw, '$.visitorId') END = k.external_id
+UNION ALL
+SELECT k.kind, k.day, k.external_id, k.key, 'raw_pipeline_results', v.value, r.row_json
+FROM sent_keys AS k
+JOIN pipeline_values AS v ON v.day = k.day AND v.id = k.external_id AND v.dimension_id = k.key
+JOIN raw_pipeline_results AS r ON r.day = v.day AND r.pipeline = v.pipeline
+WHERE k.kind = 'metrics' AND list_contains(json_extract_string(r.row_json, '$.*'), k.external_id)
+UNION ALL
+SELECT k.kind, k.day, k.external_id, k.key, 'quarantine_pipeline_results', NULL, q.raw
+FROM sent_keys AS k
+JOIN (SELECT DISTINCT day, pipeline, id, dimension_id FROM pipeline_values) AS v
+  ON v.day = k.day AND v.id = k.external_id AND v.dimension_id = k.key
+JOIN quarantine_pipeline_results AS q ON q.day = v.day AND q.pipeline = v.pipeline
+WHERE k.kind = 'metrics'
+  AND CASE WHEN json_valid(q.raw) THEN list_contains(json_extract_string(q.raw, '$.*'), k.external_id) END;
