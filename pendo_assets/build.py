@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from .assets.identity import build_identity_assets
 from .assets.matching import build_matching_assets
 from .assets.pendo_raw import build_pendo_raw_assets
 from .assets.planhat_snapshot import build_planhat_snapshot_asset
@@ -31,12 +32,16 @@ def build_definitions(config: Config) -> dg.Definitions:
     events, pipeline_results = build_pendo_raw_assets(config, partitions)
     feature_events = events["feature_events"]
     snapshot = build_planhat_snapshot_asset()
+    identity = build_identity_assets(
+        config, partitions, events=list(events.values()), snapshot=snapshot
+    )
     activities, metrics = build_matching_assets(
         config,
         partitions,
         events=events,
         pipeline_results=pipeline_results,
         snapshot=snapshot,
+        identity=identity,
     )
     publish = build_publish_asset(partitions, activities=activities, metrics=metrics)
     checks = build_checks(
@@ -50,7 +55,15 @@ def build_definitions(config: Config) -> dg.Definitions:
         "retry_max_delay_seconds": config.sync.retry_max_delay_seconds,
     }
     return dg.Definitions(
-        assets=[snapshot, *events.values(), pipeline_results, activities, metrics, publish],
+        assets=[
+            snapshot,
+            *events.values(),
+            pipeline_results,
+            *identity,
+            activities,
+            metrics,
+            publish,
+        ],
         asset_checks=checks,
         jobs=[job],
         schedules=[build_daily_schedule(job, config)],

@@ -195,9 +195,10 @@ def pack_batches(
 def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
     """One JSON object per activity item, as Planhat's bulk endpoint takes it.
 
-    ``companyExternalId`` is left out when the End User's company has none. ``info`` carries
-    ``featureId``, ``pageId`` and ``trackTypeId`` (comma-separated ids), each only when the
-    action counts such items.
+    An End User is addressed by its ``externalId``, or by its ``email`` when it has none (the
+    ``email`` column is then set). ``companyExternalId`` is left out when its Company has none.
+    ``info`` carries ``featureId``, ``pageId`` and ``trackTypeId`` (comma-separated ids), each
+    only when the action counts such items.
     """
     ids = {"featureId": "feature_ids", "pageId": "page_ids", "trackTypeId": "track_type_ids"}
     info = pl.struct(
@@ -207,24 +208,35 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
         ),
         pl.lit("pendo").alias("source"),
     )
-    fields = [
-        pl.col("external_id").alias("externalId"),
+    rest = [
         pl.col("action"),
         pl.col("day").cast(pl.String).alias("date"),
         pl.col("count"),
         pl.col("weight"),
         info.alias("info"),
     ]
-    company = pl.col("company_external_id")
-    plain = pl.struct(fields).struct.json_encode()
-    with_company = pl.struct([*fields, company.alias("companyExternalId")]).struct.json_encode()
+    company = pl.col("company_external_id").alias("companyExternalId")
+    email = pl.col("email") if "email" in frame.columns else pl.lit(None, pl.String)
+    by_email = email.is_not_null()
+    no_company = pl.col("company_external_id").is_null() | (pl.col("company_external_id") == "")
+    shapes = {
+        (False, False): [pl.col("external_id").alias("externalId"), *rest, company],
+        (False, True): [pl.col("external_id").alias("externalId"), *rest],
+        (True, False): [email.alias("email"), *rest, company],
+        (True, True): [email.alias("email"), *rest],
+    }
+    encoded = {k: pl.struct(v).struct.json_encode() for k, v in shapes.items()}
     # A source without ids is left out of `info` (keys and ids are JSON-escaped, so the pattern
     # matches only a key with an empty or null value).
     empty = r'"(?:featureId|pageId|trackTypeId)":(?:""|null),'
     return frame.select(
-        pl.when(company.is_null() | (company == ""))
-        .then(plain)
-        .otherwise(with_company)
+        pl.when(~by_email & ~no_company)
+        .then(encoded[(False, False)])
+        .when(~by_email)
+        .then(encoded[(False, True)])
+        .when(~no_company)
+        .then(encoded[(True, False)])
+        .otherwise(encoded[(True, True)])
         .str.replace_all(empty, "")
         .alias("json")
     ).to_series()

@@ -23,9 +23,19 @@ from typing import Literal, TypeAlias
 
 import polars as pl
 
-__all__ = ["EndUserKey", "normalize_email", "resolve_end_users"]
+__all__ = [
+    "ANONYMOUS_PREFIX",
+    "EndUserKey",
+    "normalize_email",
+    "resolve_end_users",
+    "resolve_visitors",
+]
 
 EndUserKey: TypeAlias = Literal["externalId", "email"]
+
+ANONYMOUS_PREFIX = "_PENDO_T_"
+# Pendo's placeholder when a snippet sends no visitor id; treated as anonymous defensively.
+_ANONYMOUS_LITERALS = ["VISITOR-UNIQUE-ID"]
 
 #: Columns added to each usage row.
 RESOLVED = {
@@ -80,7 +90,10 @@ def resolve_end_users(
         normalize_email(pl.col("email")).alias("_eu_norm"),
         pl.col("company_external_id").alias("_eu_company"),
     )
-    rows = usage.with_row_index("_row")
+    # Numbered once, for good: a lazy plan numbered twice may number rows differently (e.g.
+    # after a group_by or unique, whose order is not fixed).
+    indexed = usage.with_row_index("_row").collect().lazy()
+    rows = indexed
     if visitor_emails is not None:
         emails = visitor_emails.select(
             "visitor_id", normalize_email(pl.col("email")).alias("_visitor_norm")
@@ -123,8 +136,7 @@ def resolve_end_users(
         rows = rows.join(verdict.select("_row"), on="_row", how="anti")
     verdicts = pl.concat(decided, how="vertical")
     return (
-        usage.with_row_index("_row")
-        .join(verdicts, on="_row", how="left")
+        indexed.join(verdicts, on="_row", how="left")
         .join(people, on="enduser_id", how="left")
         .with_columns(
             pl.col("reason").fill_null(
@@ -139,4 +151,134 @@ def resolve_end_users(
         )
         .sort("_row")
         .drop("_row", "_eu_external_id", "_eu_email", "_eu_norm", "_eu_company")
+    )
+
+
+def resolve_visitors(
+    usage: pl.LazyFrame,
+    objects: pl.LazyFrame,
+    *,
+    keys: Sequence[EndUserKey] = ("externalId",),
+    visitor_emails: pl.LazyFrame | None = None,
+    created: pl.LazyFrame | None = None,
+) -> pl.LazyFrame:
+    """The End User of each distinct (visitor, account) of ``usage``, or why there is none.
+
+    Args:
+        usage: Rows with ``visitor_id, account_id``.
+        objects: The Planhat snapshot (``model, object_id, external_id, email,
+            company_external_id``); only End Users are used.
+        keys: The keys to try, in order (`resolve_end_users`).
+        visitor_emails: ``visitor_id, email`` from Pendo's visitors.
+        created: ``enduser_id`` of End Users this product created: matched_by ``created``.
+
+    Returns:
+        One row per (visitor_id, account_id) with `RESOLVED`'s columns; ``reason`` is
+        ``anonymous`` for Pendo's anonymous visitors (never matched).
+    """
+    visitor = pl.col("visitor_id")
+    anonymous = visitor.str.starts_with(ANONYMOUS_PREFIX) | visitor.is_in(_ANONYMOUS_LITERALS)
+    pairs = usage.select("visitor_id", "account_id").unique().with_columns(anonymous.alias("_anon"))
+    if "email" not in objects.collect_schema().names():
+        objects = objects.with_columns(pl.lit(None, pl.String).alias("email"))
+    endusers = objects.filter(pl.col("model") == "EndUser").select(
+        "object_id", "external_id", "email", "company_external_id"
+    )
+    found = resolve_end_users(
+        pairs.filter(~pl.col("_anon")).drop("_anon"),
+        endusers,
+        keys=keys,
+        visitor_emails=visitor_emails,
+    )
+    if created is not None:
+        mine = pl.col("enduser_id").is_in(created.select("enduser_id").collect().to_series())
+        found = found.with_columns(
+            pl.when(mine)
+            .then(pl.lit("created"))
+            .otherwise(pl.col("matched_by"))
+            .alias("matched_by")
+        )
+    nobody = pairs.filter(pl.col("_anon")).select(
+        "visitor_id",
+        "account_id",
+        *(pl.lit(None, dtype).alias(name) for name, dtype in RESOLVED.items() if name != "reason"),
+        pl.lit("anonymous").alias("reason"),
+    )
+    columns = ["visitor_id", "account_id", *RESOLVED]
+    return pl.concat([found.select(columns), nobody.select(columns)], how="vertical")
+
+
+def creation_candidates(
+    resolved: pl.LazyFrame, visitors: pl.LazyFrame, objects: pl.LazyFrame
+) -> pl.LazyFrame:
+    """The End Users to create (DESIGN.md section 5, *Identity*, creating End Users).
+
+    A visitor gets one when every (visitor, account) of it is unmatched with reason
+    ``no_enduser``, it has an email, and one of its accounts is the externalId of exactly one
+    Company: the first such account in Pendo's order of the visitor's accounts
+    (``metadata.auto.accountids``), then its events' accounts in sorted order.
+
+    Args:
+        resolved: `resolve_visitors` of every (visitor, account) to consider, including each
+            visitor's accounts from Pendo's visitors.
+        visitors: ``visitor_id, email, account_ids`` from Pendo's visitors.
+        objects: The Planhat snapshot (``model, object_id, external_id``).
+
+    Returns:
+        ``external_id`` (the visitorId), ``email`` (trimmed), ``company_id`` (the Company's
+        ``_id``), ``company_external_id``; one row per visitor, sorted by visitorId.
+    """
+    unmatched = (
+        resolved.group_by("visitor_id")
+        .agg((pl.col("reason") == "no_enduser").fill_null(False).all().alias("_all"))
+        .filter(pl.col("_all"))
+        .select("visitor_id")
+    )
+    people = visitors.select(
+        "visitor_id",
+        pl.col("email").str.strip_chars().alias("email"),
+        normalize_email(pl.col("email")).alias("_norm"),
+        "account_ids",
+    ).filter(pl.col("_norm").is_not_null())
+    companies = (
+        objects.filter(
+            (pl.col("model") == "Company")
+            & pl.col("external_id").is_not_null()
+            & (pl.col("external_id") != "")
+        )
+        .group_by("external_id")
+        .agg(pl.len().alias("_n"), pl.col("object_id").first())
+        .filter(pl.col("_n") == 1)
+        .select(pl.col("external_id").alias("account_id"), pl.col("object_id").alias("company_id"))
+    )
+    listed = (
+        people.select("visitor_id", pl.col("account_ids").alias("account_id"))
+        .explode("account_id")
+        .with_columns(
+            pl.int_range(pl.len()).over("visitor_id").alias("_order"), pl.lit(0).alias("_from")
+        )
+    )
+    seen = (
+        resolved.select("visitor_id", "account_id")
+        .filter(pl.col("account_id").is_not_null())
+        .unique()
+        .with_columns(pl.lit(0).alias("_order"), pl.lit(1).alias("_from"))
+    )
+    company = (
+        pl.concat([listed, seen], how="vertical_relaxed")
+        .join(companies, on="account_id", how="inner")
+        .sort("visitor_id", "_from", "_order", "account_id")
+        .group_by("visitor_id", maintain_order=True)
+        .first()
+    )
+    return (
+        unmatched.join(people, on="visitor_id", how="inner")
+        .join(company, on="visitor_id", how="inner")
+        .select(
+            pl.col("visitor_id").alias("external_id"),
+            "email",
+            "company_id",
+            pl.col("account_id").alias("company_external_id"),
+        )
+        .sort("external_id")
     )

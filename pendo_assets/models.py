@@ -41,6 +41,7 @@ __all__ = [
     "MetricPoint",
     "PlanhatSnapshot",
     "RejectedRow",
+    "UpsertResult",
 ]
 
 # Pendo
@@ -122,6 +123,21 @@ EVENT_SOURCES: Final[Mapping[EventSourceName, EventSource]] = {
     )
 }
 FEATURE_EVENTS: Final = EVENT_SOURCES["feature_events"]
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Planhat's answer to a bulk upsert (``PUT /endusers``), by the items' externalId.
+
+    Attributes:
+        created: externalId -> ``_id`` of each record Planhat created.
+        existed: externalId -> ``_id`` of each record it already had (updated or unchanged).
+        errors: externalId (None when Planhat did not echo it) -> why it refused the item.
+    """
+
+    created: dict[str, str] = field(default_factory=dict)
+    existed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str | None, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +316,9 @@ MATCHED_ACTIVITY_SCHEMA: Final = pl.Schema(
         "weight": pl.Float64,
         "company_external_id": pl.String,
         "feature_ids": pl.String,
+        "enduser_id": pl.String,
+        "email": pl.String,
+        "matched_by": pl.String,
         "page_ids": pl.String,
         "track_type_ids": pl.String,
     }

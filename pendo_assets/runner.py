@@ -176,7 +176,11 @@ def run_sync(*, config: Config, start: date, end: date, dry_run: bool = False) -
                 COMMAND_TAG: _COMMANDS[1] if dry_run else _COMMANDS[0],
             },
             run_config={
-                "ops": {"planhat_publish": {"config": {"dry_run": dry_run}}},
+                "ops": {
+                    op: {"config": {"dry_run": dry_run}}
+                    for op in ("planhat_publish", "planhat_end_users")
+                    if op == "planhat_publish" or config.matching.create_end_users
+                },
                 "loggers": {"console": {"config": {"log_level": "INFO"}}},
             },
             raise_on_error=False,

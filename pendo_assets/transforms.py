@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
+from .identity import resolve_visitors
 from .models import (
     MATCHED_ACTIVITY_SCHEMA,
     MATCHED_METRIC_SCHEMA,
@@ -27,7 +28,6 @@ from .models import (
 
 __all__ = [
     "ACTIVITY_KEY",
-    "ANONYMOUS_PREFIX",
     "METRIC_KEY",
     "MetricFieldSpec",
     "ValueReject",
@@ -41,11 +41,9 @@ __all__ = [
     "object_index",
 ]
 
-ANONYMOUS_PREFIX = "_PENDO_T_"
-# Pendo's placeholder when a snippet sends no visitor id; treated as anonymous defensively.
-_ANONYMOUS_LITERALS = ["VISITOR-UNIQUE-ID"]
 
-ACTIVITY_KEY = ["day", "external_id", "action"]
+# An activity's ledger key: the End User (its Planhat _id), never the address it is sent to.
+ACTIVITY_KEY = ["day", "enduser_id", "action"]
 METRIC_KEY = ["day", "model", "external_id", "dimension_id"]
 
 # Relative tolerance under which a `sum` metric delta counts as zero (float noise of sums).
@@ -97,7 +95,11 @@ def _unmatched_reason(missing: str) -> pl.Expr:
 
 
 def match_activities(
-    usage: pl.LazyFrame, objects: pl.LazyFrame, feature_actions: pl.LazyFrame
+    usage: pl.LazyFrame,
+    objects: pl.LazyFrame,
+    feature_actions: pl.LazyFrame,
+    *,
+    resolved: pl.LazyFrame | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Match daily usage to End Users and fold features into Planhat actions.
 
@@ -105,27 +107,20 @@ def match_activities(
         usage: Output of `daily_usage`.
         objects: The Planhat snapshot (all models); only ``EndUser`` rows are used.
         feature_actions: ``feature_id, action, weight`` for the configured features.
+        resolved: The End User of each (visitor, account) of ``usage``, from
+            `identity.resolve_visitors`; by default resolved by externalId alone.
 
     Returns:
-        ``(matched, unmatched)``. ``matched`` has one row per (day, external_id, action) with
-        ``count, weight, company_external_id, feature_ids``. ``unmatched`` has one row per
-        (day, visitor_id, account_id) with ``reason`` (``anonymous``, ``no_enduser`` or
-        ``ambiguous``) and ``num_events``.
+        ``(matched, unmatched)``. ``matched`` has one row per (day, End User, action) with
+        ``enduser_id, external_id`` (the address: externalId, else email), ``email`` (set when
+        addressed by email), ``count, weight, company_external_id, feature_ids, matched_by``.
+        ``unmatched`` has one row per (day, visitor_id, account_id) with ``reason``
+        (``anonymous``, ``no_enduser``, ``ambiguous`` or ``ambiguous_email``) and ``num_events``.
     """
-    endusers = object_index(objects.filter(pl.col("model") == "EndUser")).select(
-        pl.col("external_id").alias("visitor_id"), "n_objects", "company_external_id"
-    )
-    visitor = pl.col("visitor_id")
-    anonymous = visitor.str.starts_with(ANONYMOUS_PREFIX) | visitor.is_in(_ANONYMOUS_LITERALS)
-    labelled = (
-        usage.join(feature_actions.select("feature_id"), on="feature_id", how="semi")
-        .join(endusers, on="visitor_id", how="left")
-        .with_columns(
-            pl.when(anonymous)
-            .then(pl.lit("anonymous"))
-            .otherwise(_unmatched_reason("no_enduser"))
-            .alias("reason")
-        )
+    if resolved is None:
+        resolved = resolve_visitors(usage, objects)
+    labelled = usage.join(feature_actions.select("feature_id"), on="feature_id", how="semi").join(
+        resolved, on=["visitor_id", "account_id"], how="left", nulls_equal=True
     )
     numbered = _feature_bits(feature_actions)
     bits = pl.LazyFrame(
@@ -138,11 +133,14 @@ def match_activities(
         labelled.filter(pl.col("reason").is_null())
         .join(feature_actions, on="feature_id", how="inner")
         .join(bits, on="feature_id", how="left")
-        .group_by(["day", "visitor_id", "action"])
+        .group_by(["day", "enduser_id", "action"])
         .agg(
             pl.col("num_events").sum().cast(pl.Int64).alias("count"),
             pl.col("weight").first(),
             pl.col("company_external_id").first(),
+            pl.col("external_id").first(),
+            pl.col("email").first(),
+            pl.col("matched_by").min(),  # one End User found by two visitors, two ways
             *(
                 pl.col("_bit").filter(pl.col("_word") == w).bitwise_or().fill_null(0).alias(c)
                 for w, c in enumerate(words)
@@ -173,7 +171,7 @@ def match_activities(
     )
     matched = (
         grouped.join(names, on=words)
-        .rename({"visitor_id": "external_id"})
+        .with_columns(pl.col("external_id").fill_null(pl.col("email")))
         .select(*MATCHED_ACTIVITY_SCHEMA)
     )
     unmatched = (
@@ -355,19 +353,18 @@ def activity_deltas(
     """What to send so Planhat's activity counts reach Pendo's, and where they cannot.
 
     Args:
-        current: Matched activities (``day, external_id, action, count, weight,
-            company_external_id, feature_ids``).
-        sent: The ledger: ``day, external_id, action, sent``.
+        current: Matched activities (`MATCHED_ACTIVITY_SCHEMA`).
+        sent: The ledger: ``day, enduser_id, action, sent``.
         held: Keys in batches whose outcome is unknown: never touched until resolved.
 
     Returns:
         ``(to_send, drift)``: ``to_send`` has the columns of ``current`` with ``count`` the
-        positive difference; ``drift`` has ``day, external_id, action, sent, source`` for keys
+        positive difference; ``drift`` has ``day, enduser_id, action, external_id, sent, source`` for keys
         whose Pendo count fell below what was already sent (it cannot be retracted).
     """
     joined = (
-        current.join(sent, on=ACTIVITY_KEY, how="left")
-        .join(held, on=ACTIVITY_KEY, how="anti")
+        current.join(sent.select(*ACTIVITY_KEY, "sent"), on=ACTIVITY_KEY, how="left")
+        .join(held.select(ACTIVITY_KEY), on=ACTIVITY_KEY, how="anti")
         .with_columns(pl.col("sent").fill_null(0))
     )
     to_send = (
@@ -376,7 +373,7 @@ def activity_deltas(
         .drop("sent")
     )
     drift = joined.filter(pl.col("count") < pl.col("sent")).select(
-        *ACTIVITY_KEY, "sent", pl.col("count").alias("source")
+        *ACTIVITY_KEY, "external_id", "sent", pl.col("count").alias("source")
     )
     return to_send, drift
 

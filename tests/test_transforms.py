@@ -189,14 +189,16 @@ def test_match_metrics_uses_the_pipeline_model_namespace():
 
 def _current(rows: list[tuple[date, str, str, int]]) -> pl.LazyFrame:
     return pl.DataFrame(
-        [(*r, 1.0, None, "f1", None, None) for r in rows],
+        [(*r, 1.0, None, "f1", f"e-{r[1]}", None, "externalId", None, None) for r in rows],
         schema=MATCHED_ACTIVITY_SCHEMA,
         orient="row",
     ).lazy()
 
 
 def _keys(rows: list[tuple], extra: dict[str, pl.DataType]) -> pl.LazyFrame:
-    schema = {"day": pl.Date, "external_id": pl.String, "action": pl.String, **extra}
+    """Ledger keys: the End User's _id stands for the address (``e-`` + it)."""
+    schema = {"day": pl.Date, "enduser_id": pl.String, "action": pl.String, **extra}
+    rows = [(r[0], f"e-{r[1]}", *r[2:]) for r in rows]
     return pl.DataFrame(rows, schema=schema, orient="row").lazy()
 
 

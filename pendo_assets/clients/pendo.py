@@ -412,6 +412,29 @@ class PendoClient(PooledClient):
         label = f"pipeline-{day.isoformat()}"
         return self._paged(pipeline, label, max_pages, _prepare_pipeline, _finish_pipeline)
 
+    def visitor_pages(self, *, max_pages: int = DEFAULT_MAX_PAGES) -> Iterator[list[Any]]:
+        """Every identified visitor, page by page (the ``visitors`` source, by visitorId).
+
+        Args:
+            max_pages: Hard cap; reaching it with a full page raises.
+
+        Yields:
+            Each page's rows as Pendo sent them, whatever their shape (`decode_visitors`
+            checks them); the email is at ``email_field``, the accounts at
+            ``metadata.auto.accountids``.
+
+        Raises:
+            PagingLimitError: ``max_pages`` full pages and still more rows.
+            ApiError: From the request or a malformed answer.
+        """
+        check_max_pages(max_pages)
+        pipeline: list[JSONDict] = [
+            {"source": {"visitors": None}},
+            {"identified": "visitorId"},
+            {"sort": ["visitorId"]},
+        ]
+        return self._paged(pipeline, "visitors", max_pages, _prepare_rows, _finish_rows)
+
     def _paged(
         self,
         head: list[JSONDict],
@@ -524,6 +547,25 @@ def _prepare_pipeline(body: bytes) -> _Prepared:
     keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
     first, last = keys if keys else (None, None)
     return _Prepared(body, rows, len(rows), first, last)
+
+
+def _prepare_rows(body: bytes) -> _Prepared:
+    """As `_prepare_pipeline`, but rows of any shape are kept for the caller to check."""
+    try:
+        rows = _results(body, _PIPELINE_DECODER)
+    except PayloadShapeError:
+        return _Prepared(body, None, None, None, None)  # `_finish_rows` raises it
+    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
+    first, last = keys if keys else (None, None)
+    return _Prepared(body, rows, len(rows), first, last)
+
+
+def _finish_rows(prepared: _Prepared, page_index: int, skip_first: bool) -> tuple[list[Any], int]:
+    rows = (
+        prepared.rows if prepared.rows is not None else _results(prepared.body, _PIPELINE_DECODER)
+    )
+    rows = rows[1 if skip_first else 0 :]
+    return rows, len(rows)
 
 
 def _finish_pipeline(

@@ -25,7 +25,13 @@ import msgspec
 import polars as pl
 
 from ..errors import BatchError, ConfigError, PagingLimitError
-from ..models import SNAPSHOT_SCHEMAS, DimensionDataResult, MetricPoint, PlanhatSnapshot
+from ..models import (
+    SNAPSHOT_SCHEMAS,
+    DimensionDataResult,
+    MetricPoint,
+    PlanhatSnapshot,
+    UpsertResult,
+)
 from ..types import JSONDict, Model
 from ._http import AttemptHooks, PooledClient, RetryPolicy, Sleep, check_max_pages
 
@@ -33,6 +39,7 @@ __all__ = [
     "API_QUOTA",
     "DIMENSIONDATA_PAGE_LIMIT",
     "MAX_ANALYTICS_BODY_BYTES",
+    "MAX_UPSERT_ITEMS",
     "MODEL_PAGE_LIMITS",
     "PlanhatClient",
 ]
@@ -57,6 +64,8 @@ _EPOCH: Final = date(1970, 1, 1)
 #: second, is never reached one request at a time). Whether a 429 carries ``Retry-After`` is
 #: undocumented, and five backed-off attempts span about 20 s, so the client keeps under it.
 API_QUOTA: Final = (200, 60.0)
+#: The most items of one bulk upsert (planhat_api.md section 5.1).
+MAX_UPSERT_ITEMS: Final = 5000
 _TOKEN_HINT: Final = "check PLANHAT_API_TOKEN: a service-account token with access to this object"
 _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -325,6 +334,45 @@ class PlanhatClient(PooledClient):
         )
         return result
 
+    def upsert_end_users(self, items: Sequence[JSONDict]) -> UpsertResult:
+        """Create End Users: exactly one bulk upsert, ``PUT {api_url}/endusers``, keyed by
+        ``externalId`` (at most `MAX_UPSERT_ITEMS` items; send requests one at a time).
+
+        Args:
+            items: ``{"externalId", "email", "companyId"}`` each, every one with an externalId.
+
+        Returns:
+            What Planhat created, already had, and refused, by externalId.
+
+        Raises:
+            BatchError: No items, too many, or one without an externalId; nothing was sent.
+            DeliveryUnknownError: The request may have reached Planhat: read the End Users back
+                before asking again.
+            ApiStatusError: Planhat answered an error (after retries); nothing was created.
+            ApiTransportError: Planhat could not be reached; nothing was sent.
+        """
+        if not 1 <= len(items) <= MAX_UPSERT_ITEMS:
+            raise BatchError(f"an upsert takes 1 to {MAX_UPSERT_ITEMS} items, got {len(items)}")
+        if not all(isinstance(i.get("externalId"), str) and i["externalId"] for i in items):
+            raise BatchError("every End User to upsert needs an externalId (else Planhat inserts)")
+        response = self._request(
+            "PUT",
+            self.api_url + "/endusers",
+            auth=self._bearer,
+            hint=_TOKEN_HINT,
+            idempotent=False,
+            content=msgspec.json.encode(list(items)),
+        )
+        result = _upsert_result(self._json(response, "PUT", "/endusers"))
+        logger.info(
+            "Planhat upserted %d End Users: %d created, %d already there, %d refused",
+            len(items),
+            len(result.created),
+            len(result.existed),
+            len(result.errors),
+        )
+        return result
+
     def _check_batch(self, body: bytes, items: int) -> None:
         if not isinstance(body, bytes):
             raise BatchError(f"body must be bytes, got {type(body).__name__}")
@@ -527,3 +575,29 @@ def _dimension_data_result(content: bytes) -> DimensionDataResult:
     processed = data.get("processed")
     valid = isinstance(processed, int) and not isinstance(processed, bool)
     return DimensionDataResult(processed=processed if valid else None, errors=errors)
+
+
+def _upsert_result(data: Any) -> UpsertResult:
+    """Read ``{insertsKeys, updatesKeys, createdErrors, updatedErrors, ...}`` defensively."""
+    if not isinstance(data, dict):
+        return UpsertResult()
+
+    def keys(name: str) -> dict[str, str]:
+        entries = data.get(name)
+        return {
+            e["externalId"]: e["_id"]
+            for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict)
+            and isinstance(e.get("externalId"), str)
+            and isinstance(e.get("_id"), str)
+        }
+
+    errors: dict[str | None, str] = {}
+    for name in ("createdErrors", "updatedErrors", "permissionErrors"):
+        entries = data.get(name)
+        for entry in entries if isinstance(entries, list) else []:
+            entry = entry if isinstance(entry, dict) else {"error": entry}
+            item = entry.get("item")
+            ext = item.get("externalId") if isinstance(item, dict) else None
+            errors[ext if isinstance(ext, str) else None] = str(entry.get("error", entry))[:500]
+    return UpsertResult(created=keys("insertsKeys"), existed=keys("updatesKeys"), errors=errors)

@@ -42,6 +42,7 @@ __all__ = [
     "feature_action_names",
     "for_ducklake",
     "insert_batch",
+    "insert_creations",
     "insert_frame",
     "insert_quarantined_events",
     "insert_raw_events_stream",
@@ -61,9 +62,12 @@ __all__ = [
     "replace_days",
     "replace_metric_readback",
     "replace_planhat_objects",
+    "replace_planned_end_users",
+    "replace_visitors",
     "resolve_batch_status",
     "select_batch_status",
     "select_batches_in_doubt",
+    "select_created_end_user_ids",
     "select_current_activities",
     "select_current_metrics",
     "select_events",
@@ -74,11 +78,16 @@ __all__ = [
     "select_ledger_activities",
     "select_ledger_metrics",
     "select_metric_drift",
+    "select_pending_creations",
     "select_pipeline_values",
     "select_planhat_objects",
     "select_sent_metric_days",
+    "select_usage_pairs",
+    "select_visitor_emails",
+    "select_visitors",
     "sent_per_day",
     "set_duckdb_setting",
+    "settle_creations",
     "settle_interrupted_batches",
     "sync_summary",
     "transaction",
@@ -420,7 +429,7 @@ def replace_planhat_objects(conn: Conn, objects: pl.DataFrame) -> None:
 def select_planhat_objects(conn: Conn) -> pl.DataFrame:
     """The snapshot's objects as matching needs them."""
     return conn.execute(
-        "SELECT model, object_id, external_id, company_external_id FROM planhat_objects"
+        "SELECT model, object_id, external_id, email, company_external_id FROM planhat_objects"
     ).pl()
 
 
@@ -521,6 +530,18 @@ def _sql_file(name: str) -> str:
 
 
 # The outbox, the ledger and the metric read-back live in `.ledger`.
+# Pendo's visitors and the End Users this product creates live in `.identity`.
+from .identity import (  # noqa: E402
+    insert_creations,
+    replace_planned_end_users,
+    replace_visitors,
+    select_created_end_user_ids,
+    select_pending_creations,
+    select_usage_pairs,
+    select_visitor_emails,
+    select_visitors,
+    settle_creations,
+)
 from .ledger import (  # noqa: E402
     count_metric_drift,
     insert_batch,

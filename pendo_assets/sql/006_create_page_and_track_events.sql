@@ -62,35 +62,32 @@ ALTER TABLE outbox_activity_items ADD COLUMN track_type_ids VARCHAR;
 ALTER TABLE planned_activities ADD COLUMN page_ids VARCHAR;
 ALTER TABLE planned_activities ADD COLUMN track_type_ids VARCHAR;
 
--- Pendo's current count per (visitor, action, day), across all features, pages and track types
--- mapped to the action (replaces 002's, which read feature events only).
-CREATE OR REPLACE VIEW activity_source AS
-SELECT e.day, e.visitor_id AS external_id, fa.action, SUM(e.num_events)::BIGINT AS source
-FROM (
-    SELECT day, visitor_id, feature_id AS item_id, num_events FROM raw_feature_events
-    UNION ALL
-    SELECT day, visitor_id, page_id, num_events FROM raw_page_events
-    UNION ALL
-    SELECT day, visitor_id, track_type_id, num_events FROM raw_track_events
-) AS e
-JOIN feature_actions AS fa ON fa.feature_id = e.item_id
-GROUP BY ALL;
-
+-- 005's activity_drift, over the days any activity source landed.
 CREATE OR REPLACE VIEW activity_drift AS
-SELECT l.day, l.external_id, l.action, l.sent, COALESCE(s.source, 0)::BIGINT AS source
+SELECT l.day, l.external_id, l.action, l.sent, COALESCE(m.count, 0)::BIGINT AS source,
+       l.enduser_id
 FROM ledger_activities AS l
-LEFT JOIN activity_source AS s USING (day, external_id, action)
-WHERE COALESCE(s.source, 0) < l.sent
+LEFT JOIN matched_activities AS m USING (day, enduser_id, action)
+WHERE COALESCE(m.count, 0) < l.sent
   AND l.day IN (
       SELECT day FROM landed_days
       WHERE source IN ('feature_events', 'page_events', 'track_events')
   );
 
--- 004's item_lineage, with the page and track event rows an activity was counted from.
+-- 005's item_lineage, with the page and track event rows an activity was counted from.
 CREATE OR REPLACE VIEW item_lineage AS
-WITH sent_keys AS (SELECT DISTINCT kind, day, external_id, key FROM sent_items)
+WITH sent_keys AS (SELECT DISTINCT kind, day, external_id, key FROM sent_items),
+-- The visitors behind an activity key: as matched that day (by externalId or email), or, for
+-- days matched before End Users were recorded per visitor, the visitor of that externalId.
+key_visitors AS (
+    SELECT k.kind, k.day, k.external_id, k.key, COALESCE(v.visitor_id, k.external_id) AS visitor_id
+    FROM sent_keys AS k
+    LEFT JOIN (SELECT DISTINCT day, external_id, visitor_id FROM visitor_end_users) AS v
+      ON v.day = k.day AND v.external_id = k.external_id
+    WHERE k.kind = 'activities'
+)
 SELECT k.kind, k.day, k.external_id, k.key, e.source, e.num_events::DOUBLE AS amount, e.row
-FROM sent_keys AS k
+FROM key_visitors AS k
 JOIN feature_actions AS fa ON fa.action = k.key
 JOIN (
     SELECT 'raw_feature_events' AS source, day, visitor_id, feature_id AS item_id, num_events,
@@ -102,11 +99,10 @@ JOIN (
     UNION ALL
     SELECT 'raw_track_events', day, visitor_id, track_type_id, num_events, to_json(r)::VARCHAR
     FROM raw_track_events AS r
-) AS e ON e.day = k.day AND e.visitor_id = k.external_id AND e.item_id = fa.feature_id
-WHERE k.kind = 'activities'
+) AS e ON e.day = k.day AND e.visitor_id = k.visitor_id AND e.item_id = fa.feature_id
 UNION ALL
 SELECT k.kind, k.day, k.external_id, k.key, q.source, NULL, q.raw
-FROM sent_keys AS k
+FROM key_visitors AS k
 JOIN (
     SELECT 'quarantine_feature_events' AS source, day, raw FROM quarantine_feature_events
     UNION ALL
@@ -114,8 +110,7 @@ JOIN (
     UNION ALL
     SELECT 'quarantine_track_events', day, raw FROM quarantine_track_events
 ) AS q ON q.day = k.day
-WHERE k.kind = 'activities'
-  AND CASE WHEN json_valid(q.raw) THEN json_extract_string(q.raw, '$.visitorId') END = k.external_id
+WHERE CASE WHEN json_valid(q.raw) THEN json_extract_string(q.raw, '$.visitorId') END = k.visitor_id
 UNION ALL
 SELECT k.kind, k.day, k.external_id, k.key, 'raw_pipeline_results', v.value, r.row_json
 FROM sent_keys AS k
