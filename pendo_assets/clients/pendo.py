@@ -257,7 +257,7 @@ class PendoClient(PooledClient):
         """
         app_id = _app_ids_param("all")
         body = self._aggregate([{"source": {"trackTypes": {"appId": app_id}}}], "track-types")
-        return self._items(_results(body), AGGREGATION_PATH, "track type", method="POST")
+        return self._items(_pipeline_rows(body), AGGREGATION_PATH, "track type", method="POST")
 
     def list_items(self, source: EventSource) -> list[Feature]:
         """The features, pages or track types ``source``'s rows are keyed by."""

@@ -1,0 +1,126 @@
+"""End to end on the sandbox: Pendo pages and track events as User Activities, and `as: metric`
+features as daily Custom Metrics (DESIGN.md section 5, *More Pendo sources and per-feature
+choice*), against the generator's ground truth."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from pendo_assets.sandbox import SandboxSpec
+
+from .conftest import SHORT, MakeEnv
+
+KEYS = ["externalId", "email"]
+SPEC = SandboxSpec(seed=11, n_visitors=400, n_accounts=60, rows_per_day=1200, identity=True)
+DAYS: list[date] = SHORT[:2]
+
+
+@pytest.mark.parametrize("backend", ["file"])
+def test_pages_and_track_events_reach_ground_truth_and_a_second_run_sends_nothing(
+    make_env: MakeEnv,
+) -> None:
+    env = make_env(spec=SPEC)
+    data = env.sandbox.dataset
+    sources = data.identity_config()  # matching (both keys, creation on), every page and type
+    env.reconfigure(**sources)
+    pages = {p["id"]: p["action"] for p in sources["pages"]}
+    tracks = {t["id"]: t["action"] for t in sources["track_events"]}
+    truth = data.truth_activities_by_key(
+        days=DAYS,
+        features=env.actions(),
+        pages=pages,
+        track_events=tracks,
+        end_user_keys=KEYS,
+        create_end_users=True,
+    )
+    created = data.truth_created_end_users(
+        end_user_keys=KEYS, days=DAYS, features=env.actions(), pages=pages, track_events=tracks
+    )
+
+    outcome = env.sync(DAYS[0], DAYS[-1])
+    assert outcome.success, outcome.last_line
+
+    received = env.sandbox.received
+    assert received.activity_totals_by_key() == truth
+    assert {a for _, a, _ in truth} >= set(pages.values()) | set(tracks.values())
+    assert sorted(item["externalId"] for item in received.created("EndUser")) == sorted(created)
+    # Each item's info names the source ids behind its action.
+    infos = {r.action: r.info for r in received.activities()}
+    page_id, action = next(iter(pages.items()))
+    assert infos[action] == {"pageId": page_id, "source": "pendo"}
+    track_id, action = next(iter(tracks.items()))
+    assert infos[action] == {"trackTypeId": track_id, "source": "pendo"}
+    assert all("featureId" in infos[a] for a in env.actions().values() if a in infos)
+    # Landed with Pendo's row grain, one landed day per source and day.
+    for source, table in [("page_events", "raw_page_events"), ("track_events", "raw_track_events")]:
+        ((rows,),) = env.sql(f"SELECT COUNT(*) FROM {table}")
+        landed = env.sql(
+            "SELECT day, rows FROM landed_days WHERE source = ? ORDER BY day", [source]
+        )
+        assert [d for d, _ in landed] == DAYS and sum(n for _, n in landed) == rows > 0
+    assert env.sql("SELECT COUNT(*) FROM activity_drift") == [(0,)]
+    assert (
+        env.sql(
+            "SELECT COUNT(*) FROM item_lineage WHERE source IN ('raw_page_events', 'raw_track_events')"
+        )[0][0]
+        > 0
+    )
+
+    requests, upserts = env.analytics_requests(), len(received.upserts())
+    again = env.sync(DAYS[0], DAYS[-1])
+    assert again.success, again.last_line
+    assert env.analytics_requests() == requests
+    assert len(received.upserts()) == upserts
+    assert received.activity_totals_by_key() == truth
+
+
+@pytest.mark.parametrize("backend", ["file"])
+def test_metric_features_send_their_daily_counts_and_no_activities(make_env: MakeEnv) -> None:
+    env = make_env(spec=SandboxSpec(seed=11, n_visitors=400, n_accounts=60, rows_per_day=1200))
+    features = [
+        dict(f) for f in env.sandbox.dataset.demo_config(start_date="2026-10-01")["features"]
+    ]
+    metrics = {
+        features[0]["id"]: ("feature_uses", "EndUser"),
+        features[1]["id"]: ("feature_account_uses", "Company"),
+    }
+    for f in features[:2]:
+        dimension, model = metrics[f["id"]]
+        f.update({"as": "metric", "metric": {"dimension_id": dimension, "model": model}})
+    env.reconfigure(features=features)
+    values, unmatched = env.sandbox.dataset.truth_feature_metrics(days=DAYS, metrics=metrics)
+    activities = {
+        f.id: a
+        for f, (_, a) in zip(env.config.features, env.actions().items(), strict=True)
+        if not f.is_metric
+    }
+
+    outcome = env.sync(DAYS[0], DAYS[-1])
+    assert outcome.success, outcome.last_line
+
+    received = env.sandbox.received
+    points = {
+        key: sum(v)
+        for key, v in received.metric_points(include_dropped=False).items()
+        if key[0] in {"feature_uses", "feature_account_uses"}
+    }
+    assert points == values and values
+    assert {a for _, a, _ in received.activity_totals_by_key()} == set(activities.values())
+    got = {
+        (d.isoformat(), p, i): r
+        for d, p, i, r in env.sql(
+            "SELECT day, pipeline, id, reason FROM unmatched_accounts WHERE pipeline LIKE 'feature:%'"
+        )
+    }
+    assert got == unmatched
+    ((sent,),) = env.sql(
+        "SELECT COUNT(*) FROM sent_metrics WHERE aggregation = 'sum' AND dimension_id = 'feature_uses'"
+    )
+    assert sent == sum(1 for k in values if k[0] == "feature_uses")
+
+    requests = env.analytics_requests()
+    again = env.sync(DAYS[0], DAYS[-1])
+    assert again.success, again.last_line
+    assert env.analytics_requests() == requests
