@@ -24,9 +24,12 @@ def test_pages_and_track_events_reach_ground_truth_and_a_second_run_sends_nothin
     env = make_env(spec=SPEC)
     data = env.sandbox.dataset
     sources = data.identity_config()  # matching (both keys, creation on), every page and type
+    # One page and one track type without an action: named as in Pendo.
+    del sources["pages"][0]["action"], sources["track_events"][0]["action"]
     env.reconfigure(**sources)
-    pages = {p["id"]: p["action"] for p in sources["pages"]}
-    tracks = {t["id"]: t["action"] for t in sources["track_events"]}
+    names = {i["id"]: i["name"] for i in [*data.pages(), *data.track_types()]}
+    pages = {p["id"]: p.get("action", names[p["id"]]) for p in sources["pages"]}
+    tracks = {t["id"]: t.get("action", names[t["id"]]) for t in sources["track_events"]}
     truth = data.truth_activities_by_key(
         days=DAYS,
         features=env.actions(),

@@ -160,14 +160,20 @@ def build_matching_assets(
         with open_warehouse(warehouse) as conn:
             objects = queries.select_planhat_objects(conn)
             values = queries.select_pipeline_values(conn, days=days, pipelines=pipelines)
-            if metric_features.height:  # `as: metric` features: their daily counts
+            if metric_features.height:  # `as: metric` features: their daily counts, day by day
                 ids = metric_features["feature_id"].to_list()
-                usage = pl.concat(
-                    queries.select_events(conn, source=FEATURE_EVENTS, day=day, item_ids=ids)
+                counts = [
+                    feature_metric_values(
+                        daily_usage(
+                            queries.select_events(
+                                conn, source=FEATURE_EVENTS, day=day, item_ids=ids
+                            ).lazy()
+                        ),
+                        metric_features.lazy(),
+                    ).collect()
                     for day in days
-                )
-                counts = feature_metric_values(daily_usage(usage.lazy()), metric_features.lazy())
-                values = pl.concat([values, counts.collect()])
+                ]
+                values = pl.concat([values, *counts])
             matched, unmatched = match_metrics(values.lazy(), objects.lazy())
             m, u = pl.collect_all([matched, unmatched])
             tables = {"matched_metrics": [m], "unmatched_account_rows": [u]}
