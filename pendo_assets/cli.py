@@ -12,10 +12,8 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from datetime import date, timedelta
@@ -28,7 +26,6 @@ from .errors import ConfigError, PendoAssetsError, UsageError
 if TYPE_CHECKING:  # imported at run time only by the commands that use them
     from .config import Config
     from .resources import PendoResource, PlanhatResource
-    from .sandbox import Sandbox
 
 __all__ = ["main"]
 
@@ -289,14 +286,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*is currently in preview")
 
 
-def _print_summary(summary: dict[str, int | float]) -> None:
-    width = max(len(k) for k in summary) if summary else 0
-    for key, value in summary.items():
-        print(f"  {key.replace('_', ' '):<{width}}  {value:,}")
-
-
 def _sync(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .demo import print_summary
     from .partitions import sync_window
     from .runner import run_sync
 
@@ -305,113 +297,15 @@ def _sync(args: argparse.Namespace) -> int:
     outcome = run_sync(config=config, start=start, end=end, dry_run=args.dry_run)
     if outcome.run_id is not None:  # None: stopped before a run started (warehouse locked)
         print(f"run {outcome.run_id}" + (" (dry run: nothing sent)" if args.dry_run else ""))
-    _print_summary(outcome.summary)
+    print_summary(outcome.summary)
     print(outcome.last_line)
     return outcome.exit_code
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return _make_demo(args.dir, days=args.days, rows_per_day=args.rows_per_day)
+    from .demo import make_demo
 
-
-def _demo_home(demo_dir: Path) -> Path:
-    """Where the demo's Dagster runs are recorded: ``DAGSTER_HOME`` when set, else
-    ``<demo dir>/dagster_home`` (what ``pendo-planhat ui`` shows)."""
-    return Path(os.environ.get("DAGSTER_HOME") or demo_dir / "dagster_home").absolute()
-
-
-def _make_demo(demo_dir: Path, *, days: int, rows_per_day: int | None) -> int:
-    from .config import load_config
-    from .runner import run_sync
-    from .sandbox import Sandbox, SandboxSpec
-    from .ui import prepare_dagster_home
-
-    started = time.perf_counter()
-    if demo_dir.exists():
-        shutil.rmtree(demo_dir)  # the demo always starts from nothing
-    demo_dir.mkdir(parents=True)
-    home = _demo_home(demo_dir)
-    if home.is_relative_to(demo_dir.absolute()):
-        prepare_dagster_home(home)
-    os.environ["DAGSTER_HOME"] = str(home)
-    (demo_dir / "sandbox.json").write_text(
-        json.dumps({"rows_per_day": rows_per_day}), encoding="utf-8"
-    )
-    spec = SandboxSpec() if rows_per_day is None else SandboxSpec.for_rows(rows_per_day)
-    with Sandbox(spec) as sandbox:
-        config_path = demo_dir / "pendo_planhat.yaml"
-        end = sandbox.dataset.today() - timedelta(days=1)
-        start = end - timedelta(days=days - 1)
-        sandbox.write_config(config_path, start_date=start)
-        env = {
-            **sandbox.env(),
-            "PENDO_PLANHAT_CONFIG": str(config_path),
-            "PENDO_PLANHAT_WAREHOUSE": str(demo_dir / "warehouse.duckdb"),
-        }
-        os.environ.update(env)
-        (demo_dir / "demo.env").write_text(
-            "".join(f"{k}={v}\n" for k, v in {**env, "DAGSTER_HOME": str(home)}.items()),
-            encoding="utf-8",
-        )
-        config = load_config(config_path)
-        print(f"pendo-planhat demo: {days}-day backfill {start}..{end} against the local sandbox")
-        outcome = run_sync(config=config, start=start, end=end)
-        print(f"\nBackfill run {outcome.run_id} ({time.perf_counter() - started:.0f} s):")
-        _print_summary(outcome.summary)
-        print(_verify_against_truth(sandbox, config, outcome.days))
-        rerun_start = max(start, end - timedelta(days=6))
-        again = run_sync(config=config, start=rerun_start, end=end)
-        print(
-            f"Re-run of {rerun_start}..{end}: {again.summary.get('activity_items_sent', 0)} activity and "
-            f"{again.summary.get('metric_items_sent', 0)} metric items sent "
-            "(nothing changed, so nothing is sent twice)"
-        )
-    print("\nWhere to look next:")
-    print("  Dagster UI on the same data:  make ui  (or .venv/bin/pendo-planhat ui)")
-    print(
-        f'  Unmatched visitors in SQL:    .venv/bin/python -c "import duckdb; '
-        f'print(duckdb.sql(\\"SELECT reason, COUNT(*) FROM \'{demo_dir}/exports/unmatched_visitors.parquet\' GROUP BY reason\\"))"'
-    )
-    print(
-        f"  The warehouse:                {demo_dir}/warehouse.duckdb (views unmatched_visitors, "
-        "unmatched_accounts, sent_activities, sent_metrics, batches_in_doubt, activity_drift)"
-    )
-    print(
-        outcome.last_line
-        if outcome.exit_code
-        else f"demo finished in {time.perf_counter() - started:.0f} s"
-    )
-    return outcome.exit_code or again.exit_code
-
-
-def _verify_against_truth(sandbox: Sandbox, config: Config, days: list[date]) -> str:
-    """Compare what the sandbox's Planhat received with the generator's ground truth."""
-    from .warehouse import warehouse_from_env
-
-    with warehouse_from_env().connect() as conn:
-        actions = queries.feature_action_names(conn)
-    truth = sandbox.dataset.truth_activities(days=days, actions=actions)
-    received = sandbox.received.activity_totals()
-    pipelines = [
-        {
-            "name": p.name,
-            "model": p.model,
-            "id_field": p.id_field,
-            "metrics": dict(p.metrics),
-            "pipeline": list(p.stages),
-        }
-        for p in config.pipelines
-    ]
-    truth_m = sandbox.dataset.truth_metrics(days=days, pipelines=pipelines)
-    points = sandbox.received.metric_points()
-    agg = {dim: p.aggregation for p in config.pipelines for dim in p.metrics.values()}
-    got_m = {k: (sum(v) if agg.get(k[0]) == "sum" else v[-1]) for k, v in points.items()}
-    mark = "matches" if received == truth and got_m == truth_m else "DOES NOT match"
-    return (
-        f"Planhat now holds {sum(received.values()):,} events over {len(received):,} activity keys and "
-        f"{len(got_m):,} metric values: this {mark} the sandbox's ground truth "
-        f"({sum(truth.values()):,} events, {len(truth):,} keys, {len(truth_m):,} metric values)."
-    )
+    return make_demo(args.dir, days=args.days, rows_per_day=args.rows_per_day)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -420,7 +314,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _ui(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .sandbox import Sandbox, SandboxSpec
+    from .demo import demo_spec, make_demo
+    from .sandbox import Sandbox
     from .ui import demo_ready, pick_port, prepare_dagster_home, run_dagster_ui
 
     demo_dir: Path = args.dir.absolute()
@@ -428,7 +323,7 @@ def _ui(args: argparse.Namespace) -> int:
     if not demo_ready(demo_dir):
         print(f"No demo data in {demo_dir}: creating it first (pendo-planhat demo).")
         os.environ.pop("DAGSTER_HOME", None)  # the UI shows the demo's own runs
-        code = _make_demo(demo_dir, days=args.days, rows_per_day=args.rows_per_day)
+        code = make_demo(demo_dir, days=args.days, rows_per_day=args.rows_per_day)
         if code:
             return code
         print()
@@ -440,7 +335,7 @@ def _ui(args: argparse.Namespace) -> int:
     home = prepare_dagster_home(demo_dir / "dagster_home")
     for signum in (signal.SIGINT, signal.SIGTERM):  # stop the UI's processes on `kill` too,
         signal.signal(signum, _interrupt)  # and on Ctrl-C when started with SIGINT ignored
-    with Sandbox(SandboxSpec() if rows is None else SandboxSpec.for_rows(rows)) as sandbox:
+    with Sandbox(demo_spec(rows)) as sandbox:
         env = {
             **sandbox.env(),
             "PENDO_PLANHAT_CONFIG": str(demo_dir / "pendo_planhat.yaml"),

@@ -1,10 +1,10 @@
 """Which End User a visitor's usage belongs to (DESIGN.md section 5, *Identity*). Pure Polars.
 
 Keys are tried in the configured order (``externalId``, ``email``); the first key that finds
-exactly one End User decides. A key that finds several decides too: the row stays unmatched
+exactly one End User decides. A key that finds several never guesses among them: the next key is
+tried, and if no key finds exactly one, the row stays unmatched for the first such key
 (``ambiguous`` for an externalId, ``ambiguous_email`` for an email the event's account cannot
-settle), it is never guessed, and the next key is not tried. A key that finds no one passes the
-row to the next key; after the last, the row is ``no_enduser``.
+settle); when no key finds anyone, the row is ``no_enduser``.
 
 - ``externalId``: the visitorId equals an End User's ``externalId`` exactly (case-sensitive).
 - ``email``: the visitor's email (from Pendo's visitors, trimmed, compared case-insensitively)
@@ -102,7 +102,8 @@ def resolve_end_users(
     else:
         rows = rows.with_columns(pl.lit(None, pl.String).alias("_visitor_norm"))
 
-    decided: list[pl.LazyFrame] = []  # per key: _row, enduser_id (or null), reason (or null)
+    found: list[pl.LazyFrame] = []  # per key: _row, enduser_id, matched_by
+    unsure: list[pl.LazyFrame] = []  # per key: _row, reason (several End Users)
     for key in keys:
         if key == "externalId":
             candidates = rows.join(
@@ -127,16 +128,23 @@ def resolve_end_users(
                 | same_account.fill_null(False)
             )
             ambiguous = "ambiguous_email"
-        verdict = candidates.group_by("_row").agg(
-            pl.when(pl.len() == 1).then(pl.col("enduser_id").first()).alias("enduser_id"),
-            pl.when(pl.len() > 1).then(pl.lit(ambiguous)).alias("reason"),
-            pl.lit(key).alias("matched_by"),
+        per_row = candidates.group_by("_row").agg(
+            pl.len().alias("_n"), pl.col("enduser_id").first()
         )
-        decided.append(verdict)
-        rows = rows.join(verdict.select("_row"), on="_row", how="anti")
-    verdicts = pl.concat(decided, how="vertical")
+        one = per_row.filter(pl.col("_n") == 1)
+        found.append(one.select("_row", "enduser_id", pl.lit(key).alias("matched_by")))
+        unsure.append(
+            per_row.filter(pl.col("_n") > 1).select("_row", pl.lit(ambiguous).alias("reason"))
+        )
+        rows = rows.join(one.select("_row"), on="_row", how="anti")
+    # The first key that found several End Users names the reason, unless a later key found one.
+    reasons = pl.concat(unsure, how="vertical").unique("_row", keep="first", maintain_order=True)
     return (
-        indexed.join(verdicts, on="_row", how="left")
+        indexed.join(pl.concat(found, how="vertical"), on="_row", how="left")
+        .join(reasons, on="_row", how="left")
+        .with_columns(
+            pl.when(pl.col("enduser_id").is_null()).then(pl.col("reason")).alias("reason")
+        )
         .join(people, on="enduser_id", how="left")
         .with_columns(
             pl.col("reason").fill_null(

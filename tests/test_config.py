@@ -638,3 +638,44 @@ def test_parse_config_reports_stage_problems_inside_a_pipeline_file(tmp_path: Pa
         "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}",
     )
     assert "one key, the operator name" in found["pipelines[0].pipeline_file[1]"][1]
+
+
+# DESIGN.md §5 Additions, *Identity*, verbatim (after the example's 20 lines).
+IDENTITY = """\
+matching:
+  end_user_keys: [externalId, email]        # tried in this order; default [externalId]
+  visitor_email_field: metadata.agent.email # Pendo `visitors` field holding the email
+  create_end_users: false                   # true: create missing End Users (below)
+"""
+
+
+def test_the_identity_section_of_the_design_parses_and_defaults_keep_todays_matching() -> None:
+    config = parse_config(EXAMPLE + IDENTITY)
+    assert config.matching.end_user_keys == ("externalId", "email")
+    assert config.matching.visitor_email_field == "metadata.agent.email"
+    assert config.matching.create_end_users is False
+    assert config.matching.needs_visitors
+    default = parse_config(EXAMPLE).matching
+    assert default.end_user_keys == ("externalId",) and not default.create_end_users
+    assert not default.needs_visitors
+    assert parse_config(EXAMPLE + "matching: {create_end_users: true}\n").matching.needs_visitors
+
+
+def test_identity_keys_are_checked_with_a_line_and_a_hint() -> None:
+    found = problems(
+        EXAMPLE
+        + "matching:\n  end_user_keys: [externalId, mail]\n  visitor_email_field: 'a b'\n"
+        + "  create_end_users: yes please\n"
+    )
+    assert found["matching.end_user_keys[1]"] == (
+        22,
+        "'mail' is not an End User key; did you mean 'email'? expected one of: externalId, email",
+    )
+    assert found["matching.visitor_email_field"][0] == 23
+    assert found["matching.create_end_users"][0] == 24
+    twice = problems(EXAMPLE + "matching:\n  end_user_keys: [email, email]\n")
+    assert "names a key twice" in twice["matching.end_user_keys"][1]
+    assert (
+        "expected a list"
+        not in problems(EXAMPLE + "matching: {end_user_keys: []}\n")["matching.end_user_keys"][1]
+    )

@@ -56,7 +56,7 @@ def test_each_rule_of_the_contract() -> None:
         ("u1", "acc1"),  # externalId match (its email would not match)
         ("v-bee", "acc2"),  # no externalId; email differs only in case and spaces
         ("v-c", "acc3"),  # End User with "" externalId: addressed by email
-        ("dup", "acc1"),  # externalId on two End Users: ambiguous, email not tried
+        ("dup", "acc1"),  # externalId on two End Users: never guessed, but its email finds e1
         ("v-shared", "acc7"),  # email on two End Users: the one of the event's account
         ("v-shared", "acc9"),  # ... and on no account of theirs: ambiguous_email
         ("v-none", "acc1"),  # email held by no End User
@@ -66,7 +66,7 @@ def test_each_rule_of_the_contract() -> None:
         ("u1", "e1", "u1", None, "externalId", None),
         ("v-bee", "e2", None, " Bee@X.com ", "email", None),
         ("v-c", "e3", None, "c@x.com", "email", None),
-        ("dup", None, None, None, None, "ambiguous"),
+        ("dup", "e1", "u1", None, "email", None),
         ("v-shared", "e7", "u7", None, "email", None),
         ("v-shared", None, None, None, None, "ambiguous_email"),
         ("v-none", None, None, None, None, "no_enduser"),
@@ -106,17 +106,19 @@ def _reference(
         for key in keys:
             if key == "externalId":
                 hits = [e for e in endusers if e["external_id"] and e["external_id"] == visitor]
-                if len(hits) > 1:
-                    found = (None, None, None, None, "ambiguous")
-                    break
+                if len(hits) > 1:  # never guessed; the next key may still find one
+                    if found[4] == "no_enduser":
+                        found = (None, None, None, None, "ambiguous")
+                    continue
             else:
                 address = norm(visitors.get(visitor))
                 hits = [e for e in endusers if address and norm(e["email"]) == address]
                 if len(hits) > 1:
                     mine = [e for e in hits if account and e["company_external_id"] == account]
                     if len(mine) != 1:
-                        found = (None, None, None, None, "ambiguous_email")
-                        break
+                        if found[4] == "no_enduser":
+                            found = (None, None, None, None, "ambiguous_email")
+                        continue
                     hits = mine
             if hits:
                 e = hits[0]

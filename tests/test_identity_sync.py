@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pendo_assets.sandbox import SandboxSpec
+from pendo_assets.sandbox import VISITORS, SandboxSpec, malformed_visitor_rows
 
 from .conftest import SHORT, Env, MakeEnv
 
@@ -48,6 +48,15 @@ def test_email_matching_and_created_end_users_reach_ground_truth(make_env: MakeE
     env = _identity_env(make_env)
     days = SHORT
     truth = _truth(env, days)  # against Planhat before anything is created
+
+    # A dry run lists who would be created, and creates and sends nothing.
+    dry = env.sync(days[0], days[-1], dry_run=True)
+    assert dry.success, dry.last_line
+    assert env.sandbox.received.created("EndUser") == [] and env.analytics_requests() == 0
+    planned = env.sql("SELECT external_id, email, company_external_id FROM planned_end_users")
+    assert sorted(planned) == sorted(
+        (ext, row["email"], row["companyExternalId"]) for ext, row in truth["created"].items()
+    )
 
     outcome = env.sync(days[0], days[-1])
     assert outcome.success, outcome.last_line
@@ -90,3 +99,99 @@ def test_email_matching_and_created_end_users_reach_ground_truth(make_env: MakeE
     assert env.analytics_requests() == requests
     assert len(received.upserts()) == upserts
     assert received.activity_totals_by_key() == truth["activities"]
+
+
+@pytest.mark.parametrize("backend", ["file"])
+@pytest.mark.parametrize("fault", ["reset_after_apply", "reset"])
+def test_a_creation_whose_answer_never_came_is_settled_by_reading_back(
+    make_env: MakeEnv, fault: str
+) -> None:
+    """Planhat created the End Users but the answer was lost (``reset_after_apply``), or the
+    request died before Planhat applied it (``reset``): the run says so and creates none twice;
+    the next run reads them back and ends at the truth."""
+    env = _identity_env(make_env)
+    days = SHORT[:2]
+    truth = _truth(env, days)
+    env.sandbox.faults.add(service="planhat_api", kind=fault, path="/endusers", method="PUT")
+
+    first = env.sync(days[0], days[-1])
+    assert first.success, first.last_line  # the activities of the others were published
+    statuses = dict(env.sql("SELECT status, COUNT(*) FROM end_user_creations GROUP BY ALL"))
+    assert statuses == {"sending": len(truth["created"])}
+    applied = fault == "reset_after_apply"
+    received = env.sandbox.received
+    assert len(received.created("EndUser")) == (len(truth["created"]) if applied else 0)
+
+    second = env.sync(days[0], days[-1])
+    assert second.success, second.last_line
+    created = [item["externalId"] for item in received.created("EndUser")]
+    assert sorted(created) == sorted(truth["created"])  # each once
+    settled = dict(env.sql("SELECT status, COUNT(*) FROM end_user_creations GROUP BY ALL"))
+    n = len(truth["created"])
+    assert settled == ({"created": n} if applied else {"not_created": n, "created": n})
+    assert received.activity_totals_by_key() == truth["activities"]
+
+
+@pytest.mark.parametrize("backend", ["file"])
+def test_matching_by_email_without_creating(make_env: MakeEnv) -> None:
+    env = _identity_env(make_env, create=False)
+    days = SHORT[:2]
+    truth = _truth(env, days, create=False)
+    outcome = env.sync(days[0], days[-1])
+    assert outcome.success, outcome.last_line
+    assert env.sandbox.received.created("EndUser") == []
+    assert env.sandbox.received.activity_totals_by_key() == truth["activities"]
+    reasons = dict(env.sql("SELECT reason, COUNT(*) FROM unmatched_visitors GROUP BY ALL"))
+    assert reasons.get("no_enduser", 0) > 0 and reasons.get("ambiguous_email", 0) > 0
+
+    # The ledger is keyed by the End User: when an End User found by email is given the
+    # visitorId as externalId in Planhat, its activities are addressed anew but never resent.
+    store = env.sandbox.dataset.planhat
+    by_email = env.sql(
+        "SELECT DISTINCT v.visitor_id, v.enduser_id FROM visitor_end_users AS v "
+        "WHERE v.matched_by = 'email'"
+    )
+    assert by_email
+    for visitor, enduser in by_email[:5]:
+        store.upsert("EndUser", [{"_id": enduser, "externalId": visitor}])
+    requests = env.analytics_requests()
+    again = env.sync(days[0], days[-1])
+    assert again.success, again.last_line
+    assert env.analytics_requests() == requests
+    moved = env.sql(
+        "SELECT COUNT(*) FROM visitor_end_users WHERE matched_by = 'externalId' "
+        "AND visitor_id IN (SELECT UNNEST(?::VARCHAR[]))",
+        [[v for v, _ in by_email[:5]]],
+    )
+    assert moved[0][0] > 0
+
+
+@pytest.mark.parametrize("backend", ["file"])
+def test_malformed_visitors_are_quarantined_with_their_reason_or_stop_the_sync(
+    make_env: MakeEnv,
+) -> None:
+    env = _identity_env(make_env, create=False)
+    bad = malformed_visitor_rows()
+    env.sandbox.pendo_rows.add(match=VISITORS, rows=[row for _, row in bad])
+    day = SHORT[0]
+
+    # Ten bad rows in about four hundred visitors: more than the default 1%.
+    refused = env.sync(day, day)
+    assert not refused.success
+    assert "Pendo visitors are malformed" in refused.last_line, refused.last_line
+    assert "sync.max_quarantine_share" in refused.last_line
+    assert env.sandbox.received.activity_totals_by_key() == {}  # nothing matched or sent
+
+    env.reconfigure(
+        sync={"max_quarantine_share": 0.05},
+        matching={"end_user_keys": KEYS, "create_end_users": False},
+    )
+    landed = env.sync(day, day)
+    assert landed.success, landed.last_line
+    rows = env.sql("SELECT reason, raw FROM quarantine_visitors ORDER BY raw")
+    assert len(rows) == len(bad)
+    expected = sorted(bad, key=lambda b: b[1])
+    for (reason, _), (kind, _) in zip(rows, expected, strict=True):
+        assert reason.startswith(kind), (reason, kind)
+    truth = _truth(env, [day], create=False)
+    assert env.sandbox.received.activity_totals_by_key() == truth["activities"]

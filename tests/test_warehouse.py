@@ -69,3 +69,54 @@ def test_duckdb_memory_is_bounded_by_default_and_configurable(
     assert limit() == "512.0 MiB"
     monkeypatch.setenv("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT", "300MB")
     assert limit() == "286.1 MiB"
+
+
+def test_identity_migration_keys_the_activities_already_sent_by_their_end_user(
+    tmp_path: Path,
+) -> None:
+    """A warehouse from before End Users were the ledger's key: what was sent is keyed by the End
+    User holding the externalId now (else by the externalId), so nothing is sent twice."""
+    from pendo_assets.warehouse import _migration_files
+
+    day = date(2026, 11, 2)
+    with duckdb.connect(str(tmp_path / "old.duckdb")) as conn:
+        queries.applied_migrations(conn)  # creates the record of migrations
+        for version, name, sql in _migration_files():
+            if version < 5:
+                queries.apply_migration(conn, version=version, name=name, sql=sql)
+        conn.execute(
+            "INSERT INTO planhat_objects (model, object_id, external_id, snapshot_at) VALUES "
+            "('EndUser', 'e1', 'u1', now()), ('EndUser', 'e2', 'dup', now()), "
+            "('EndUser', 'e3', 'dup', now()), ('Company', 'c1', 'gone', now())"
+        )
+        conn.execute(
+            "INSERT INTO outbox_batches (batch_id, kind, status, items, body_bytes, created_at) "
+            "VALUES (1, 'activities', 'delivered', 3, 10, now())"
+        )
+        conn.execute(
+            "INSERT INTO outbox_activity_items (batch_id, day, external_id, action, count, "
+            "weight, feature_ids) VALUES (1, ?, 'u1', 'A', 5, 1, 'f'), (1, ?, 'dup', 'A', 2, 1, "
+            "'f'), (1, ?, 'gone', 'A', 1, 1, 'f')",
+            [day, day, day],
+        )
+        conn.execute(
+            "INSERT INTO matched_activities (day, external_id, action, count, weight, "
+            "feature_ids) VALUES (?, 'u1', 'A', 7, 1, 'f')",
+            [day],
+        )
+        assert apply_migrations(conn) == [5]
+        assert conn.execute(
+            "SELECT external_id, enduser_id FROM outbox_activity_items ORDER BY ALL"
+        ).fetchall() == [("dup", "extid-dup"), ("gone", "extid-gone"), ("u1", "e1")]
+        assert conn.execute(
+            "SELECT day, external_id, action, count, matched_by, enduser_id FROM sent_activities "
+            "ORDER BY ALL"
+        ).fetchall() == [
+            (day, "dup", "A", 2, "externalId", "extid-dup"),
+            (day, "gone", "A", 1, "externalId", "extid-gone"),
+            (day, "u1", "A", 5, "externalId", "e1"),
+        ]
+        # The End User's count grew from 5 to 7: the difference is pending, not all of it.
+        assert conn.execute(
+            "SELECT external_id, count, enduser_id FROM pending_activities"
+        ).fetchall() == [("u1", 2, "e1")]

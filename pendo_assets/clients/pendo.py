@@ -549,10 +549,15 @@ def _prepare_pipeline(body: bytes) -> _Prepared:
     return _Prepared(body, rows, len(rows), first, last)
 
 
+def _any_rows(body: bytes) -> list[Any]:
+    """The answer's rows as Python values, whatever each row is (NaN and Infinity included)."""
+    return [json.loads(bytes(row)) for row in _results(body)]
+
+
 def _prepare_rows(body: bytes) -> _Prepared:
     """As `_prepare_pipeline`, but rows of any shape are kept for the caller to check."""
     try:
-        rows = _results(body, _PIPELINE_DECODER)
+        rows = _any_rows(body)
     except PayloadShapeError:
         return _Prepared(body, None, None, None, None)  # `_finish_rows` raises it
     keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
@@ -561,9 +566,7 @@ def _prepare_rows(body: bytes) -> _Prepared:
 
 
 def _finish_rows(prepared: _Prepared, page_index: int, skip_first: bool) -> tuple[list[Any], int]:
-    rows = (
-        prepared.rows if prepared.rows is not None else _results(prepared.body, _PIPELINE_DECODER)
-    )
+    rows = prepared.rows if prepared.rows is not None else _any_rows(prepared.body)
     rows = rows[1 if skip_first else 0 :]
     return rows, len(rows)
 

@@ -8,14 +8,23 @@ SELECT
     (SELECT SUM(quarantined) FROM landed_days WHERE day IN (SELECT UNNEST($days::DATE[]))) AS rows_quarantined,
     (SELECT COUNT(*) FROM matched_activities WHERE day IN (SELECT UNNEST($days::DATE[]))) AS activity_keys_matched,
     (SELECT SUM(count) FROM matched_activities WHERE day IN (SELECT UNNEST($days::DATE[]))) AS events_matched,
+    (SELECT SUM(count) FROM matched_activities
+      WHERE matched_by = 'externalId' AND day IN (SELECT UNNEST($days::DATE[]))) AS events_matched_by_externalId,
+    (SELECT SUM(count) FROM matched_activities
+      WHERE matched_by = 'email' AND day IN (SELECT UNNEST($days::DATE[]))) AS events_matched_by_email,
+    (SELECT SUM(count) FROM matched_activities
+      WHERE matched_by = 'created' AND day IN (SELECT UNNEST($days::DATE[]))) AS events_matched_by_created,
     (SELECT SUM(num_events) FROM unmatched_visitors
       WHERE reason = 'anonymous' AND day IN (SELECT UNNEST($days::DATE[]))) AS unmatched_anonymous,
     (SELECT SUM(num_events) FROM unmatched_visitors
       WHERE reason = 'no_enduser' AND day IN (SELECT UNNEST($days::DATE[]))) AS unmatched_no_enduser,
     (SELECT SUM(num_events) FROM unmatched_visitors
       WHERE reason = 'ambiguous' AND day IN (SELECT UNNEST($days::DATE[]))) AS unmatched_ambiguous,
+    (SELECT SUM(num_events) FROM unmatched_visitors
+      WHERE reason = 'ambiguous_email' AND day IN (SELECT UNNEST($days::DATE[]))) AS unmatched_ambiguous_email,
     (SELECT COUNT(DISTINCT visitor_id) FROM unmatched_visitors
       WHERE day IN (SELECT UNNEST($days::DATE[]))) AS unmatched_visitors,
+    (SELECT COUNT(*) FROM created_end_users WHERE run_id = $run_id) AS end_users_created,
     (SELECT COUNT(*) FROM matched_metrics WHERE day IN (SELECT UNNEST($days::DATE[]))) AS metric_values_matched,
     (SELECT COUNT(DISTINCT id) FROM unmatched_accounts
       WHERE day IN (SELECT UNNEST($days::DATE[]))) AS unmatched_account_ids,
