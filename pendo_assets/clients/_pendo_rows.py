@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from ..errors import PayloadShapeError
 from ..models import FEATURE_EVENTS, EventSource, FeatureEventPage, RejectedRow
+from ..types import JSONDict
 
 __all__ = [
     "AGGREGATION_PATH",
@@ -109,6 +110,9 @@ class _RawEnvelope(msgspec.Struct, gc=False):
     results: list[msgspec.Raw]
 
 
+_PIPELINE_DECODER: Final = msgspec.json.Decoder(
+    msgspec.defstruct("_PipelineEnvelope", [("results", list[dict[str, Any]])])
+)
 _FEATURES: Final = row_format(FEATURE_EVENTS)
 _STRICT_DECODER: Final = _FEATURES.strict  # (the benchmark's typed decoder)
 _RAW_DECODER: Final = msgspec.json.Decoder(_RawEnvelope)
@@ -214,6 +218,34 @@ def _results(body: bytes, decoder: msgspec.json.Decoder[Any] = _RAW_DECODER) -> 
     if not isinstance(results, list):
         raise _shape_error("the answer has no results array")
     return results
+
+
+# Pipeline result rows: any JSON objects, read as dicts.
+
+
+def _pipeline_rows(body: bytes) -> list[JSONDict]:
+    rows = _results(body, _PIPELINE_DECODER)
+    if not all(isinstance(row, dict) for row in rows):  # read by Python's json (NaN, Infinity)
+        raise _shape_error("expected results: a list of objects")
+    return rows
+
+
+def _prepare_pipeline(body: bytes) -> _Prepared:
+    try:
+        rows = _pipeline_rows(body)
+    except PayloadShapeError:
+        return _Prepared(body, None, None, None, None)  # `_finish_pipeline` raises it
+    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
+    first, last = keys if keys else (None, None)
+    return _Prepared(body, rows, len(rows), first, last)
+
+
+def _finish_pipeline(
+    prepared: _Prepared, page_index: int, skip_first: bool
+) -> tuple[list[JSONDict], int]:
+    rows = prepared.rows if prepared.rows is not None else _pipeline_rows(prepared.body)
+    rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
+    return rows, len(rows)
 
 
 def _shape_error(problem: str) -> PayloadShapeError:

@@ -30,10 +30,12 @@ from ._pendo_rows import (
     AGGREGATION_PATH,
     _edges,
     _finish_events,
+    _finish_pipeline,
+    _pipeline_rows,
     _prepare_events,
+    _prepare_pipeline,
     _Prepared,
     _results,
-    _shape_error,
     _without_first_row,
     decode_events,
     decode_feature_events,
@@ -63,8 +65,6 @@ def event_sort(source: EventSource) -> tuple[str, ...]:
     return (*ids, "remoteIp", "userAgent", "server", "numEvents", "numMinutes")
 
 
-#: Every field of a featureEvents row, `event_sort` of features.
-FEATURE_EVENT_SORT: Final = event_sort(FEATURE_EVENTS)
 DEFAULT_MAX_PAGES: Final = 1_000
 
 # A key is valid on one regional host only; a wrong host answers 400 or 403 like a wrong key
@@ -75,9 +75,6 @@ _REGION_HINT: Final = (
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PageT = TypeVar("_PageT")
 _SOURCE_EXAMPLE: Final = '{"source": {"featureEvents": null, "timeSeries": {...}}}'
-_PIPELINE_DECODER: Final = msgspec.json.Decoder(
-    msgspec.defstruct("_PipelineEnvelope", [("results", list[dict[str, Any]])])
-)
 
 
 def day_window(day: date, timezone: str) -> tuple[int, int]:
@@ -532,23 +529,6 @@ class PendoClient(PooledClient):
         return response
 
 
-def _pipeline_rows(body: bytes) -> list[JSONDict]:
-    rows = _results(body, _PIPELINE_DECODER)
-    if not all(isinstance(row, dict) for row in rows):  # read by Python's json (NaN, Infinity)
-        raise _shape_error("expected results: a list of objects")
-    return rows
-
-
-def _prepare_pipeline(body: bytes) -> _Prepared:
-    try:
-        rows = _pipeline_rows(body)
-    except PayloadShapeError:
-        return _Prepared(body, None, None, None, None)  # `_finish_pipeline` raises it
-    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
-    first, last = keys if keys else (None, None)
-    return _Prepared(body, rows, len(rows), first, last)
-
-
 def _any_rows(body: bytes) -> list[Any]:
     """The answer's rows as Python values, whatever each row is (NaN and Infinity included)."""
     return [json.loads(bytes(row)) for row in _results(body)]
@@ -568,14 +548,6 @@ def _prepare_rows(body: bytes) -> _Prepared:
 def _finish_rows(prepared: _Prepared, page_index: int, skip_first: bool) -> tuple[list[Any], int]:
     rows = prepared.rows if prepared.rows is not None else _any_rows(prepared.body)
     rows = rows[1 if skip_first else 0 :]
-    return rows, len(rows)
-
-
-def _finish_pipeline(
-    prepared: _Prepared, page_index: int, skip_first: bool
-) -> tuple[list[JSONDict], int]:
-    rows = prepared.rows if prepared.rows is not None else _pipeline_rows(prepared.body)
-    rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
     return rows, len(rows)
 
 
