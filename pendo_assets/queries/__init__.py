@@ -331,9 +331,10 @@ def insert_raw_events_stream(
 ) -> None:
     """Insert the decoded rows registered as ``view`` (an Arrow stream) into ``source``'s raw
     table."""
-    _check_identifier(source.raw_table)
+    table = source.raw_table
+    _check_identifier(table)
     conn.execute(
-        f"INSERT INTO {source.raw_table} BY NAME "
+        f"INSERT INTO {table} BY NAME "
         f"SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM {view}",
         [day, now],
     )
@@ -344,9 +345,10 @@ def insert_quarantined_events(
 ) -> None:
     """Insert a day's rejected rows, staged as Parquet at ``path``, into ``source``'s
     quarantine."""
-    _check_identifier(source.quarantine_table)
+    table = source.quarantine_table
+    _check_identifier(table)
     conn.execute(
-        f"INSERT INTO {source.quarantine_table} BY NAME "
+        f"INSERT INTO {table} BY NAME "
         "SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM read_parquet(?)",
         [day, now, str(path)],
     )
@@ -453,14 +455,13 @@ def select_events(
 ) -> pl.DataFrame:
     """One day's raw rows of ``source`` (of ``item_ids`` when given) with the columns matching
     needs: ``day, visitor_id, account_id, feature_id`` (the feature, page or track type id)
-    ``, num_events``."""
-    _check_identifier(source.raw_table)
-    column, ids = source.id_column, None if item_ids is None else list(item_ids)
+    ``, num_events``; from the ``activity_events`` view over the raw tables."""
+    ids = None if item_ids is None else list(item_ids)
     return conn.execute(
-        f"SELECT day, visitor_id, account_id, {column} AS feature_id, num_events "
-        f"FROM {source.raw_table} WHERE day = ? "
-        f"AND (?::VARCHAR[] IS NULL OR {column} IN (SELECT UNNEST(?::VARCHAR[])))",
-        [day, ids, ids],
+        "SELECT day, visitor_id, account_id, item_id AS feature_id, num_events "
+        "FROM activity_events WHERE event_source = ? AND day = ? "
+        "AND (?::VARCHAR[] IS NULL OR item_id IN (SELECT UNNEST(?::VARCHAR[])))",
+        [source.name, day, ids, ids],
     ).pl()
 
 

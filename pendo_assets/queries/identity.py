@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 import polars as pl
 
 from ..models import EventSource
-from . import _IN_DAYS, Conn, _check_identifier, insert_frame, transaction
+from . import _IN_DAYS, Conn, insert_frame, transaction
 
 
 def _now() -> datetime:
@@ -60,19 +60,12 @@ def select_usage_pairs(
 ) -> pl.DataFrame:
     """Distinct ``visitor_id, account_id`` in these days' events of these features (pages,
     track types), by event source."""
-    selects, params = [], []
-    for source, ids in item_ids.items():
-        _check_identifier(source.raw_table)
-        selects.append(
-            f"SELECT visitor_id, account_id FROM {source.raw_table} "
-            f"WHERE {_IN_DAYS} AND {source.id_column} IN (SELECT UNNEST(?::VARCHAR[]))"
-        )
-        params += [list(days), list(ids)]
-    if not selects:
-        return pl.DataFrame(schema={"visitor_id": pl.String, "account_id": pl.String})
+    pairs = [(source.name, item) for source, ids in item_ids.items() for item in ids]
     return conn.execute(
-        "SELECT DISTINCT visitor_id, account_id FROM (" + " UNION ALL ".join(selects) + ")",
-        params,
+        "SELECT DISTINCT visitor_id, account_id FROM activity_events "
+        f"WHERE {_IN_DAYS} AND (event_source, item_id) IN "
+        "(SELECT UNNEST(?::VARCHAR[]), UNNEST(?::VARCHAR[]))",
+        [list(days), [s for s, _ in pairs], [i for _, i in pairs]],
     ).pl()
 
 

@@ -62,6 +62,17 @@ ALTER TABLE outbox_activity_items ADD COLUMN track_type_ids VARCHAR;
 ALTER TABLE planned_activities ADD COLUMN page_ids VARCHAR;
 ALTER TABLE planned_activities ADD COLUMN track_type_ids VARCHAR;
 
+-- The rows of every event source, the item's id in one column: what matching reads.
+CREATE OR REPLACE VIEW activity_events AS
+SELECT 'feature_events' AS event_source, day, visitor_id, account_id, feature_id AS item_id,
+       num_events
+FROM raw_feature_events
+UNION ALL
+SELECT 'page_events', day, visitor_id, account_id, page_id, num_events FROM raw_page_events
+UNION ALL
+SELECT 'track_events', day, visitor_id, account_id, track_type_id, num_events
+FROM raw_track_events;
+
 -- 005's activity_drift, over the days any activity source landed.
 CREATE OR REPLACE VIEW activity_drift AS
 SELECT l.day, l.external_id, l.action, l.sent, COALESCE(m.count, 0)::BIGINT AS source,
