@@ -31,7 +31,7 @@ from . import queries
 from .clients import prefetch
 from .config import Config, ItemSpec, PipelineSpec
 from .errors import DayRejectedError, PageDriftError
-from .models import FEATURE_EVENTS, EventSource, Feature, FeatureEventPage
+from .models import EVENT_SOURCES, FEATURE_EVENTS, EventSource, Feature, FeatureEventPage
 from .queries import insert_frame, transaction
 from .transforms import MetricFieldSpec, ValueReject, extract_metric_values
 
@@ -460,7 +460,8 @@ def resolve_actions(
     The config's ``action`` wins. Otherwise the item's name in Pendo is used the first time
     the item is seen, and kept afterwards even if it is renamed in Pendo, so one activity is
     never split over two names. All items of one action share the weight of the first of them
-    in the config. ``as: metric`` features have no action.
+    in the config (features, then pages, then track types). ``as: metric`` features have no
+    action.
 
     Returns:
         ``(feature_id, action, weight)`` (the feature, page or track type id) for the
@@ -471,7 +472,12 @@ def resolve_actions(
     known = queries.feature_action_names(conn, source="pendo")
     warnings: list[str] = []
     rows: list[tuple[str, str, str | None, str]] = []
+    # An action the config names under features, pages and track events alike has one weight.
     weights: dict[str, float] = {}
+    for other in EVENT_SOURCES.values():
+        for spec in configured_items(config, other):
+            if spec.action and not spec.is_metric:
+                weights.setdefault(spec.action, float(spec.weight))
     for item in configured_items(config, source):
         if item.is_metric:
             continue

@@ -8,6 +8,9 @@ from datetime import date
 
 import pytest
 
+from pendo_assets.config import parse_config
+from pendo_assets.landing import resolve_actions
+from pendo_assets.models import EVENT_SOURCES, Feature
 from pendo_assets.sandbox import SandboxSpec
 
 from .conftest import SHORT, MakeEnv
@@ -135,3 +138,37 @@ def test_metric_features_send_their_daily_counts_and_no_activities(make_env: Mak
     again = env.sync(DAYS[0], DAYS[-1])
     assert again.success, again.last_line
     assert env.analytics_requests() == requests
+
+
+def test_actions_of_pages_and_track_types_named_weighted_and_recorded(conn) -> None:
+    config = parse_config(
+        "pendo: {timezone: UTC, start_date: 2026-09-01}\n"
+        "features:\n"
+        "  - {id: f1, action: Billing, weight: 2}\n"
+        "  - {id: f2, as: metric, metric: {dimension_id: uses, model: Company}}\n"
+        "pages:\n  - {id: p1, action: Billing, weight: 5}\n  - {id: p2}\n  - {id: p3}\n"
+    )
+    listed = [Feature(id="p2", name="Settings", app_id=None, kind="Page")]
+
+    pages, warnings = resolve_actions(
+        conn, config=config, source=EVENT_SOURCES["page_events"], pendo_items=listed
+    )
+    resolve_actions(conn, config=config, source=EVENT_SOURCES["feature_events"], pendo_items=[])
+
+    assert sorted(pages.rows()) == [
+        ("p1", "Billing", 2.0),
+        ("p2", "Settings", 1.0),
+        ("p3", "p3", 1.0),
+    ]
+    assert warnings == [
+        "page p3 is not listed by Pendo and has no action in the config; its id is used as the "
+        "activity name for now"
+    ]
+    assert sorted(
+        conn.execute("SELECT feature_id, event_source, source FROM feature_actions").fetchall()
+    ) == [
+        ("f1", "feature_events", "config"),
+        ("p1", "page_events", "config"),
+        ("p2", "page_events", "pendo"),
+        ("p3", "page_events", "fallback"),
+    ]
