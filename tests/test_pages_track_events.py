@@ -172,3 +172,22 @@ def test_actions_of_pages_and_track_types_named_weighted_and_recorded(conn) -> N
         ("p2", "page_events", "pendo"),
         ("p3", "page_events", "fallback"),
     ]
+
+
+def test_page_and_track_event_assets_exist_only_when_configured(monkeypatch, tmp_path) -> None:
+    from pendo_assets.build import build_definitions
+
+    monkeypatch.setenv("PENDO_PLANHAT_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    head = "pendo: {timezone: UTC, start_date: 2026-09-01}\nfeatures: [{id: f1}]\n"
+
+    def raw_assets(text: str) -> set[str]:
+        defs = build_definitions(parse_config(text))
+        keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+        return {k for k in keys if k.endswith("_events")}
+
+    assert raw_assets(head) == {"pendo_feature_events"}
+    assert raw_assets(head + "pages: [{id: p1}]\n") == {"pendo_feature_events", "pendo_page_events"}
+    assert raw_assets(head + "track_events: [{id: t1}]\n") == {
+        "pendo_feature_events",
+        "pendo_track_events",
+    }
