@@ -29,15 +29,16 @@ __all__ = ["build_definitions"]
 def build_definitions(config: Config) -> dg.Definitions:
     """Assets, checks, the sync job, its schedule and resources for ``config``."""
     partitions = daily_partitions(config)
-    feature_events, pipeline_results = build_pendo_raw_assets(config, partitions)
+    events, pipeline_results = build_pendo_raw_assets(config, partitions)
+    feature_events = events["feature_events"]
     snapshot = build_planhat_snapshot_asset()
     identity = build_identity_assets(
-        config, partitions, feature_events=feature_events, snapshot=snapshot
+        config, partitions, events=list(events.values()), snapshot=snapshot
     )
     activities, metrics = build_matching_assets(
         config,
         partitions,
-        feature_events=feature_events,
+        events=events,
         pipeline_results=pipeline_results,
         snapshot=snapshot,
         identity=identity,
@@ -56,7 +57,7 @@ def build_definitions(config: Config) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             snapshot,
-            feature_events,
+            *events.values(),
             pipeline_results,
             *identity,
             activities,

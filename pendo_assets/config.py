@@ -28,12 +28,12 @@ from datetime import date
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias
+from typing import Annotated, Any, Final, Literal, NoReturn
 
 import pydantic as pd
 import yaml
 from pydantic import Field
-from pydantic_core import PydanticCustomError, PydanticUseDefault
+from pydantic_core import PydanticUseDefault
 
 from ._config_yaml import (
     TOO_DEEP,
@@ -50,6 +50,18 @@ from ._config_yaml import (
     syntax_problem,
     value_of,
 )
+from .config_sources import (
+    _NAME,
+    FeatureMetric,
+    FeatureSpec,
+    ItemSpec,
+    _DimensionId,
+    _fail,
+    _Model,
+    _Number,
+    _Problems,
+    _Text,
+)
 from .errors import ConfigError
 from .types import Aggregation, JSONDict, Model, Region
 
@@ -57,7 +69,9 @@ __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
     "Config",
+    "FeatureMetric",
     "FeatureSpec",
+    "ItemSpec",
     "MatchingSettings",
     "PendoSettings",
     "PipelineSpec",
@@ -70,24 +84,10 @@ __all__ = [
 DEFAULT_CONFIG_PATH: Final = "pendo_planhat.yaml"
 CONFIG_ENV_VAR: Final = "PENDO_PLANHAT_CONFIG"
 
-_Problems: TypeAlias = list[tuple[Loc, str]]  # (place, message) pairs
-_NAME: Final = r"^[A-Za-z0-9_-]+$"
 _SOURCE: Final = (
     "{source: {featureEvents: null, timeSeries: {period: dayRange, first: now(), count: -1}}}"
 )
 # Field checks. Each raises its problems as one pydantic error, at (a place below) the field.
-
-
-def _fail(problems: str | _Problems) -> NoReturn:
-    """Raise a message, or (place below the field, message) pairs, as one pydantic error."""
-    problems = [((), problems)] if isinstance(problems, str) else problems
-    raise PydanticCustomError("config", "; ".join(m for _, m in problems), {"problems": problems})
-
-
-def _text(value: object) -> object:
-    if isinstance(value, str) and value != value.strip():
-        _fail(f"{show(value)} starts or ends with spaces; remove them")
-    return value
 
 
 def _default_if_none(value: object) -> object:  # `features:` with nothing after it
@@ -143,13 +143,6 @@ def _app_ids(value: object) -> object:
         elif app_id in ids[:index]:
             problems.append(((index,), f"app id {app_id} is listed twice; list each app once"))
     return tuple(ids) if not problems else _fail(problems)
-
-
-def _dimension_id(value: object) -> object:
-    if not isinstance(value, str) or not re.fullmatch(_NAME, value):
-        rule = "letters, digits, _ and - only (no spaces), as Planhat documents"
-        _fail(f"must be a Planhat dimensionId of {rule}; got {show(value)}")
-    return value
 
 
 def _stages(value: object) -> object:
@@ -212,21 +205,9 @@ def _source_problems(source: object) -> list[str]:
 
 # The config. A field's description words its problems (see message): a noun phrase.
 
-_Text = Annotated[str, pd.BeforeValidator(_text), Field(min_length=1)]  # as written
-_Number = Annotated[float, pd.BeforeValidator(value_of), Field(strict=True, allow_inf_nan=False)]
 _WholeNumber = Annotated[int, pd.BeforeValidator(value_of), Field(strict=True)]
 _Share = Annotated[_Number, Field(ge=0, le=1)]
 _OrDefault = pd.BeforeValidator(_default_if_none)
-
-
-class _Model(pd.BaseModel):
-    model_config = pd.ConfigDict(frozen=True, extra="forbid")
-
-    def __eq__(self, other: object) -> bool:  # fields only: Config's `source` aside
-        return isinstance(other, type(self)) and self.__dict__ == other.__dict__
-
-    def __hash__(self) -> int:
-        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 class PendoSettings(_Model):
@@ -244,18 +225,6 @@ class PendoSettings(_Model):
     )
 
 
-class FeatureSpec(_Model):
-    """A Pendo feature whose events become Planhat User Activities."""
-
-    id: _Text = Field(description="a Pendo feature id")
-    action: _Text | None = Field(
-        default=None,
-        max_length=255,  # the longest activity name Planhat takes
-        description="the activity name in Planhat (leave the key out to use the feature's name)",
-    )
-    weight: _Number = Field(default=1.0, ge=0, description="a Planhat activity weight, a number")
-
-
 class PipelineSpec(_Model):
     """A Pendo aggregation pipeline whose result rows become Planhat Custom Metrics.
 
@@ -270,7 +239,7 @@ class PipelineSpec(_Model):
         default="accountId", description="the result field matched to externalId"
     )
     metrics: Annotated[
-        Mapping[str, Annotated[str, pd.BeforeValidator(_dimension_id)]],
+        Mapping[str, _DimensionId],
         pd.AfterValidator(MappingProxyType),
         pd.PlainSerializer(dict),
     ] = Field(
@@ -371,6 +340,12 @@ class Config(_Model):
     pendo: PendoSettings = Field(description="the `pendo:` section (timezone, start_date)")
     features: Annotated[tuple[FeatureSpec, ...], _OrDefault] = Field(
         default=(), description="a list of features, each `- id: <feature id>`"
+    )
+    pages: Annotated[tuple[ItemSpec, ...], _OrDefault] = Field(
+        default=(), description="a list of Pendo pages, each `- id: <page id>`"
+    )
+    track_events: Annotated[tuple[ItemSpec, ...], _OrDefault] = Field(
+        default=(), description="a list of Pendo track types, each `- id: <track type id>`"
     )
     pipelines: Annotated[tuple[PipelineSpec, ...], _OrDefault] = Field(
         default=(), description="a list of pipelines, each `- name: <name>`"
@@ -490,29 +465,37 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
 
 def _check_entries(data: dict[str, Any], loader: Loader, base_dir: Path | None) -> None:
     """What spans entries: something to sync, each id used once, ``pipeline_file`` read."""
-    lists = {k: v if isinstance(v := data.get(k), list) else [] for k in ("features", "pipelines")}
+    sections = ("features", "pages", "track_events", "pipelines")
+    lists = {k: v if isinstance(v := data.get(k), list) else [] for k in sections}
     if not any(lists.values()):
         nothing = "list at least one feature under `features:` or one pipeline under `pipelines:`"
         loader.report(("features",), f"nothing to sync: {nothing}")
-    unique = [
-        ("features", "id", "feature id", "used"),
-        ("pipelines", "name", "pipeline name", "used"),
+    unique = [  # (what may appear once, section, key path, noun, verb)
+        ("ids", "features", ("id",), "feature id", "used"),
+        ("ids", "pages", ("id",), "page id", "used"),
+        ("ids", "track_events", ("id",), "track type id", "used"),
+        ("names", "pipelines", ("name",), "pipeline name", "used"),
+        ("dimensions", "pipelines", ("metrics",), "dimensionId", "fed"),
+        ("dimensions", "features", ("metric", "dimension_id"), "dimensionId", "fed"),
     ]
-    for section, key, noun, verb in [*unique, ("pipelines", "metrics", "dimensionId", "fed")]:
-        seen: dict[str, tuple[Loc, Loc]] = {}  # value -> its owner and place
+    seen: dict[tuple[str, str], tuple[Loc, Loc]] = {}  # (kind, value) -> its owner and place
+    for kind, section, keys, noun, verb in unique:
         for i, item in enumerate(lists[section]):
-            loc: Loc = (section, i, key)
-            value = item.get(key) if isinstance(item, dict) else None
-            places = [(loc, loc[:-1], value)]
+            loc: Loc = (section, i, *keys)
+            value: Any = item
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            places = [(loc, (section, i), value)]
             if isinstance(value, dict):  # dimensionIds: each value of the mapping
                 places = [((*loc, k), (*loc, k), v) for k, v in value.items()]
             for at, owner, name in places:
-                if isinstance(name, str) and name in seen:
-                    where = f"{path(seen[name][0])} (line {loader.line_of(seen[name][1])})"
+                if isinstance(name, str) and (kind, name) in seen:
+                    first = seen[kind, name]
+                    where = f"{path(first[0])} (line {loader.line_of(first[1])})"
                     once = f"each {noun} may appear once"
                     loader.report(at, f"{noun} {show(name)} is already {verb} by {where}; {once}")
                 elif isinstance(name, str):
-                    seen[name] = (owner, at)
+                    seen[kind, name] = (owner, at)
     for i, item in enumerate(lists["pipelines"]):
         name = item.get("pipeline_file") if isinstance(item, dict) else None
         at = ("pipelines", i, "pipeline_file")

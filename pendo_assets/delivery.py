@@ -197,8 +197,17 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
 
     An End User is addressed by its ``externalId``, or by its ``email`` when it has none (the
     ``email`` column is then set). ``companyExternalId`` is left out when its Company has none.
+    ``info`` carries ``featureId``, ``pageId`` and ``trackTypeId`` (comma-separated ids), each
+    only when the action counts such items.
     """
-    info = pl.struct(pl.col("feature_ids").alias("featureId"), pl.lit("pendo").alias("source"))
+    ids = {"featureId": "feature_ids", "pageId": "page_ids", "trackTypeId": "track_type_ids"}
+    info = pl.struct(
+        *(
+            (pl.col(c) if c in frame.columns else pl.lit(None, pl.String)).alias(key)
+            for key, c in ids.items()
+        ),
+        pl.lit("pendo").alias("source"),
+    )
     rest = [
         pl.col("action"),
         pl.col("day").cast(pl.String).alias("date"),
@@ -217,6 +226,9 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
         (True, True): [email.alias("email"), *rest],
     }
     encoded = {k: pl.struct(v).struct.json_encode() for k, v in shapes.items()}
+    # A source without ids is left out of `info` (keys and ids are JSON-escaped, so the pattern
+    # matches only a key with an empty or null value).
+    empty = r'"(?:featureId|pageId|trackTypeId)":(?:""|null),'
     return frame.select(
         pl.when(~by_email & ~no_company)
         .then(encoded[(False, False)])
@@ -225,6 +237,7 @@ def encode_activity_items(frame: pl.DataFrame) -> pl.Series:
         .when(~no_company)
         .then(encoded[(True, False)])
         .otherwise(encoded[(True, True)])
+        .str.replace_all(empty, "")
         .alias("json")
     ).to_series()
 

@@ -1,6 +1,7 @@
 """Fetching a day from Pendo and landing it in the warehouse, the same way for every caller.
 
-`ingest_feature_events` streams a day into the warehouse: pages go into DuckDB as they are
+`ingest_events` streams a day of one event source (feature, page or track events,
+`models.EVENT_SOURCES`) into the warehouse: pages go into DuckDB as they are
 decoded, through one ``INSERT`` reading an Arrow stream, so Pendo answering, decoding and
 DuckDB writing overlap, and memory holds a few pages whatever the size of the day. The day's
 raw rows, its quarantined rows and its entry in ``landed_days`` are replaced in one
@@ -28,19 +29,22 @@ import pyarrow.parquet as pq
 
 from . import queries
 from .clients import prefetch
-from .config import Config, PipelineSpec
+from .config import Config, ItemSpec, PipelineSpec
 from .errors import DayRejectedError, PageDriftError
-from .models import FEATURE_EVENT_SCHEMA, Feature, FeatureEventPage
+from .models import EVENT_SOURCES, FEATURE_EVENTS, EventSource, Feature, FeatureEventPage
 from .queries import insert_frame, transaction
 from .transforms import MetricFieldSpec, ValueReject, extract_metric_values
 
 __all__ = [
     "FeatureEventsDay",
     "PipelineDay",
+    "configured_items",
     "fetch_pipeline_day",
+    "ingest_events",
     "ingest_feature_events",
     "land_pipeline_day",
     "read_pipeline_day",
+    "resolve_actions",
     "resolve_feature_actions",
 ]
 
@@ -56,7 +60,8 @@ _QUARANTINE_SCHEMA = pa.schema(
 
 @dataclass
 class FeatureEventsDay:
-    """What landing one day of feature events did (its rejected rows are staged in a file)."""
+    """What landing one day of feature (page, track) events did (its rejected rows are staged
+    in a file)."""
 
     day: date
     rejects_path: Path
@@ -70,6 +75,12 @@ class FeatureEventsDay:
     kinds: Counter[str] = field(default_factory=Counter)
 
 
+def configured_items(config: Config, source: EventSource) -> tuple[ItemSpec, ...]:
+    """The configured features (``as: metric`` ones too), pages or track types of ``source``."""
+    items: tuple[ItemSpec, ...] = getattr(config, source.section)
+    return items
+
+
 def ingest_feature_events(
     client: Any,
     conn: duckdb.DuckDBPyConnection,
@@ -79,16 +90,39 @@ def ingest_feature_events(
     feature_ids: Sequence[str],
     staging_dir: Path,
 ) -> FeatureEventsDay:
-    """Fetch one day of feature events and land it, streaming, in one transaction.
+    """`ingest_events` of feature events."""
+    return ingest_events(
+        client,
+        conn,
+        source=FEATURE_EVENTS,
+        day=day,
+        config=config,
+        item_ids=feature_ids,
+        staging_dir=staging_dir,
+    )
+
+
+def ingest_events(
+    client: Any,
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    source: EventSource,
+    day: date,
+    config: Config,
+    item_ids: Sequence[str],
+    staging_dir: Path,
+) -> FeatureEventsDay:
+    """Fetch one day of ``source``'s events and land it, streaming, in one transaction.
 
     As the module docstring describes; the connection holds the transaction while Pendo answers.
 
     Args:
         client: A `PendoClient`.
         conn: An open read-write warehouse connection, not inside a transaction.
+        source: Feature, page or track events.
         day: The subscription-local day.
         config: The sync configuration (timezone, app ids, quarantine share).
-        feature_ids: The configured features.
+        item_ids: The configured features (pages, track types).
         staging_dir: Folder for the quarantined rows' staging file (created on demand).
 
     Returns:
@@ -103,27 +137,28 @@ def ingest_feature_events(
 
     def once() -> FeatureEventsDay:
         out = FeatureEventsDay(
-            day=day, rejects_path=staging_dir / f"feature_events_{day}.rejects.parquet"
+            day=day, rejects_path=staging_dir / f"{source.name}_{day}.rejects.parquet"
         )
         started = time.perf_counter()
         now = datetime.now(UTC).replace(tzinfo=None)
-        pages: Iterator[FeatureEventPage] = client.feature_event_pages(  # checks arguments now
+        pages: Iterator[FeatureEventPage] = client.event_pages(  # checks arguments now
+            source=source,
             day=day,
             timezone=config.pendo.timezone,
-            feature_ids=feature_ids,
+            item_ids=item_ids,
             app_ids=config.pendo.app_ids,
         )
         # The first page is on its way while the day's old rows are deleted.
         stream = _PageStream(pages, out)
         try:
             with transaction(conn):
-                queries.delete_raw_feature_events_day(conn, day=day)
-                reader = pa.RecordBatchReader.from_batches(FEATURE_EVENT_SCHEMA, stream.batches())
+                queries.delete_raw_events_day(conn, source=source, day=day)
+                reader = pa.RecordBatchReader.from_batches(source.schema, stream.batches())
                 conn.register(_STREAM_VIEW, reader)
                 try:
                     with _bulk_insert(conn):
-                        queries.insert_raw_feature_events_stream(
-                            conn, view=_STREAM_VIEW, day=day, now=now
+                        queries.insert_raw_events_stream(
+                            conn, source=source, view=_STREAM_VIEW, day=day, now=now
                         )
                 finally:
                     conn.unregister(_STREAM_VIEW)
@@ -132,12 +167,12 @@ def ingest_feature_events(
                     day, None, out.quarantined, out.rows + out.quarantined, out.kinds, config
                 )
                 if out.quarantined:
-                    queries.insert_quarantined_feature_events(
-                        conn, day=day, now=now, path=out.rejects_path
+                    queries.insert_quarantined_events(
+                        conn, source=source, day=day, now=now, path=out.rejects_path
                     )
                 queries.record_landed_day(
                     conn,
-                    source="feature_events",
+                    source=source.name,
                     day=day,
                     rows=out.rows,
                     quarantined=out.quarantined,
@@ -152,7 +187,7 @@ def ingest_feature_events(
         out.land_seconds = max(0.0, time.perf_counter() - started - out.fetch_seconds)
         return out
 
-    return _reading_again_on_drift(once, f"{day}: Pendo's feature events")
+    return _reading_again_on_drift(once, f"{day}: Pendo's {source.noun} events")
 
 
 _T = TypeVar("_T")
@@ -408,38 +443,59 @@ def land_pipeline_day(conn: duckdb.DuckDBPyConnection, result: PipelineDay) -> N
 def resolve_feature_actions(
     conn: duckdb.DuckDBPyConnection, *, config: Config, pendo_features: Iterable[Feature]
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Decide the Planhat action name and weight of every configured feature, and persist it.
+    """`resolve_actions` of the features."""
+    return resolve_actions(conn, config=config, source=FEATURE_EVENTS, pendo_items=pendo_features)
 
-    The config's ``action`` wins. Otherwise the feature's name in Pendo is used the first time
-    the feature is seen, and kept afterwards even if the feature is renamed in Pendo, so one
-    activity is never split over two names. All features of one action share the weight of
-    the first of them in the config.
+
+def resolve_actions(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    config: Config,
+    source: EventSource,
+    pendo_items: Iterable[Feature],
+) -> tuple[pl.DataFrame, list[str]]:
+    """Decide the Planhat action name and weight of every configured feature (page, track
+    type) of ``source`` whose events become activities, and persist it (``feature_actions``).
+
+    The config's ``action`` wins. Otherwise the item's name in Pendo is used the first time
+    the item is seen, and kept afterwards even if it is renamed in Pendo, so one activity is
+    never split over two names. All items of one action share the weight of the first of them
+    in the config (features, then pages, then track types). ``as: metric`` features have no
+    action.
 
     Returns:
-        ``(feature_id, action, weight)`` for the configured features, and warnings for features
-        Pendo does not list (their id stands in for the name until Pendo lists them).
+        ``(feature_id, action, weight)`` (the feature, page or track type id) for the
+        configured items, and warnings for items Pendo does not list (their id stands in for
+        the name until Pendo lists them).
     """
-    names = {f.id: f.name for f in pendo_features}
+    names = {f.id: f.name for f in pendo_items}
     known = queries.feature_action_names(conn, source="pendo")
     warnings: list[str] = []
     rows: list[tuple[str, str, str | None, str]] = []
+    # An action the config names under features, pages and track events alike has one weight.
     weights: dict[str, float] = {}
-    for feature in config.features:
-        name = names.get(feature.id)
-        if feature.action:
-            action, source = feature.action, "config"
-        elif feature.id in known:
-            action, source = known[feature.id], "pendo"
+    for other in EVENT_SOURCES.values():
+        for spec in configured_items(config, other):
+            if spec.action and not spec.is_metric:
+                weights.setdefault(spec.action, float(spec.weight))
+    for item in configured_items(config, source):
+        if item.is_metric:
+            continue
+        name = names.get(item.id)
+        if item.action:
+            action, origin = item.action, "config"
+        elif item.id in known:
+            action, origin = known[item.id], "pendo"
         elif name:
-            action, source = str(name), "pendo"
+            action, origin = str(name), "pendo"
         else:
             warnings.append(
-                f"feature {feature.id} is not listed by Pendo and has no action in the config; "
-                "its id is used as the activity name for now"
+                f"{source.noun} {item.id} is not listed by Pendo and has no action in the "
+                "config; its id is used as the activity name for now"
             )
-            action, source, name = feature.id, "fallback", None
-        rows.append((feature.id, action, name, source))
-        weights.setdefault(action, float(feature.weight))
+            action, origin, name = item.id, "fallback", None
+        rows.append((item.id, action, name, origin))
+        weights.setdefault(action, float(item.weight))
     frame = pl.DataFrame(
         rows,
         schema=dict.fromkeys(["feature_id", "action", "pendo_name", "source"], pl.String),
@@ -447,6 +503,7 @@ def resolve_feature_actions(
     ).with_columns(
         weight=pl.col("action").replace_strict(weights, return_dtype=pl.Float64),
         updated_at=pl.lit(datetime.now(UTC).replace(tzinfo=None), dtype=pl.Datetime("us")),
+        event_source=pl.lit(source.name),
     )
     with transaction(conn):
         # Keep the first name of features no longer configured, for history (drift view).

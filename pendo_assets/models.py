@@ -8,10 +8,12 @@ with the `RejectedRow` list of rows that could not be used. Planhat side: the sn
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import polars as pl
 import pyarrow as pa
@@ -22,6 +24,8 @@ __all__ = [
     "ASSET_SCHEMA",
     "COMPANY_SCHEMA",
     "ENDUSER_SCHEMA",
+    "EVENT_SOURCES",
+    "FEATURE_EVENTS",
     "FEATURE_EVENT_SCHEMA",
     "MATCHED_ACTIVITY_SCHEMA",
     "MATCHED_METRIC_SCHEMA",
@@ -30,6 +34,8 @@ __all__ = [
     "SNAPSHOT_SCHEMAS",
     "UNMATCHED_VISITOR_SCHEMA",
     "DimensionDataResult",
+    "EventSource",
+    "EventSourceName",
     "Feature",
     "FeatureEventPage",
     "MetricPoint",
@@ -40,21 +46,83 @@ __all__ = [
 
 # Pendo
 
+EventSourceName: TypeAlias = Literal["feature_events", "page_events", "track_events"]
+
+
+@functools.cache
+def _event_schema(id_column: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("visitor_id", pa.string(), nullable=False),
+            pa.field("account_id", pa.string()),
+            pa.field(id_column, pa.string(), nullable=False),
+            pa.field("app_id", pa.int64()),
+            pa.field("day_ms", pa.int64(), nullable=False),
+            pa.field("num_events", pa.int64(), nullable=False),
+            pa.field("num_minutes", pa.int64(), nullable=False),
+            pa.field("remote_ip", pa.string()),
+            pa.field("user_agent", pa.string()),
+            pa.field("server", pa.string()),
+        ]
+    )
+
+
 #: One row per Pendo featureEvents row: visitor x account x feature x app x day x IP x UA x server.
-FEATURE_EVENT_SCHEMA: Final = pa.schema(
-    [
-        pa.field("visitor_id", pa.string(), nullable=False),
-        pa.field("account_id", pa.string()),
-        pa.field("feature_id", pa.string(), nullable=False),
-        pa.field("app_id", pa.int64()),
-        pa.field("day_ms", pa.int64(), nullable=False),
-        pa.field("num_events", pa.int64(), nullable=False),
-        pa.field("num_minutes", pa.int64(), nullable=False),
-        pa.field("remote_ip", pa.string()),
-        pa.field("user_agent", pa.string()),
-        pa.field("server", pa.string()),
-    ]
-)
+FEATURE_EVENT_SCHEMA: Final = _event_schema("feature_id")
+
+
+@dataclass(frozen=True, slots=True)
+class EventSource:
+    """A Pendo event source landed with Pendo's row grain: featureEvents, pageEvents or
+    trackEvents rows, keyed by the feature, page or track type they count.
+
+    Attributes:
+        name: ``landed_days.source`` and the tables' suffix (``raw_<name>``,
+            ``quarantine_<name>``).
+        row_source: Pendo's aggregation source, e.g. ``pageEvents``.
+        id_field: The row field naming the item, e.g. ``pageId`` (also the activity's ``info``).
+        noun: What the item is called in messages: ``feature``, ``page``, ``track type``.
+        section: The config section listing the items.
+    """
+
+    name: EventSourceName
+    row_source: str
+    id_field: str
+    noun: str
+    section: Literal["features", "pages", "track_events"]
+
+    @property
+    def id_column(self) -> str:
+        """The item's column: ``featureId`` -> ``feature_id``, ``trackTypeId`` ->
+        ``track_type_id``."""
+        return re.sub(r"(?=[A-Z])", "_", self.id_field).lower()
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The raw table's columns (``day`` and ``extracted_at`` aside)."""
+        return _event_schema(self.id_column)
+
+    @property
+    def raw_table(self) -> str:
+        """The table of landed rows."""
+        return f"raw_{self.name}"
+
+    @property
+    def quarantine_table(self) -> str:
+        """The table of rows that could not be landed, with why."""
+        return f"quarantine_{self.name}"
+
+
+#: The event sources, by name.
+EVENT_SOURCES: Final[Mapping[EventSourceName, EventSource]] = {
+    s.name: s
+    for s in (
+        EventSource("feature_events", "featureEvents", "featureId", "feature", "features"),
+        EventSource("page_events", "pageEvents", "pageId", "page", "pages"),
+        EventSource("track_events", "trackEvents", "trackTypeId", "track type", "track_events"),
+    )
+}
+FEATURE_EVENTS: Final = EVENT_SOURCES["feature_events"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +142,8 @@ class UpsertResult:
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """A Pendo Feature (a tagged UI element) from ``GET /api/v1/feature``."""
+    """A Pendo Feature (a tagged UI element) from ``GET /api/v1/feature``; also a Page from
+    ``GET /api/v1/page`` or a track type from the ``trackTypes`` source (the same fields)."""
 
     id: str
     name: str | None
@@ -250,6 +319,8 @@ MATCHED_ACTIVITY_SCHEMA: Final = pl.Schema(
         "enduser_id": pl.String,
         "email": pl.String,
         "matched_by": pl.String,
+        "page_ids": pl.String,
+        "track_type_ids": pl.String,
     }
 )
 #: ``unmatched_visitor_rows``: one row per (day, visitor, account) not matched, with why.

@@ -34,6 +34,7 @@ __all__ = [
     "activity_deltas",
     "daily_usage",
     "extract_metric_values",
+    "feature_metric_values",
     "match_activities",
     "match_metrics",
     "metric_deltas",
@@ -123,7 +124,7 @@ def match_activities(
     )
     numbered = _feature_bits(feature_actions)
     bits = pl.LazyFrame(
-        numbered,
+        [row[:3] for row in numbered],
         schema={"feature_id": pl.String, "_word": pl.Int64, "_bit": pl.Int64},
         orient="row",
     )
@@ -146,7 +147,8 @@ def match_activities(
             ),
         )
     )
-    # Each distinct feature set with its ids, sorted and comma-separated.
+    # Each distinct set of features (pages, track types) with their ids, sorted and
+    # comma-separated per source: feature_ids ("" for none), page_ids, track_type_ids (null).
     names = (
         grouped.select(words)
         .unique()
@@ -154,12 +156,17 @@ def match_activities(
             pl.concat_str(
                 [
                     pl.when((pl.col(f"_w{word}") & bit) != 0).then(pl.lit(feature_id))
-                    for feature_id, word, bit in numbered
+                    for feature_id, word, bit, of in numbered
+                    if of == source
                 ]
                 or [pl.lit(None, pl.String)],
                 separator=",",
                 ignore_nulls=True,
-            ).alias("feature_ids")
+            ).alias(column)
+            for column, source in _ID_COLUMNS.items()
+        )
+        .with_columns(
+            pl.when(pl.col(c) != "").then(c).alias(c) for c in ("page_ids", "track_type_ids")
         )
     )
     matched = (
@@ -178,16 +185,29 @@ def match_activities(
 
 # Features per bit word of a feature set (Int64 bit masks, sign bit unused).
 _BITS_PER_WORD = 62
+# The matched activity's column listing the ids of each event source (its `info`).
+_ID_COLUMNS = {
+    "feature_ids": "feature_events",
+    "page_ids": "page_events",
+    "track_type_ids": "track_events",
+}
 
 
-def _feature_bits(feature_actions: pl.LazyFrame) -> list[tuple[str, int, int]]:
-    """``(feature_id, word, bit)`` of each configured feature, numbered in sorted order.
+def _feature_bits(feature_actions: pl.LazyFrame) -> list[tuple[str, int, int, str]]:
+    """``(feature_id, word, bit, event_source)`` of each configured feature (page, track
+    type), numbered in sorted order; ``event_source`` is ``feature_events`` when the frame has
+    no such column.
 
     The set of features behind an activity is then a bitwise OR per group (a few integer words)
     instead of a list of strings per group, which is many times slower on millions of groups.
     """
-    ids = feature_actions.select(pl.col("feature_id").unique()).collect().to_series().to_list()
-    return [(f, i // _BITS_PER_WORD, 1 << (i % _BITS_PER_WORD)) for i, f in enumerate(sorted(ids))]
+    if "event_source" not in feature_actions.collect_schema():
+        feature_actions = feature_actions.with_columns(event_source=pl.lit("feature_events"))
+    ids = feature_actions.select("feature_id", "event_source").unique().collect().sort("feature_id")
+    return [
+        (f, i // _BITS_PER_WORD, 1 << (i % _BITS_PER_WORD), of)
+        for i, (f, of) in enumerate(ids.iter_rows())
+    ]
 
 
 @dataclass(frozen=True)
@@ -386,4 +406,31 @@ def metric_deltas(current: pl.LazyFrame, sent: pl.LazyFrame, held: pl.LazyFrame)
         joined.filter(keep)
         .with_columns(send_value.alias("value"))
         .select(*METRIC_KEY, "value", "aggregation")
+    )
+
+
+def feature_metric_values(usage: pl.LazyFrame, metrics: pl.LazyFrame) -> pl.LazyFrame:
+    """The daily counts of ``as: metric`` features, as pipeline metric values (``sum``).
+
+    Args:
+        usage: Output of `daily_usage` (rows of other features are left out).
+        metrics: ``feature_id, dimension_id, model`` (``EndUser``: per visitorId, ``Company``:
+            per accountId) of the metric features.
+
+    Returns:
+        The columns of ``pipeline_values``, one row per (day, feature, id): ``pipeline`` is
+        ``feature:<id>``, ``value`` the summed numEvents. A null accountId is the id ``""``,
+        which matches no object.
+    """
+    ident = pl.when(pl.col("model") == "EndUser").then("visitor_id").otherwise("account_id")
+    return (
+        usage.join(metrics, on="feature_id", how="inner")
+        .with_columns(ident.fill_null("").alias("id"))
+        .group_by(["day", "feature_id", "model", "id", "dimension_id"])
+        .agg(pl.col("num_events").sum().cast(pl.Float64).alias("value"))
+        .with_columns(
+            (pl.lit("feature:") + pl.col("feature_id")).alias("pipeline"),
+            pl.lit("sum").alias("aggregation"),
+        )
+        .select(*PIPELINE_VALUE_SCHEMA)
     )

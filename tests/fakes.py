@@ -28,14 +28,16 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from pendo_assets.clients.pendo import decode_feature_events
+from pendo_assets.clients.pendo import decode_events
 from pendo_assets.errors import ApiStatusError, DeliveryUnknownError
 from pendo_assets.models import (
     ASSET_SCHEMA,
     COMPANY_SCHEMA,
     ENDUSER_SCHEMA,
+    FEATURE_EVENTS,
     PROJECT_SCHEMA,
     DimensionDataResult,
+    EventSource,
     Feature,
     FeatureEventPage,
     MetricPoint,
@@ -186,7 +188,9 @@ class FakePendoClient(_Closable):
         features: What ``list_features()`` returns.
         events: featureEvents rows (see `pendo_event`); a day's request gets the rows whose
             ``day`` is that day's local midnight and whose feature is requested, as Pendo's
-            time series and filter select them.
+            time series and filter select them. pageEvents and trackEvents rows (a ``pageId``
+            or ``trackTypeId`` instead of ``featureId``) likewise.
+        pages, track_types: What ``list_items`` returns for pages and track events.
         pipeline_results: Result rows per day (the same for every pipeline), or a function of
             ``(stages, day)``.
         page_size: Rows per page, like Pendo's ``limit``.
@@ -199,6 +203,8 @@ class FakePendoClient(_Closable):
 
     features: Sequence[Feature] = ()
     events: Sequence[Mapping[str, Any]] = ()
+    pages: Sequence[Feature] = ()
+    track_types: Sequence[Feature] = ()
     pipeline_results: PipelineResults = field(default_factory=dict)
     page_size: int = 1_000
     fail: BaseException | None = None
@@ -217,6 +223,29 @@ class FakePendoClient(_Closable):
         if self.fail is not None:
             raise self.fail
         return list(self.features)
+
+    def list_items(self, source: EventSource) -> list[Feature]:
+        if source.name == "feature_events":
+            return self.list_features()
+        self._call("list_items", source=source.name)
+        if self.fail is not None:
+            raise self.fail
+        return list(self.pages if source.name == "page_events" else self.track_types)
+
+    def event_pages(
+        self, *, source: EventSource, day: date, item_ids: Sequence[str], **kwargs: Any
+    ) -> Iterator[FeatureEventPage]:
+        if source.name == "feature_events":
+            return self.feature_event_pages(day=day, feature_ids=item_ids, **kwargs)
+        self._call("event_pages", source=source.name, day=day, item_ids=list(item_ids), **kwargs)
+        first_ms = day_ms(day, kwargs["timezone"])
+        wanted = set(item_ids)
+        rows = [
+            row
+            for row in self.events
+            if row.get("day") == first_ms and row.get(source.id_field) in wanted
+        ]
+        return self._feature_event_pages(rows, day, first_ms, list(item_ids), source)
 
     def feature_event_pages(
         self,
@@ -249,13 +278,18 @@ class FakePendoClient(_Closable):
         return self._feature_event_pages(rows, day, first_ms, list(feature_ids))
 
     def _feature_event_pages(
-        self, rows: list[Mapping[str, Any]], day: date, first_ms: int, feature_ids: list[str]
+        self,
+        rows: list[Mapping[str, Any]],
+        day: date,
+        first_ms: int,
+        item_ids: list[str],
+        source: EventSource = FEATURE_EVENTS,
     ) -> Iterator[FeatureEventPage]:
         if (failure := self._failure(day)) is not None:
             raise failure
         for index, page in enumerate(_pages(rows, self.page_size)):
             body = json.dumps({"startTime": first_ms, "results": page}).encode()
-            page = decode_feature_events(body, day_ms=first_ms, feature_ids=feature_ids)
+            page = decode_events(body, source=source, day_ms=first_ms, item_ids=item_ids)
             yield dataclasses.replace(page, page_index=index)
 
     def pipeline_pages(

@@ -17,6 +17,7 @@ DAGSTER_FREE = [
     "pendo_assets.clients.pendo",
     "pendo_assets.clients.planhat",
     "pendo_assets.config",
+    "pendo_assets.config_sources",
     "pendo_assets._config_yaml",
     "pendo_assets.delivery",
     "pendo_assets.errors",

@@ -239,7 +239,7 @@ NO_SOURCE = edit(SOURCE, "")
 # fmt: off
 ERROR_CASES = [
     # text, key path, line, words the message must hold
-    pytest.param(EXAMPLE + "extra: 1\n", "extra", 21, ["unknown key 'extra'", "pendo, features, pipelines, sync"], id="unknown root key"),
+    pytest.param(EXAMPLE + "extra: 1\n", "extra", 21, ["unknown key 'extra'", "pendo, features, pages, track_events, pipelines, sync"], id="unknown root key"),
     pytest.param(edit("  timezone:", "  time_zone:"), "pendo.time_zone", 3, ["did you mean 'timezone'?", "region, timezone, start_date, app_ids"], id="unknown pendo key"),
     pytest.param(edit("    weight: 1 ", "    weigth: 1 "), "features[0].weigth", 9, ["did you mean 'weight'?"], id="unknown feature key"),
     pytest.param(edit("    aggregation: last", "    aggregate: last"), "pipelines[0].aggregate", 16, ["allowed keys here: name, model"], id="unknown pipeline key"),
@@ -423,7 +423,7 @@ def test_parse_config_rejects_a_document_that_is_not_a_mapping() -> None:
     assert problems("- pendo\n") == {
         "(top level)": (
             1,
-            "must be a mapping with the keys pendo, features, pipelines, sync, matching; got a list",
+            "must be a mapping with the keys pendo, features, pages, track_events, pipelines, sync, matching; got a list",
         )
     }
 

@@ -89,7 +89,10 @@ def _set_activities(
     conn, rows: list[tuple[date, str, str, int]], company: str | None = "acme"
 ) -> None:
     frame = pl.DataFrame(
-        [(d, e, a, c, 1.0, company, "f1", f"id-{e}", None, "externalId") for d, e, a, c in rows],
+        [
+            (d, e, a, c, 1.0, company, "f1", f"id-{e}", None, "externalId", None, None)
+            for d, e, a, c in rows
+        ],
         schema=MATCHED_ACTIVITY_SCHEMA,
         orient="row",
     )

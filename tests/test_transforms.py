@@ -189,7 +189,7 @@ def test_match_metrics_uses_the_pipeline_model_namespace():
 
 def _current(rows: list[tuple[date, str, str, int]]) -> pl.LazyFrame:
     return pl.DataFrame(
-        [(*r, 1.0, None, "f1", f"e-{r[1]}", None, "externalId") for r in rows],
+        [(*r, 1.0, None, "f1", f"e-{r[1]}", None, "externalId", None, None) for r in rows],
         schema=MATCHED_ACTIVITY_SCHEMA,
         orient="row",
     ).lazy()

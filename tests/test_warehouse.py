@@ -104,7 +104,7 @@ def test_identity_migration_keys_the_activities_already_sent_by_their_end_user(
             "feature_ids) VALUES (?, 'u1', 'A', 7, 1, 'f')",
             [day],
         )
-        assert apply_migrations(conn) == [5]
+        assert apply_migrations(conn) == [5, 6]
         assert conn.execute(
             "SELECT external_id, enduser_id FROM outbox_activity_items ORDER BY ALL"
         ).fetchall() == [("dup", "extid-dup"), ("gone", "extid-gone"), ("u1", "e1")]

@@ -1,6 +1,7 @@
 """Pendo's visitors (for matching by email) and the End Users created for unmatched visitors."""
 
 # Dagster reads the context annotation unevaluated, so no `from __future__ import annotations`.
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -13,7 +14,8 @@ from ..clients.planhat import MAX_UPSERT_ITEMS
 from ..config import Config
 from ..errors import ApiError, DeliveryUnknownError
 from ..identity import creation_candidates, resolve_visitors
-from ..models import RejectedRow
+from ..landing import configured_items
+from ..models import EVENT_SOURCES, RejectedRow
 from ..resources import PendoResource, PlanhatResource, WarehouseResource
 from ._common import WAREHOUSE_POOL, daily_asset, open_warehouse, reread, run_days, window
 
@@ -26,7 +28,7 @@ def build_identity_assets(
     config: Config,
     partitions: dg.DailyPartitionsDefinition,
     *,
-    feature_events: dg.AssetsDefinition,
+    events: Sequence[dg.AssetsDefinition],
     snapshot: dg.AssetsDefinition,
 ) -> list[dg.AssetsDefinition]:
     """``pendo_visitors`` when matching needs emails, and ``planhat_end_users`` when End Users
@@ -105,14 +107,18 @@ def build_identity_assets(
 
     if not matching.create_end_users:
         return [pendo_visitors]
-    feature_ids = [f.id for f in config.features]
+    # The visitors of the run's activities: of features (not `as: metric`), pages, track types.
+    item_ids = {
+        source: [i.id for i in configured_items(config, source) if not i.is_metric]
+        for source in EVENT_SOURCES.values()
+    }
 
     @daily_asset(
         partitions,
         name="planhat_end_users",
         group_name="planhat",
         kinds={"planhat", "duckdb"},
-        deps=[feature_events, snapshot, pendo_visitors],
+        deps=[*events, snapshot, pendo_visitors],
         description=(
             "Grain: one row per End User asked of Planhat in end_user_creations (with its "
             "status), for the run's identified visitors that match no End User "
@@ -137,7 +143,7 @@ def build_identity_assets(
             settled = _settle_pending(conn, objects)
             if settled:
                 objects = queries.select_planhat_objects(conn)
-            pairs = queries.select_usage_pairs(conn, days=days, feature_ids=feature_ids)
+            pairs = queries.select_usage_pairs(conn, days=days, item_ids=item_ids)
             visitors = queries.select_visitors(conn, visitor_ids=pairs["visitor_id"].unique())
             listed = visitors.select("visitor_id", pl.col("account_ids").alias("account_id"))
             pairs = pl.concat([pairs, listed.explode("account_id")]).unique()

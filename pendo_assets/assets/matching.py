@@ -11,9 +11,11 @@ import polars as pl
 from .. import queries
 from ..config import Config
 from ..identity import resolve_visitors
+from ..landing import configured_items
+from ..models import EVENT_SOURCES, FEATURE_EVENTS, EventSourceName
 from ..queries import replace_days
 from ..resources import WarehouseResource
-from ..transforms import daily_usage, match_activities, match_metrics
+from ..transforms import daily_usage, feature_metric_values, match_activities, match_metrics
 from ._common import add_day_metadata, daily_asset, open_warehouse, run_days, window
 
 VISITOR_REASONS = ("anonymous", "no_enduser", "ambiguous", "ambiguous_email")
@@ -24,19 +26,29 @@ def build_matching_assets(
     config: Config,
     partitions: dg.DailyPartitionsDefinition,
     *,
-    feature_events: dg.AssetsDefinition,
+    events: Mapping[EventSourceName, dg.AssetsDefinition],
     pipeline_results: dg.AssetsDefinition,
     snapshot: dg.AssetsDefinition,
     identity: Sequence[dg.AssetsDefinition] = (),
 ) -> list[dg.AssetsDefinition]:
-    feature_ids = [f.id for f in config.features]
+    # The ids whose events become activities, per event source (features, pages, track types).
+    activity_ids = {
+        source: [i.id for i in configured_items(config, source) if not i.is_metric]
+        for source in EVENT_SOURCES.values()
+    }
+    activity_ids = {source: ids for source, ids in activity_ids.items() if ids}
+    metric_features = pl.DataFrame(
+        [(f.id, f.metric.dimension_id, f.metric.model) for f in config.features if f.metric],
+        schema=["feature_id", "dimension_id", "model"],
+        orient="row",
+    )
 
     @daily_asset(
         partitions,
         name="matched_activities",
         group_name="matching",
         kinds={"polars", "duckdb"},
-        deps=[feature_events, snapshot, *identity],
+        deps=[*events.values(), snapshot, *identity],
         description=(
             "Grain: one row per End User x Planhat action x day (Pendo row splits summed, "
             "features folded into actions) in matched_activities, with how the End User was "
@@ -61,7 +73,8 @@ def build_matching_assets(
         by_day: dict[date, dict[str, int | float]] = {}
         with open_warehouse(warehouse) as conn:
             objects = queries.select_planhat_objects(conn)
-            actions = queries.select_feature_actions(conn, feature_ids=feature_ids)
+            all_ids = [i for ids in activity_ids.values() for i in ids]
+            actions = queries.select_feature_actions(conn, feature_ids=all_ids)
             emails = (
                 queries.select_visitor_emails(conn).lazy()
                 if config.matching.needs_visitors
@@ -69,7 +82,14 @@ def build_matching_assets(
             )
             created = queries.select_created_end_user_ids(conn).lazy()
             for day in days:
-                usage = daily_usage(queries.select_feature_events(conn, day=day).lazy())
+                rows = pl.concat(
+                    [
+                        queries.select_events(conn, source=source, day=day, item_ids=ids)
+                        for source, ids in activity_ids.items()
+                    ]
+                    or [queries.select_feature_events(conn, day=day)]
+                )
+                usage = daily_usage(rows.lazy())
                 resolved = resolve_visitors(
                     usage, objects.lazy(), keys=keys, visitor_emails=emails, created=created
                 ).collect()
@@ -122,7 +142,7 @@ def build_matching_assets(
         name="matched_metrics",
         group_name="matching",
         kinds={"polars", "duckdb"},
-        deps=[pipeline_results, snapshot],
+        deps=[pipeline_results, events["feature_events"], snapshot],
         description=(
             "Grain: one row per Planhat object x dimensionId x day in matched_metrics; one row "
             "per (day, pipeline, id) with no object (no_object) or shared by two objects "
@@ -140,6 +160,20 @@ def build_matching_assets(
         with open_warehouse(warehouse) as conn:
             objects = queries.select_planhat_objects(conn)
             values = queries.select_pipeline_values(conn, days=days, pipelines=pipelines)
+            if metric_features.height:  # `as: metric` features: their daily counts, day by day
+                ids = metric_features["feature_id"].to_list()
+                counts = [
+                    feature_metric_values(
+                        daily_usage(
+                            queries.select_events(
+                                conn, source=FEATURE_EVENTS, day=day, item_ids=ids
+                            ).lazy()
+                        ),
+                        metric_features.lazy(),
+                    ).collect()
+                    for day in days
+                ]
+                values = pl.concat([values, *counts])
             matched, unmatched = match_metrics(values.lazy(), objects.lazy())
             m, u = pl.collect_all([matched, unmatched])
             tables = {"matched_metrics": [m], "unmatched_account_rows": [u]}

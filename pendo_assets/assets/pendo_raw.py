@@ -12,11 +12,13 @@ from ..config import Config
 from ..errors import ApiError, PendoAssetsError
 from ..landing import (
     FeatureEventsDay,
+    configured_items,
     fetch_pipeline_day,
-    ingest_feature_events,
+    ingest_events,
     land_pipeline_day,
-    resolve_feature_actions,
+    resolve_actions,
 )
+from ..models import EVENT_SOURCES, FEATURE_EVENTS, EventSource, EventSourceName
 from ..partitions import first_mutable_day
 from ..resources import PendoResource, WarehouseResource
 from ._common import (
@@ -34,28 +36,44 @@ from ._common import (
 
 def build_pendo_raw_assets(
     config: Config, partitions: dg.DailyPartitionsDefinition
-) -> list[dg.AssetsDefinition]:
-    feature_ids = [f.id for f in config.features]
+) -> tuple[dict[EventSourceName, dg.AssetsDefinition], dg.AssetsDefinition]:
+    """The event assets (feature events always; pages and track events when configured) by
+    source, and the pipeline results asset."""
+    events = {
+        source.name: _build_events_asset(config, partitions, source)
+        for source in EVENT_SOURCES.values()
+        if source is FEATURE_EVENTS or configured_items(config, source)
+    }
+    return events, _build_pipeline_asset(config, partitions)
+
+
+def _build_events_asset(
+    config: Config, partitions: dg.DailyPartitionsDefinition, source: EventSource
+) -> dg.AssetsDefinition:
+    """``pendo_<source>`` (e.g. pendo_page_events): the configured items' rows of each day."""
+    item_ids = [item.id for item in configured_items(config, source)]
+    noun, raw, quarantine = source.noun, source.raw_table, source.quarantine_table
+    uses = f"{noun}s"
 
     @daily_asset(
         partitions,
-        name="pendo_feature_events",
+        name=f"pendo_{source.name}",
         group_name="pendo_raw",
         kinds={"pendo", "duckdb"},
         description=(
-            "Grain: one row per Pendo feature-event row (visitor x account x feature x day x IP "
-            "x user agent x server) of the configured features, in table raw_feature_events, one "
-            "partition per subscription-local day; malformed rows go to quarantine_feature_events "
+            f"Grain: one row per Pendo {noun}-event row (visitor x account x {noun} x day x IP "
+            f"x user agent x server) of the configured {uses}, in table {raw}, one "
+            f"partition per subscription-local day; malformed rows go to {quarantine} "
             "with the reason. Re-materializing a day replaces it in one transaction. "
             "If it fails: the failed days keep their previous data and the message names each "
             "day and the cause. A 403 or 400: check PENDO_INTEGRATION_KEY and pendo.region; "
             "429/5xx or timeouts: materialize the days again later; too many malformed rows: see "
-            "quarantine_feature_events (sync.max_quarantine_share). Pendo changes recent days, "
+            f"{quarantine} (sync.max_quarantine_share). Pendo changes recent days, "
             "so the daily sync re-pulls the last sync.lookback_days; older days are final "
             "(per-day metadata final, mutable_from)."
         ),
     )
-    def pendo_feature_events(
+    def events_asset(
         context: dg.AssetExecutionContext, pendo: PendoResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         days = run_days(context)
@@ -64,42 +82,45 @@ def build_pendo_raw_assets(
         # One warehouse connection for the step: this run is the only writer, and reopening
         # the file per day costs a checkpoint each time.
         with pendo.get_client() as client, open_warehouse(warehouse) as conn:
-            if feature_ids:
+            if item_ids:
                 try:
-                    pendo_features = reread(
-                        client.list_features, retry=pendo.retry(), what="Pendo features"
+                    listed = reread(
+                        partial(client.list_items, source),
+                        retry=pendo.retry(),
+                        what=f"Pendo {uses}",
                     )
                 except ApiError as exc:
                     raise dg.Failure(
-                        description=f"{window(days)}: could not list the Pendo features: {exc}; "
+                        description=f"{window(days)}: could not list the Pendo {uses}: {exc}; "
                         "no day was landed, their previous data is unchanged",
                         allow_retries=False,
                     ) from None
-                _, warnings = resolve_feature_actions(
-                    conn, config=config, pendo_features=pendo_features
+                _, warnings = resolve_actions(
+                    conn, config=config, source=source, pendo_items=listed
                 )
                 for warning in warnings:
                     context.log.warning(warning)
-            todo = days if feature_ids else []
+            todo = days if item_ids else []
             for n, day in enumerate(todo, start=1):
                 if attempts.give_up(todo[n - 1 :], count=len(todo) - n + 1):
                     break
 
                 # Fetch and land in one pass: pages stream into the day's transaction as they
-                # are decoded (see landing.ingest_feature_events).
+                # are decoded (see landing.ingest_events).
                 ingest = partial(
-                    ingest_feature_events,
+                    ingest_events,
                     client,
                     conn,
+                    source=source,
                     day=day,
                     config=config,
-                    feature_ids=feature_ids,
+                    item_ids=item_ids,
                     staging_dir=warehouse.staging_dir,
                 )
                 try:
-                    staged = reread(ingest, retry=pendo.retry(), what=f"{day} feature events")
+                    staged = reread(ingest, retry=pendo.retry(), what=f"{day} {noun} events")
                 except PendoAssetsError as exc:
-                    context.log.error(f"feature events not landed: {attempts.failure(day, exc)}")
+                    context.log.error(f"{noun} events not landed: {attempts.failure(day, exc)}")
                     continue
                 attempts.streak = 0
                 landed[day] = staged
@@ -108,7 +129,7 @@ def build_pendo_raw_assets(
                     f"quarantined, {staged.pages} page(s), {staged.body_bytes / 1e6:.1f} MB"
                 )
         attempts.raise_failure(
-            f"feature events of {attempts.count} of {len(days)} day(s) not landed, their "
+            f"{noun} events of {attempts.count} of {len(days)} day(s) not landed, their "
             "previous data is unchanged",
             failed_days=attempts.count,
             days=len(days),
@@ -130,6 +151,12 @@ def build_pendo_raw_assets(
             }
         )
 
+    return events_asset
+
+
+def _build_pipeline_asset(
+    config: Config, partitions: dg.DailyPartitionsDefinition
+) -> dg.AssetsDefinition:
     @daily_asset(
         partitions,
         name="pendo_pipeline_results",
@@ -204,7 +231,7 @@ def build_pendo_raw_assets(
             }
         )
 
-    return [pendo_feature_events, pendo_pipeline_results]
+    return pendo_pipeline_results
 
 
 def _finality(days: list[date], mutable_from: date) -> dict[str, int | str]:

@@ -1,8 +1,11 @@
-"""Decoding Pendo featureEvents pages into Arrow tables, every unusable row kept with why.
+"""Decoding Pendo featureEvents, pageEvents and trackEvents pages into Arrow tables, every
+unusable row kept with why.
 
 A page is decoded with msgspec into a strict row struct (the fast path); when that fails, the
 page is decoded permissively and classified row by row, so every row is either in the page's
-table or in its ``rejects`` with a reason (for people) and its kinds (stable labels).
+table or in its ``rejects`` with a reason (for people) and its kinds (stable labels). The three
+sources share one row shape, keyed by ``featureId``, ``pageId`` or ``trackTypeId``: each has a
+`RowFormat` (its structs and decoders), built once.
 
 Reference: /work/shared/reference/pendo_api.md (sections 2, 3, 8).
 """
@@ -14,6 +17,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from operator import attrgetter
 from typing import Annotated, Any, Final, cast
 
@@ -22,10 +26,17 @@ import polars as pl
 import pyarrow as pa
 
 from ..errors import PayloadShapeError
-from ..models import FEATURE_EVENT_SCHEMA, FeatureEventPage, RejectedRow
+from ..models import FEATURE_EVENTS, EventSource, FeatureEventPage, RejectedRow
 from ..types import JSONDict
 
-__all__ = ["AGGREGATION_PATH", "MAX_VISITOR_ID_LENGTH", "decode_feature_events"]
+__all__ = [
+    "AGGREGATION_PATH",
+    "MAX_VISITOR_ID_LENGTH",
+    "RowFormat",
+    "decode_events",
+    "decode_feature_events",
+    "row_format",
+]
 
 AGGREGATION_PATH: Final = "/api/v1/aggregation"
 MAX_VISITOR_ID_LENGTH: Final = 1024
@@ -33,64 +44,91 @@ _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _Int64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
-# gc=False: millions of rows are allocated per day; these structs never form reference cycles,
-# and keeping them out of the cyclic GC makes decoding several times faster.
+_UNSET: Final = msgspec.UNSET
 
 
-class _StrictRow(msgspec.Struct, gc=False):
-    visitorId: str
-    featureId: str
-    day: _Int64
-    numEvents: _Int64
-    numMinutes: _Int64
-    accountId: str | None = None
-    appId: _Int64 | None = None
-    remoteIp: str | None = None
-    userAgent: str | None = None
-    server: str | None = None
+class RowFormat:
+    """How the rows of one event source are decoded: its strict row struct (the fast path),
+    its permissive one (every field any JSON value or absent, classified afterwards), their
+    decoders and the fields in the Arrow schema's column order."""
+
+    def __init__(self, source: EventSource) -> None:
+        self.source = source
+        #: Source fields in the order of ``source.schema``'s columns.
+        self.fields: tuple[str, ...] = (
+            "visitorId",
+            "accountId",
+            source.id_field,
+            "appId",
+            "day",
+            "numEvents",
+            "numMinutes",
+            "remoteIp",
+            "userAgent",
+            "server",
+        )
+        # gc=False: millions of rows are allocated per day; these structs never form reference
+        # cycles, and keeping them out of the cyclic GC makes decoding several times faster.
+        required: list[tuple[str, Any]] = [
+            ("visitorId", str),
+            (source.id_field, str),
+            ("day", _Int64),
+            ("numEvents", _Int64),
+            ("numMinutes", _Int64),
+        ]
+        optional = [
+            (name, _Int64 | None if name == "appId" else str | None, None)
+            for name in self.fields
+            if name not in dict(required)
+        ]
+        suffix = source.id_field
+        self.row_type: Any = msgspec.defstruct(
+            f"_StrictRow_{suffix}", [*required, *optional], gc=False
+        )
+        results: Any = list[self.row_type]  # type: ignore[name-defined]
+        envelope = msgspec.defstruct(f"_StrictEnvelope_{suffix}", [("results", results)], gc=False)
+        loose = msgspec.defstruct(
+            f"_LooseRow_{suffix}", [(name, Any, _UNSET) for name in self.fields], gc=False
+        )
+        self.strict: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope)
+        self.strict_row: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.row_type)
+        self.loose_row: msgspec.json.Decoder[Any] = msgspec.json.Decoder(loose)
+        self.get_all = attrgetter(*self.fields)
+        self.getters = tuple(attrgetter(name) for name in self.fields)
+        self.polars_types = tuple(
+            pl.String if f.type == pa.string() else pl.Int64 for f in source.schema
+        )
 
 
-class _StrictEnvelope(msgspec.Struct, gc=False):
-    results: list[_StrictRow]
+@cache
+def row_format(source: EventSource) -> RowFormat:
+    """The (cached) `RowFormat` of ``source``."""
+    return RowFormat(source)
 
 
 class _RawEnvelope(msgspec.Struct, gc=False):
     results: list[msgspec.Raw]
 
 
-# Source field order matches FEATURE_EVENT_SCHEMA's column order.
-_SOURCE_FIELDS: Final = (
-    "visitorId",
-    "accountId",
-    "featureId",
-    "appId",
-    "day",
-    "numEvents",
-    "numMinutes",
-    "remoteIp",
-    "userAgent",
-    "server",
+_PIPELINE_DECODER: Final = msgspec.json.Decoder(
+    msgspec.defstruct("_PipelineEnvelope", [("results", list[dict[str, Any]])])
 )
-_UNSET: Final = msgspec.UNSET
-# Every field may hold any JSON value or be absent (UNSET): classified afterwards.
-_LooseRow = msgspec.defstruct(
-    "_LooseRow", [(name, Any, _UNSET) for name in _SOURCE_FIELDS], gc=False
-)
-_STRICT_DECODER: Final = msgspec.json.Decoder(_StrictEnvelope)
-_STRICT_ROW_DECODER: Final = msgspec.json.Decoder(_StrictRow)
+_FEATURES: Final = row_format(FEATURE_EVENTS)
+_STRICT_DECODER: Final = _FEATURES.strict  # (the benchmark's typed decoder)
 _RAW_DECODER: Final = msgspec.json.Decoder(_RawEnvelope)
-_LOOSE_ROW_DECODER: Final = msgspec.json.Decoder(_LooseRow)
-_get_all_fields: Final = attrgetter(*_SOURCE_FIELDS)
-_GETTERS: Final = tuple(attrgetter(name) for name in _SOURCE_FIELDS)
-_POLARS_TYPES: Final = tuple(
-    pl.String if field.type == pa.string() else pl.Int64 for field in FEATURE_EVENT_SCHEMA
-)
 
 
 def decode_feature_events(
     body: bytes, *, day_ms: int, feature_ids: Sequence[str]
 ) -> FeatureEventPage:
-    """Decode one aggregation response of featureEvents rows into a `FeatureEventPage`.
+    """Decode one aggregation response of featureEvents rows (`decode_events` of features)."""
+    return decode_events(body, source=FEATURE_EVENTS, day_ms=day_ms, item_ids=feature_ids)
+
+
+def decode_events(
+    body: bytes, *, source: EventSource, day_ms: int, item_ids: Sequence[str]
+) -> FeatureEventPage:
+    """Decode one aggregation response of ``source``'s rows into a `FeatureEventPage`.
 
     The whole body is decoded into strict structs and checked vectorised; when some row does not
     fit (a null, a string number, a float), only the rows that do not fit are classified one by
@@ -98,8 +136,9 @@ def decode_feature_events(
 
     Args:
         body: The response body, ``{"results": [...]}``.
+        source: Which rows: feature, page or track events.
         day_ms: The requested local midnight; rows of another ``day`` are rejected.
-        feature_ids: The requested feature ids; rows of other features are rejected.
+        item_ids: The requested feature (page, track type) ids; rows of others are rejected.
 
     Returns:
         The page; ``table.num_rows + len(rejects) == row_count`` == rows in the body, and the
@@ -108,8 +147,9 @@ def decode_feature_events(
     Raises:
         PayloadShapeError: The body is not JSON or has no ``results`` array.
     """
-    prepared = _prepare_feature_events(body)
-    return _finish_feature_events(prepared, day_ms=day_ms, feature_ids=feature_ids, page_index=0)
+    fmt = row_format(source)
+    prepared = _prepare_events(fmt, body)
+    return _finish_events(fmt, prepared, day_ms=day_ms, item_ids=item_ids, page_index=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,40 +158,40 @@ class _Prepared:
     count (None: unreadable, decoding reports why) and its edge rows' keys (see `_row_key`)."""
 
     body: bytes
-    rows: list[_StrictRow] | list[JSONDict] | None
+    rows: list[Any] | None  # strict rows (a `RowFormat`'s row_type) or dicts
     count: int | None
     first: str | None
     last: str | None
 
 
-def _prepare_feature_events(body: bytes) -> _Prepared:
+def _prepare_events(fmt: RowFormat, body: bytes) -> _Prepared:
     try:
-        rows = _STRICT_DECODER.decode(body).results
+        rows = fmt.strict.decode(body).results
     except msgspec.DecodeError:
         try:
             results = _results(body)
         except PayloadShapeError:
             return _Prepared(body, None, None, None, None)
         keys = [
-            _row_key(values) if (values := _loose(item)) is not None else _text(item)
+            _row_key(values) if (values := _loose(fmt, item)) is not None else _text(item)
             for item in _edges(results)
         ]
         first, last = keys if keys else (None, None)
         return _Prepared(body, None, len(results), first, last)
-    keys = [_row_key(_get_all_fields(row)) for row in _edges(rows)]
+    keys = [_row_key(fmt.get_all(row)) for row in _edges(rows)]
     first, last = keys if keys else (None, None)
     return _Prepared(body, rows, len(rows), first, last)
 
 
-def _finish_feature_events(
-    prepared: _Prepared, *, day_ms: int, feature_ids: Sequence[str], page_index: int
+def _finish_events(
+    fmt: RowFormat, prepared: _Prepared, *, day_ms: int, item_ids: Sequence[str], page_index: int
 ) -> FeatureEventPage:
-    wanted = frozenset(feature_ids)
+    wanted = frozenset(item_ids)
     if prepared.rows is None:
-        table, rejects, count = _decode_permissive(prepared.body, day_ms, wanted)
+        table, rejects, count = _decode_permissive(fmt, prepared.body, day_ms, wanted)
     else:
-        rows = cast(list[_StrictRow], prepared.rows)
-        table, rejects = _checked_table(rows, None, day_ms, wanted, _texts(prepared.body))
+        rows = prepared.rows
+        table, rejects = _checked_table(fmt, rows, None, day_ms, wanted, _texts(prepared.body))
         count = len(rows)
     return FeatureEventPage(
         table=table,
@@ -180,6 +220,34 @@ def _results(body: bytes, decoder: msgspec.json.Decoder[Any] = _RAW_DECODER) -> 
     return results
 
 
+# Pipeline result rows: any JSON objects, read as dicts.
+
+
+def _pipeline_rows(body: bytes) -> list[JSONDict]:
+    rows = _results(body, _PIPELINE_DECODER)
+    if not all(isinstance(row, dict) for row in rows):  # read by Python's json (NaN, Infinity)
+        raise _shape_error("expected results: a list of objects")
+    return rows
+
+
+def _prepare_pipeline(body: bytes) -> _Prepared:
+    try:
+        rows = _pipeline_rows(body)
+    except PayloadShapeError:
+        return _Prepared(body, None, None, None, None)  # `_finish_pipeline` raises it
+    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
+    first, last = keys if keys else (None, None)
+    return _Prepared(body, rows, len(rows), first, last)
+
+
+def _finish_pipeline(
+    prepared: _Prepared, page_index: int, skip_first: bool
+) -> tuple[list[JSONDict], int]:
+    rows = prepared.rows if prepared.rows is not None else _pipeline_rows(prepared.body)
+    rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
+    return rows, len(rows)
+
+
 def _shape_error(problem: str) -> PayloadShapeError:
     return PayloadShapeError(problem, service="pendo", method="POST", url=AGGREGATION_PATH)
 
@@ -195,17 +263,15 @@ def _row_key(values: Sequence[Any]) -> str:
     )
 
 
-def _loose(item: Any) -> tuple[Any, ...] | None:
-    """A raw or parsed row's fields in `_SOURCE_FIELDS` order (UNSET when absent), or None when
+def _loose(fmt: RowFormat, item: Any) -> tuple[Any, ...] | None:
+    """A raw or parsed row's fields in ``fmt.fields`` order (UNSET when absent), or None when
     the row is not a JSON object."""
     if isinstance(item, msgspec.Raw):
         try:
-            return _get_all_fields(_LOOSE_ROW_DECODER.decode(item))
+            return fmt.get_all(fmt.loose_row.decode(item))
         except msgspec.DecodeError:
             return None
-    return (
-        tuple(item.get(name, _UNSET) for name in _SOURCE_FIELDS) if isinstance(item, dict) else None
-    )
+    return tuple(item.get(name, _UNSET) for name in fmt.fields) if isinstance(item, dict) else None
 
 
 def _text(item: Any) -> str:
@@ -245,7 +311,8 @@ def _texts(body: bytes) -> Callable[[int], str]:
 
 
 def _checked_table(
-    rows: list[_StrictRow],
+    fmt: RowFormat,
+    rows: list[Any],
     body_index: list[int] | None,
     day_ms: int,
     wanted: frozenset[str],
@@ -253,11 +320,12 @@ def _checked_table(
 ) -> tuple[pa.Table, list[RejectedRow]]:
     """Build the table from strict rows and move rows failing the vectorised checks to rejects."""
     # Polars builds a column from Python values faster than pa.array does, and runs the checks
-    # on every core; the page is handed over as Arrow in FEATURE_EVENT_SCHEMA.
+    # on every core; the page is handed over as Arrow in the source's schema.
+    schema = fmt.source.schema
     frame = pl.DataFrame(
         [
             pl.Series(field.name, list(map(get, rows)), dtype=dtype)
-            for get, field, dtype in zip(_GETTERS, FEATURE_EVENT_SCHEMA, _POLARS_TYPES, strict=True)
+            for get, field, dtype in zip(fmt.getters, schema, fmt.polars_types, strict=True)
         ]
     )
     rejects: list[RejectedRow] = []
@@ -268,7 +336,7 @@ def _checked_table(
                 visitor.eq("")
                 | (visitor.str.len_chars() > MAX_VISITOR_ID_LENGTH)
                 | visitor.str.contains(_CONTROL_CHARS.pattern)
-                | ~pl.col("feature_id").is_in(list(wanted))
+                | ~pl.col(fmt.source.id_column).is_in(list(wanted))
                 | pl.col("day_ms").ne(day_ms)
                 | pl.col("num_events").lt(0)
                 | pl.col("num_minutes").lt(0)
@@ -277,15 +345,15 @@ def _checked_table(
         if bad.any():
             for position in bad.arg_true().to_list():
                 index = position if body_index is None else body_index[position]
-                _, problems = _classify(_get_all_fields(rows[position]), day_ms, wanted)
+                _, problems = _classify(fmt, fmt.get_all(rows[position]), day_ms, wanted)
                 rejects.append(_rejected(index, problems, text_of(index)))
             frame = frame.filter(~bad)
-    table = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(FEATURE_EVENT_SCHEMA)
+    table = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(schema)
     return table, rejects
 
 
 def _decode_permissive(
-    body: bytes, day_ms: int, wanted: frozenset[str]
+    fmt: RowFormat, body: bytes, day_ms: int, wanted: frozenset[str]
 ) -> tuple[pa.Table, list[RejectedRow], int]:
     """The table, rejects and row count of a body that does not decode strictly."""
     results = _results(body)
@@ -293,34 +361,34 @@ def _decode_permissive(
     def text_of(index: int) -> str:
         return _text(results[index])
 
-    rows: list[_StrictRow] = []
+    rows: list[Any] = []
     body_index: list[int] = []
     rejects: list[RejectedRow] = []
     for index, item in enumerate(results):
-        row = _strict(item)
+        row = _strict(fmt, item)
         if row is None:
-            values = _loose(item)
+            values = _loose(fmt, item)
             if values is None:
                 problems = [("row is not a JSON object", "row is not a JSON object")]
             else:
-                clean, problems = _classify(values, day_ms, wanted)
+                clean, problems = _classify(fmt, values, day_ms, wanted)
                 if clean is not None:
-                    row = _StrictRow(**dict(zip(_SOURCE_FIELDS, clean, strict=True)))
+                    row = fmt.row_type(**dict(zip(fmt.fields, clean, strict=True)))
             if row is None:
                 rejects.append(_rejected(index, problems, text_of(index)))
                 continue
         rows.append(row)
         body_index.append(index)
-    table, more = _checked_table(rows, body_index, day_ms, wanted, text_of)
+    table, more = _checked_table(fmt, rows, body_index, day_ms, wanted, text_of)
     return table, sorted(rejects + more, key=attrgetter("index")), len(results)
 
 
-def _strict(item: Any) -> _StrictRow | None:
+def _strict(fmt: RowFormat, item: Any) -> Any:
     """A raw or parsed row as a strict row, or None when it does not fit the strict types."""
     try:
         if isinstance(item, msgspec.Raw):
-            return _STRICT_ROW_DECODER.decode(item)
-        return msgspec.convert(item, _StrictRow) if isinstance(item, dict) else None
+            return fmt.strict_row.decode(item)
+        return msgspec.convert(item, fmt.row_type) if isinstance(item, dict) else None
     except msgspec.DecodeError:  # ValidationError included
         return None
 
@@ -351,10 +419,11 @@ def _show(value: Any) -> str:
 
 
 def _classify(
-    values: tuple[Any, ...], day_ms: int, wanted: frozenset[str]
+    fmt: RowFormat, values: tuple[Any, ...], day_ms: int, wanted: frozenset[str]
 ) -> tuple[tuple[Any, ...] | None, list[_Problem]]:
-    """Check one row (values in `_SOURCE_FIELDS` order); return clean values or the problems."""
+    """Check one row (values in ``fmt.fields`` order); return clean values or the problems."""
     visitor, account, feature, app, day, events, minutes, remote_ip, user_agent, server = values
+    id_field, noun = fmt.source.id_field, fmt.source.noun
     reasons: list[_Problem] = []
 
     visitor = _string("visitorId", visitor, reasons, required=True, numeric=True)
@@ -367,10 +436,10 @@ def _classify(
         elif _CONTROL_CHARS.search(visitor):
             _add(reasons, "visitorId contains control characters")
     account = _string("accountId", account, reasons, numeric=True)
-    feature = _string("featureId", feature, reasons, required=True)
+    feature = _string(id_field, feature, reasons, required=True)
     if isinstance(feature, str) and feature not in wanted:
-        text = f"featureId {feature!r} is not one of the requested features"
-        reasons.append(("featureId is not one of the requested features", text))
+        kind = f"{id_field} is not one of the requested {noun}s"
+        reasons.append((kind, f"{id_field} {feature!r} is not one of the requested {noun}s"))
     app = _integer("appId", app, reasons, optional=True, negative=True)
     day = _integer("day", day, reasons, negative=True)
     if isinstance(day, int) and day != day_ms:

@@ -1,8 +1,9 @@
-"""Pendo Engage v1 client: key check, feature catalogue, and paged day-window aggregations.
+"""Pendo Engage v1 client: key check, catalogues of features, pages and track types, and
+paged day-window aggregations.
 
-Feature event pages are decoded by `decode_feature_events` (every row in the table or in the
-rejects, with why); both aggregations start with the source stage of `source_stage`. Pages are
-requested one ahead (`prefetch`), so a day costs little more than decoding it.
+Feature, page and track event pages are decoded by `decode_events` (every row in the table or in
+the rejects, with why); every aggregation starts with the source stage of `source_stage`. Pages
+are requested one ahead (`prefetch`), so a day costs little more than decoding it.
 
 Reference: /work/shared/reference/pendo_api.md (sections 1, 2, 3, 5).
 """
@@ -22,38 +23,48 @@ import httpx
 import msgspec
 
 from ..errors import ConfigError, PageDriftError, PagingLimitError, PayloadShapeError
-from ..models import Feature, FeatureEventPage
+from ..models import FEATURE_EVENTS, EventSource, Feature, FeatureEventPage
 from ..types import PENDO_HOSTS, JSONDict, Region
 from ._http import PooledClient, RetryPolicy, Sleep, check_max_pages
 from ._pendo_rows import (
     AGGREGATION_PATH,
     _edges,
-    _finish_feature_events,
-    _prepare_feature_events,
+    _finish_events,
+    _finish_pipeline,
+    _pipeline_rows,
+    _prepare_events,
+    _prepare_pipeline,
     _Prepared,
     _results,
-    _shape_error,
     _without_first_row,
+    decode_events,
     decode_feature_events,
+    row_format,
 )
 from ._prefetch import prefetch
 
-__all__ = ["PendoClient", "day_window", "decode_feature_events", "feature_filter", "source_stage"]
+__all__ = [
+    "PendoClient",
+    "day_window",
+    "decode_events",
+    "decode_feature_events",
+    "event_sort",
+    "feature_filter",
+    "item_filter",
+    "source_stage",
+]
 
 #: ``pendo.app_ids``: every app of the subscription, or the listed Pendo app ids.
 AppIds: TypeAlias = Literal["all"] | Sequence[int]
-#: Every field of a row: a total order, so skip/limit pages neither overlap nor leave gaps.
-FEATURE_EVENT_SORT: Final = (
-    "visitorId",
-    "accountId",
-    "featureId",
-    "appId",
-    "remoteIp",
-    "userAgent",
-    "server",
-    "numEvents",
-    "numMinutes",
-)
+
+
+def event_sort(source: EventSource) -> tuple[str, ...]:
+    """Every field of a ``source`` row (``day`` aside, the same on all): a total order, so
+    skip/limit pages neither overlap nor leave gaps."""
+    ids = ("visitorId", "accountId", source.id_field, "appId")
+    return (*ids, "remoteIp", "userAgent", "server", "numEvents", "numMinutes")
+
+
 DEFAULT_MAX_PAGES: Final = 1_000
 
 # A key is valid on one regional host only; a wrong host answers 400 or 403 like a wrong key
@@ -64,9 +75,6 @@ _REGION_HINT: Final = (
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PageT = TypeVar("_PageT")
 _SOURCE_EXAMPLE: Final = '{"source": {"featureEvents": null, "timeSeries": {...}}}'
-_PIPELINE_DECODER: Final = msgspec.json.Decoder(
-    msgspec.defstruct("_PipelineEnvelope", [("results", list[dict[str, Any]])])
-)
 
 
 def day_window(day: date, timezone: str) -> tuple[int, int]:
@@ -100,15 +108,20 @@ def day_window(day: date, timezone: str) -> tuple[int, int]:
 
 
 def feature_filter(feature_ids: Sequence[str]) -> str:
-    """Build the aggregation ``filter`` expression selecting the given feature ids.
+    """`item_filter` of feature ids: ``featureId == "a" || featureId == "b"``."""
+    return item_filter("featureId", feature_ids)
+
+
+def item_filter(id_field: str, ids: Sequence[str]) -> str:
+    """Build the aggregation ``filter`` expression selecting the given ids of ``id_field``.
 
     Ids are double-quoted with ``\\`` escaped before ``"`` (an id holding a quote otherwise
     makes Pendo answer 400 "Cannot parse filter expression"; Estuary PR #4477).
 
     Returns:
-        ``featureId == "a" || featureId == "b"``.
+        e.g. ``pageId == "a" || pageId == "b"``.
     """
-    return " || ".join(f"featureId == {_quote(feature_id)}" for feature_id in feature_ids)
+    return " || ".join(f"{id_field} == {_quote(item_id)}" for item_id in ids)
 
 
 def _quote(value: str) -> str:
@@ -227,24 +240,54 @@ class PendoClient(PooledClient):
         Raises:
             PayloadShapeError: The answer is not a list of objects with an ``id``.
         """
-        path = "/api/v1/feature"
+        return self._catalogue("/api/v1/feature", "feature")
+
+    def list_pages(self) -> list[Feature]:
+        """List the Pages of every app (``GET /api/v1/page?expand=*``), as for features."""
+        return self._catalogue("/api/v1/page", "page")
+
+    def list_track_types(self) -> list[Feature]:
+        """List the track types of every app (the ``trackTypes`` aggregation source).
+
+        Raises:
+            PayloadShapeError: The answer is not a list of objects with an ``id``.
+        """
+        app_id = _app_ids_param("all")
+        body = self._aggregate([{"source": {"trackTypes": {"appId": app_id}}}], "track-types")
+        return self._items(_pipeline_rows(body), AGGREGATION_PATH, "track type", method="POST")
+
+    def list_items(self, source: EventSource) -> list[Feature]:
+        """The features, pages or track types ``source``'s rows are keyed by."""
+        listing = {
+            "feature_events": self.list_features,
+            "page_events": self.list_pages,
+            "track_events": self.list_track_types,
+        }
+        return listing[source.name]()
+
+    def _catalogue(self, path: str, noun: str) -> list[Feature]:
         response = self._send("GET", path, params={"expand": "*"})
         data = self._json(response, "GET", path)
         if isinstance(data, dict) and isinstance(data.get("results"), list):
             data = data["results"]  # tolerated envelope (PostHog does the same)
         if not isinstance(data, list):
-            raise self._shape("GET", path, "expected a JSON array of features")
-        features = []
+            raise self._shape("GET", path, f"expected a JSON array of {noun}s")
+        return self._items(data, path, noun)
+
+    def _items(
+        self, data: list[Any], path: str, noun: str, *, method: Literal["GET", "POST"] = "GET"
+    ) -> list[Feature]:
+        items = []
         for index, item in enumerate(data):
             try:
                 if not isinstance(item, dict):
                     raise TypeError("not an object")
-                features.append(Feature.from_api(item))
+                items.append(Feature.from_api(item))
             except (KeyError, TypeError) as exc:
                 raise self._shape(
-                    "GET", path, f"feature {index} has no usable id ({exc})"
+                    method, path, f"{noun} {index} has no usable id ({exc})"
                 ) from None
-        return features
+        return items
 
     def feature_event_pages(
         self,
@@ -255,12 +298,34 @@ class PendoClient(PooledClient):
         app_ids: AppIds = "all",
         max_pages: int = DEFAULT_MAX_PAGES,
     ) -> Iterator[FeatureEventPage]:
-        """Yield the featureEvents rows of one subscription-local day, one page per request.
+        """`event_pages` of feature events."""
+        return self.event_pages(
+            source=FEATURE_EVENTS,
+            day=day,
+            timezone=timezone,
+            item_ids=feature_ids,
+            app_ids=app_ids,
+            max_pages=max_pages,
+        )
+
+    def event_pages(
+        self,
+        *,
+        source: EventSource,
+        day: date,
+        timezone: str,
+        item_ids: Sequence[str],
+        app_ids: AppIds = "all",
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> Iterator[FeatureEventPage]:
+        """Yield ``source``'s rows (feature, page or track events) of one subscription-local day,
+        one page per request.
 
         Args:
+            source: Which rows: ``EVENT_SOURCES["page_events"]``, ...
             day: The day in the subscription's timezone.
             timezone: The subscription's IANA timezone.
-            feature_ids: Features to read; rows of other features are rejected.
+            item_ids: Features (pages, track types) to read; rows of others are rejected.
             app_ids: ``"all"`` (``expandAppIds("*")``) or explicit Pendo app ids.
             max_pages: Hard cap; reaching it with a full page raises rather than stop short.
 
@@ -268,33 +333,36 @@ class PendoClient(PooledClient):
             Pages in order; the last page is the first one shorter than ``page_size``.
 
         Raises:
-            ConfigError: No feature ids, bad app ids, bad timezone or ``max_pages`` below 1.
+            ConfigError: No ids, bad app ids, bad timezone or ``max_pages`` below 1.
             PagingLimitError: ``max_pages`` full pages and still more rows.
             ApiError: From the request (after retries) or a malformed answer.
         """
-        ids = _feature_ids(feature_ids)
+        ids = _item_ids(item_ids, source)
         check_max_pages(max_pages)
         first_ms, _ = day_window(day, timezone)
         head: list[JSONDict] = [
-            source_stage({"featureEvents": None}, first_ms=first_ms, app_ids=app_ids),
-            {"filter": feature_filter(ids)},
-            {"sort": list(FEATURE_EVENT_SORT)},
+            source_stage({source.row_source: None}, first_ms=first_ms, app_ids=app_ids),
+            {"filter": item_filter(source.id_field, ids)},
+            {"sort": list(event_sort(source))},
         ]
+        fmt = row_format(source)
+
+        def prepare(body: bytes) -> _Prepared:
+            return _prepare_events(fmt, body)
 
         def finish(
             prepared: _Prepared, page_index: int, skip_first: bool
         ) -> tuple[FeatureEventPage, int]:
-            page = _finish_feature_events(
-                prepared, day_ms=first_ms, feature_ids=ids, page_index=page_index
+            page = _finish_events(
+                fmt, prepared, day_ms=first_ms, item_ids=ids, page_index=page_index
             )
             if skip_first:
                 page = _without_first_row(page)
             return page, page.row_count
 
         # Arguments are checked above, when called; requests start on the first next().
-        return self._paged(
-            head, f"feature-events-{day.isoformat()}", max_pages, _prepare_feature_events, finish
-        )
+        label = f"{source.name.replace('_', '-')}-{day.isoformat()}"
+        return self._paged(head, label, max_pages, prepare, finish)
 
     def pipeline_pages(
         self,
@@ -461,23 +529,6 @@ class PendoClient(PooledClient):
         return response
 
 
-def _pipeline_rows(body: bytes) -> list[JSONDict]:
-    rows = _results(body, _PIPELINE_DECODER)
-    if not all(isinstance(row, dict) for row in rows):  # read by Python's json (NaN, Infinity)
-        raise _shape_error("expected results: a list of objects")
-    return rows
-
-
-def _prepare_pipeline(body: bytes) -> _Prepared:
-    try:
-        rows = _pipeline_rows(body)
-    except PayloadShapeError:
-        return _Prepared(body, None, None, None, None)  # `_finish_pipeline` raises it
-    keys = [json.dumps(row, sort_keys=True, default=repr) for row in _edges(rows)]
-    first, last = keys if keys else (None, None)
-    return _Prepared(body, rows, len(rows), first, last)
-
-
 def _any_rows(body: bytes) -> list[Any]:
     """The answer's rows as Python values, whatever each row is (NaN and Infinity included)."""
     return [json.loads(bytes(row)) for row in _results(body)]
@@ -500,23 +551,16 @@ def _finish_rows(prepared: _Prepared, page_index: int, skip_first: bool) -> tupl
     return rows, len(rows)
 
 
-def _finish_pipeline(
-    prepared: _Prepared, page_index: int, skip_first: bool
-) -> tuple[list[JSONDict], int]:
-    rows = prepared.rows if prepared.rows is not None else _pipeline_rows(prepared.body)
-    rows = cast(list[JSONDict], rows)[1 if skip_first else 0 :]
-    return rows, len(rows)
-
-
-def _feature_ids(feature_ids: Sequence[str]) -> list[str]:
-    if isinstance(feature_ids, str):
-        raise ConfigError("feature_ids must be a list of feature ids, not one string")
-    ids = list(dict.fromkeys(feature_ids))
+def _item_ids(item_ids: Sequence[str], source: EventSource) -> list[str]:
+    noun = source.noun
+    if isinstance(item_ids, str):
+        raise ConfigError(f"{noun} ids must be a list of {noun} ids, not one string")
+    ids = list(dict.fromkeys(item_ids))
     if not ids:
-        raise ConfigError("feature_ids is empty: configure at least one Pendo feature id")
-    bad = [feature_id for feature_id in ids if not isinstance(feature_id, str) or not feature_id]
+        raise ConfigError(f"{noun} ids are empty: configure at least one Pendo {noun} id")
+    bad = [item_id for item_id in ids if not isinstance(item_id, str) or not item_id]
     if bad:
-        raise ConfigError(f"feature ids must be non-empty strings, got {bad[:5]!r}")
+        raise ConfigError(f"{noun} ids must be non-empty strings, got {bad[:5]!r}")
     return ids
 
 

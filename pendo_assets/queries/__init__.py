@@ -21,6 +21,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from ..models import FEATURE_EVENTS, EventSource
+
 __all__ = [
     "EXPORTED_VIEWS",
     "BatchStatus",
@@ -34,7 +36,7 @@ __all__ = [
     "count_metric_drift",
     "delete_feature_actions",
     "delete_pipeline_day",
-    "delete_raw_feature_events_day",
+    "delete_raw_events_day",
     "duckdb_setting",
     "export_views",
     "feature_action_names",
@@ -42,8 +44,8 @@ __all__ = [
     "insert_batch",
     "insert_creations",
     "insert_frame",
-    "insert_quarantined_feature_events",
-    "insert_raw_feature_events_stream",
+    "insert_quarantined_events",
+    "insert_raw_events_stream",
     "install_extension",
     "installed_extensions",
     "is_ducklake",
@@ -68,6 +70,7 @@ __all__ = [
     "select_created_end_user_ids",
     "select_current_activities",
     "select_current_metrics",
+    "select_events",
     "select_feature_actions",
     "select_feature_events",
     "select_held_activity_keys",
@@ -313,28 +316,39 @@ def export_views(
 # Landing
 
 
-def delete_raw_feature_events_day(conn: Conn, *, day: date) -> None:
-    """Delete one day of raw and quarantined feature events (in the caller's transaction).
+def delete_raw_events_day(conn: Conn, *, source: EventSource, day: date) -> None:
+    """Delete one day of ``source``'s raw and quarantined events (in the caller's transaction).
 
     ``day = ?`` rather than a list of days lets DuckDB skip row groups of other days.
     """
-    conn.execute("DELETE FROM raw_feature_events WHERE day = ?", [day])
-    conn.execute("DELETE FROM quarantine_feature_events WHERE day = ?", [day])
+    for table in (source.raw_table, source.quarantine_table):
+        _check_identifier(table)
+        conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
 
 
-def insert_raw_feature_events_stream(conn: Conn, *, view: str, day: date, now: datetime) -> None:
-    """Insert the decoded rows registered as ``view`` (an Arrow stream) into raw_feature_events."""
+def insert_raw_events_stream(
+    conn: Conn, *, source: EventSource, view: str, day: date, now: datetime
+) -> None:
+    """Insert the decoded rows registered as ``view`` (an Arrow stream) into ``source``'s raw
+    table."""
+    table = source.raw_table
+    _check_identifier(table)
     conn.execute(
-        "INSERT INTO raw_feature_events BY NAME "
+        f"INSERT INTO {table} BY NAME "
         f"SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM {view}",
         [day, now],
     )
 
 
-def insert_quarantined_feature_events(conn: Conn, *, day: date, now: datetime, path: Path) -> None:
-    """Insert a day's rejected rows, staged as Parquet at ``path``, into the quarantine."""
+def insert_quarantined_events(
+    conn: Conn, *, source: EventSource, day: date, now: datetime, path: Path
+) -> None:
+    """Insert a day's rejected rows, staged as Parquet at ``path``, into ``source``'s
+    quarantine."""
+    table = source.quarantine_table
+    _check_identifier(table)
     conn.execute(
-        "INSERT INTO quarantine_feature_events BY NAME "
+        f"INSERT INTO {table} BY NAME "
         "SELECT ?::DATE AS day, *, ?::TIMESTAMP AS extracted_at FROM read_parquet(?)",
         [day, now, str(path)],
     )
@@ -422,9 +436,10 @@ def select_planhat_objects(conn: Conn) -> pl.DataFrame:
 
 
 def select_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> pl.DataFrame:
-    """``feature_id, action, weight`` of the configured features."""
+    """``feature_id, action, weight, event_source`` of the configured features (pages, track
+    types)."""
     return conn.execute(
-        "SELECT feature_id, action, weight FROM feature_actions "
+        "SELECT feature_id, action, weight, event_source FROM feature_actions "
         "WHERE feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
         [list(feature_ids)],
     ).pl()
@@ -432,10 +447,21 @@ def select_feature_actions(conn: Conn, *, feature_ids: Sequence[str]) -> pl.Data
 
 def select_feature_events(conn: Conn, *, day: date) -> pl.DataFrame:
     """One day's raw feature-event rows, with the columns matching needs."""
+    return select_events(conn, source=FEATURE_EVENTS, day=day)
+
+
+def select_events(
+    conn: Conn, *, source: EventSource, day: date, item_ids: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """One day's raw rows of ``source`` (of ``item_ids`` when given) with the columns matching
+    needs: ``day, visitor_id, account_id, feature_id`` (the feature, page or track type id)
+    ``, num_events``; from the ``activity_events`` view over the raw tables."""
+    ids = None if item_ids is None else list(item_ids)
     return conn.execute(
-        "SELECT day, visitor_id, account_id, feature_id, num_events "
-        "FROM raw_feature_events WHERE day = ?",
-        [day],
+        "SELECT day, visitor_id, account_id, item_id AS feature_id, num_events "
+        "FROM activity_events WHERE event_source = ? AND day = ? "
+        "AND (?::VARCHAR[] IS NULL OR item_id IN (SELECT UNNEST(?::VARCHAR[])))",
+        [source.name, day, ids, ids],
     ).pl()
 
 

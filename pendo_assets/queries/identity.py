@@ -3,11 +3,12 @@ and of `pendo_assets.assets.identity` (re-exported by `pendo_assets.queries`).""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 
 import polars as pl
 
+from ..models import EventSource
 from . import _IN_DAYS, Conn, insert_frame, transaction
 
 
@@ -55,13 +56,16 @@ def select_visitors(conn: Conn, *, visitor_ids: pl.Series) -> pl.DataFrame:
 
 
 def select_usage_pairs(
-    conn: Conn, *, days: Sequence[date], feature_ids: Sequence[str]
+    conn: Conn, *, days: Sequence[date], item_ids: Mapping[EventSource, Sequence[str]]
 ) -> pl.DataFrame:
-    """Distinct ``visitor_id, account_id`` in these days' events of these features."""
+    """Distinct ``visitor_id, account_id`` in these days' events of these features (pages,
+    track types), by event source."""
+    pairs = [(source.name, item) for source, ids in item_ids.items() for item in ids]
     return conn.execute(
-        "SELECT DISTINCT visitor_id, account_id FROM raw_feature_events "
-        f"WHERE {_IN_DAYS} AND feature_id IN (SELECT UNNEST(?::VARCHAR[]))",
-        [list(days), list(feature_ids)],
+        "SELECT DISTINCT visitor_id, account_id FROM activity_events "
+        f"WHERE {_IN_DAYS} AND (event_source, item_id) IN "
+        "(SELECT UNNEST(?::VARCHAR[]), UNNEST(?::VARCHAR[]))",
+        [list(days), [s for s, _ in pairs], [i for _, i in pairs]],
     ).pl()
 
 

@@ -40,7 +40,8 @@ def select_current_activities(conn: Conn, *, days: Sequence[date]) -> pl.DataFra
     """What Pendo says now, per activity key."""
     return conn.execute(
         "SELECT day, external_id, action, count, weight, company_external_id, feature_ids, "
-        f"enduser_id, email, matched_by FROM matched_activities WHERE {_IN_DAYS}",
+        "enduser_id, email, matched_by, page_ids, track_type_ids "
+        f"FROM matched_activities WHERE {_IN_DAYS}",
         [list(days)],
     ).pl()
 

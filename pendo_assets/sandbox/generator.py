@@ -2037,6 +2037,51 @@ class Dataset:
                 out[(pop.visitor_ids[v], names[a], iso)] = int(n)
         return out
 
+    def truth_feature_metrics(
+        self, *, days: Iterable[date | str], metrics: Mapping[str, tuple[str, Model]]
+    ) -> tuple[dict[tuple[str, str, str, str], float], dict[tuple[str, str, str], str]]:
+        """What ``as: metric`` features must put into Planhat as ``sum`` Custom Metrics.
+
+        A feature's daily count is the sum of numEvents of its rows per visitorId (model
+        ``EndUser``) or per accountId (model ``Company``), matched to the one visible object of
+        that model whose externalId equals it.
+
+        Args:
+            days: local days.
+            metrics: feature id -> (dimensionId, model).
+
+        Returns:
+            ``(values, unmatched)``: ``(dimensionId, model, externalId, "YYYY-MM-DD") -> value``
+            for ids that match exactly one object; ``("YYYY-MM-DD", "feature:<id>", id) ->
+            reason`` (``no_object``, ``ambiguous``) for the others, a null or empty accountId
+            being the id ``""``.
+        """
+        pop = self._pop
+        counts = {m: self.planhat.external_counts(m) for m in ("EndUser", "Company")}
+        values: dict[tuple[str, str, str, str], float] = {}
+        unmatched: dict[tuple[str, str, str], str] = {}
+        for d in sorted({as_date(x) for x in days}):
+            core, iso = self._core(d), d.isoformat()
+            rows = pl.DataFrame(
+                {
+                    "feature": pop.feature_series.gather(core.feat),
+                    "EndUser": pop.visitor_series.gather(core.vis),
+                    "Company": pop.account_series.gather(core.acc).fill_null(""),
+                    "n": core.nev,
+                }
+            )
+            for fid, (dimension, model) in metrics.items():
+                mine = rows.filter(pl.col("feature") == fid)
+                by_id = mine.group_by(model).agg(pl.col("n").sum())
+                for ident, n in by_id.iter_rows():
+                    found = counts[model].get(ident, 0) if ident else 0
+                    if found == 1:
+                        values[(dimension, model, ident, iso)] = float(n)
+                    else:
+                        reason = "ambiguous" if found > 1 else "no_object"
+                        unmatched[(iso, f"feature:{fid}", ident)] = reason
+        return values, unmatched
+
     def truth_unmatched_visitors(
         self, *, days: Iterable[date | str], feature_ids: Iterable[str]
     ) -> dict[tuple[str, str, str | None], tuple[UnmatchedVisitorReason, int]]:
