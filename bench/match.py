@@ -137,14 +137,14 @@ WITH usage AS (
     GROUP BY ALL
 ),
 endusers AS (
-    SELECT external_id AS visitor_id, COUNT(*) AS n_objects,
+    SELECT external_id AS visitor_id, COUNT(*) AS n_objects, FIRST(object_id) AS enduser_id,
            FIRST(company_external_id) AS company_external_id
     FROM objects
     WHERE model = 'EndUser' AND external_id IS NOT NULL AND external_id <> ''
     GROUP BY external_id
 ),
 labelled AS (
-    SELECT u.*, e.company_external_id,
+    SELECT u.*, e.company_external_id, e.enduser_id,
            CASE WHEN starts_with(u.visitor_id, '_PENDO_T_') OR u.visitor_id = 'VISITOR-UNIQUE-ID'
                      THEN 'anonymous'
                 WHEN e.n_objects IS NULL THEN 'no_enduser'
@@ -155,13 +155,14 @@ labelled AS (
 SELECT 'matched' AS kind, l.day, l.visitor_id AS id, a.action, NULL::VARCHAR AS account_id,
        NULL::VARCHAR AS reason, SUM(l.num_events)::BIGINT AS count, FIRST(a.weight) AS weight,
        FIRST(l.company_external_id) AS company_external_id,
-       array_to_string(list_sort(list_distinct(list(l.feature_id))), ',') AS feature_ids
+       array_to_string(list_sort(list_distinct(list(l.feature_id))), ',') AS feature_ids,
+       FIRST(l.enduser_id) AS enduser_id
 FROM labelled AS l JOIN actions AS a USING (feature_id)
 WHERE l.reason IS NULL
 GROUP BY l.day, l.visitor_id, a.action
 UNION ALL
 SELECT 'unmatched', day, visitor_id, NULL, account_id, reason, SUM(num_events)::BIGINT,
-       NULL, NULL, NULL
+       NULL, NULL, NULL, NULL
 FROM labelled
 WHERE reason IS NOT NULL
 GROUP BY day, visitor_id, account_id, reason
@@ -188,6 +189,11 @@ def run_duckdb(
         "weight",
         "company_external_id",
         "feature_ids",
+        "enduser_id",
+        pl.lit(None, pl.String).alias("email"),
+        pl.lit("externalId").alias("matched_by"),
+        pl.lit(None, pl.String).alias("page_ids"),
+        pl.lit(None, pl.String).alias("track_type_ids"),
     )
     u = out.filter(pl.col("kind") == "unmatched").select(
         "day",

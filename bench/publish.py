@@ -40,10 +40,11 @@ def fill(conn: Any, activities: int, metrics: int) -> list[date]:
                CASE WHEN i % 17 = 0 THEN NULL
                     ELSE 'acct-' || lpad(CAST(i // (? * 50) AS VARCHAR), 7, '0')
                END AS company_external_id,
-               'feat00-xxxxxxxxxxxxxx,feat08-xxxxxxxxxxxxxx' AS feature_ids
+               'feat00-xxxxxxxxxxxxxx,feat08-xxxxxxxxxxxxxx' AS feature_ids,
+               'eu-' || lpad(CAST(i // (? * 5) AS VARCHAR), 8, '0') AS enduser_id
         FROM range(?) AS t(i)
         """,
-        [FIRST_DAY, DAYS, DAYS, DAYS, DAYS, DAYS, activities],
+        [FIRST_DAY, DAYS, DAYS, DAYS, DAYS, DAYS, DAYS, activities],
     )
     conn.execute(
         """
