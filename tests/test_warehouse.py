@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import polars as pl
 import pytest
 
 from pendo_assets import queries
-from pendo_assets.warehouse import Warehouse, apply_migrations
+from pendo_assets.warehouse import MMAP_THRESHOLD, Warehouse, apply_migrations
 
 DAY = date(2026, 11, 2)
 
@@ -69,3 +71,27 @@ def test_duckdb_memory_is_bounded_by_default_and_configurable(
     assert limit() == "512.0 MiB"
     monkeypatch.setenv("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT", "300MB")
     assert limit() == "286.1 MiB"
+
+
+def _glibc() -> bool:
+    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
+def test_large_blocks_freed_go_back_to_the_system_after_a_larger_one_was_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # glibc raised its mmap threshold to the size of each large block freed: after a freed
+    # ~25 MB page body, DuckDB's buffers of a few MB stayed in malloc arenas once freed.
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with Warehouse(tmp_path / "w.duckdb").connect():
+        pass
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free(libc.malloc(24 << 20))
+    block = libc.malloc(2 * MMAP_THRESHOLD)
+    assert block
+    size_field = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
+    libc.free(block)
+    assert size_field & 0x2  # glibc's IS_MMAPPED bit: a mapping of its own, unmapped when freed
