@@ -345,11 +345,12 @@ def return_freed_memory() -> bool:
     """Make glibc's malloc give large freed blocks back to the system (once per process).
 
     glibc maps each block of 128 KiB or more on its own, but every such block freed raises that
-    threshold to the block's size, up to 32 MiB: after a freed Pendo page body (a day's short
-    last page, ~25 MB) DuckDB's buffers of 1 to 16 MB, allocated by its worker threads, come
-    out of per-thread malloc arenas, which keep the memory once the buffers are freed. A run
-    over 10 days of 1M rows then held 400-600 MB of freed memory from its first days on (peak
-    RSS 1.4 GB, 0.95 GB with the threshold fixed). A threshold set once is never raised: every
+    threshold to the block's size, up to 32 MiB: after a freed Pendo page body (the bytes of a
+    day's short last page, ~25 MB) DuckDB's buffers of 1 to 16 MB (its Arrow results, column
+    checkpoints), allocated by its worker threads, come out of per-thread malloc arenas, which
+    keep the memory once the buffers are freed. A run over 10 days of 1M rows then held 400-600
+    MB of freed memory from its first days on (peak RSS 1.4 GB; 0.95 GB with the threshold
+    fixed). A threshold set once is never raised: every
     block of `MMAP_THRESHOLD` or more is unmapped when freed. Nothing is changed when the
     environment sets ``MALLOC_MMAP_THRESHOLD_`` or the C library is not glibc.
 
