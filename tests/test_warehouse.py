@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -12,7 +14,7 @@ import polars as pl
 import pytest
 
 from pendo_assets import queries
-from pendo_assets.warehouse import MMAP_THRESHOLD, Warehouse, apply_migrations
+from pendo_assets.warehouse import Warehouse, apply_migrations
 
 DAY = date(2026, 11, 2)
 
@@ -77,21 +79,36 @@ def _glibc() -> bool:
     return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
 
+# A fresh process: in a long one (the test session) a 2 MiB block may come from free memory the
+# heap already has, which glibc hands out whatever the threshold.
+_FRESH_PROCESS = """
+import ctypes, sys
+from pendo_assets.warehouse import MMAP_THRESHOLD, Warehouse
+with Warehouse(sys.argv[1]).connect():
+    pass
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(24 << 20))
+block = libc.malloc(2 * MMAP_THRESHOLD)
+size_field = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
+libc.free(block)
+print(size_field & 0x2)  # glibc's IS_MMAPPED bit: a mapping of its own, unmapped when freed
+"""
+
+
 @pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
 def test_large_blocks_freed_go_back_to_the_system_after_a_larger_one_was_freed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # glibc raised its mmap threshold to the size of each large block freed: after a freed
     # ~25 MB page body, DuckDB's buffers of a few MB stayed in malloc arenas once freed.
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    with Warehouse(tmp_path / "w.duckdb").connect():
-        pass
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.free(libc.malloc(24 << 20))
-    block = libc.malloc(2 * MMAP_THRESHOLD)
-    assert block
-    size_field = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
-    libc.free(block)
-    assert size_field & 0x2  # glibc's IS_MMAPPED bit: a mapping of its own, unmapped when freed
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.strip() == "2"
