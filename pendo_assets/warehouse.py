@@ -17,10 +17,12 @@ warehouse live in `pendo_assets.queries`.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -42,6 +44,7 @@ __all__ = [
     "apply_migrations",
     "memory_limit",
     "redact_target",
+    "return_freed_memory",
     "warehouse_from_env",
 ]
 
@@ -197,6 +200,7 @@ class Warehouse:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_wait
+        return_freed_memory()
         while True:
             try:
                 return duckdb.connect(
@@ -226,6 +230,7 @@ class Warehouse:
             base = _lakes.get(key)
             if base is not None:
                 return base
+            return_freed_memory()
             base = duckdb.connect(config={**_CONFIG, "memory_limit": memory_limit()})
             try:
                 data_path = self.data_path
@@ -327,6 +332,37 @@ DEFAULT_MEMORY_LIMIT = "512MiB"
 def memory_limit() -> str:
     """``PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT`` (DuckDB's syntax: ``512MiB``, ``2GiB``), or the default."""
     return os.environ.get("PENDO_PLANHAT_DUCKDB_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
+
+
+#: Allocations from this size up get a mapping of their own from glibc's malloc, unmapped when
+#: freed (glibc's parameter ``M_MMAP_THRESHOLD``, -3 in ``malloc.h``).
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3
+
+
+@cache
+def return_freed_memory() -> bool:
+    """Make glibc's malloc give large freed blocks back to the system (once per process).
+
+    glibc maps each block of 128 KiB or more on its own, but every such block freed raises that
+    threshold to the block's size, up to 32 MiB: after a freed Pendo page body (the bytes of a
+    day's short last page, ~25 MB) DuckDB's buffers of 1 to 16 MB (its Arrow results, column
+    checkpoints), allocated by its worker threads, come out of per-thread malloc arenas, which
+    keep the memory once the buffers are freed. A run over 10 days of 1M rows then held 400-600
+    MB of freed memory from its first days on (peak RSS 1.4 GB; 0.95 GB with the threshold
+    fixed). A threshold set once is never raised: every
+    block of `MMAP_THRESHOLD` or more is unmapped when freed. Nothing is changed when the
+    environment sets ``MALLOC_MMAP_THRESHOLD_`` or the C library is not glibc.
+
+    Returns:
+        Whether the threshold was set.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: their own malloc
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 @cache

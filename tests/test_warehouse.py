@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -120,3 +124,42 @@ def test_identity_migration_keys_the_activities_already_sent_by_their_end_user(
         assert conn.execute(
             "SELECT external_id, count, enduser_id FROM pending_activities"
         ).fetchall() == [("u1", 2, "e1")]
+
+
+def _glibc() -> bool:
+    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+
+# A fresh process: in a long one (the test session) a 2 MiB block may come from free memory the
+# heap already has, which glibc hands out whatever the threshold.
+_FRESH_PROCESS = """
+import ctypes, sys
+from pendo_assets.warehouse import MMAP_THRESHOLD, Warehouse
+with Warehouse(sys.argv[1]).connect():
+    pass
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(24 << 20))
+block = libc.malloc(2 * MMAP_THRESHOLD)
+size_field = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
+libc.free(block)
+print(size_field & 0x2)  # glibc's IS_MMAPPED bit: a mapping of its own, unmapped when freed
+"""
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
+def test_large_blocks_freed_go_back_to_the_system_after_a_larger_one_was_freed(
+    tmp_path: Path,
+) -> None:
+    # glibc raised its mmap threshold to the size of each large block freed: after a freed
+    # ~25 MB page body, DuckDB's buffers of a few MB stayed in malloc arenas once freed.
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, str(tmp_path / "w.duckdb")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.strip() == "2"
