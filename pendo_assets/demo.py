@@ -60,9 +60,9 @@ def make_demo(demo_dir: Path, *, days: int, rows_per_day: int | None) -> int:
         config_path = demo_dir / "pendo_planhat.yaml"
         end = sandbox.dataset.today() - timedelta(days=1)
         start = end - timedelta(days=days - 1)
-        # Visitors found by email too, and End Users created for the rest that can be.
-        matching = sandbox.dataset.identity_config()["matching"]
-        sandbox.write_config(config_path, start_date=start, matching=matching)
+        # Visitors found by email too, End Users created for the rest that can be, and Pendo's
+        # pages and track events as User Activities besides its features.
+        sandbox.write_config(config_path, start_date=start, **sandbox.dataset.identity_config())
         env = {
             **sandbox.env(),
             "PENDO_PLANHAT_CONFIG": str(config_path),
@@ -109,8 +109,12 @@ def make_demo(demo_dir: Path, *, days: int, rows_per_day: int | None) -> int:
 
 def _truth(sandbox: Sandbox, config: Config, days: list[date]) -> dict[str, Any]:
     """The generator's ground truth of ``days`` for ``config``, against Planhat as it is now."""
-    names = {f["id"]: f["name"] for f in sandbox.dataset.features()}
-    actions = {f.id: f.action or names[f.id] for f in config.features}
+    data = sandbox.dataset
+    names = {i["id"]: i["name"] for i in [*data.features(), *data.pages(), *data.track_types()]}
+
+    def actions(items: Any) -> dict[str, str]:
+        return {i.id: i.action or names[i.id] for i in items if not i.is_metric}
+
     pipelines = [
         {
             "name": p.name,
@@ -124,7 +128,9 @@ def _truth(sandbox: Sandbox, config: Config, days: list[date]) -> dict[str, Any]
     return {
         "activities": sandbox.dataset.truth_activities_by_key(
             days=days,
-            features=actions,
+            features=actions(config.features),
+            pages=actions(config.pages),
+            track_events=actions(config.track_events),
             end_user_keys=config.matching.end_user_keys,
             create_end_users=config.matching.create_end_users,
         ),

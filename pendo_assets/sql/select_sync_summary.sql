@@ -3,11 +3,17 @@
 SELECT
     len($days::DATE[]) AS days,
     (SELECT SUM(num_events) FROM raw_feature_events WHERE day IN (SELECT UNNEST($days::DATE[]))) AS events_landed,
+    (SELECT SUM(num_events) FROM raw_page_events WHERE day IN (SELECT UNNEST($days::DATE[]))) AS page_events_landed,
+    (SELECT SUM(num_events) FROM raw_track_events WHERE day IN (SELECT UNNEST($days::DATE[]))) AS track_events_landed,
     (SELECT SUM(rows) FROM landed_days
       WHERE source = 'feature_events' AND day IN (SELECT UNNEST($days::DATE[]))) AS rows_landed,
     (SELECT SUM(quarantined) FROM landed_days WHERE day IN (SELECT UNNEST($days::DATE[]))) AS rows_quarantined,
     (SELECT COUNT(*) FROM matched_activities WHERE day IN (SELECT UNNEST($days::DATE[]))) AS activity_keys_matched,
     (SELECT SUM(count) FROM matched_activities WHERE day IN (SELECT UNNEST($days::DATE[]))) AS events_matched,
+    (SELECT COUNT(*) FROM matched_activities
+      WHERE page_ids IS NOT NULL AND day IN (SELECT UNNEST($days::DATE[]))) AS activity_keys_from_pages,
+    (SELECT COUNT(*) FROM matched_activities
+      WHERE track_type_ids IS NOT NULL AND day IN (SELECT UNNEST($days::DATE[]))) AS activity_keys_from_track_events,
     (SELECT SUM(count) FROM matched_activities
       WHERE matched_by = 'externalId' AND day IN (SELECT UNNEST($days::DATE[]))) AS events_matched_by_externalId,
     (SELECT SUM(count) FROM matched_activities
