@@ -22,6 +22,7 @@ import polars as pl
 
 from . import queries
 from .clients import PendoClient, PlanhatClient
+from .clients._visitor_rows import decode_visitors
 from .config import Config
 from .errors import (
     ApiStatusError,
@@ -29,6 +30,7 @@ from .errors import (
     ConfigError,
     PendoAssetsError,
 )
+from .identity import resolve_visitors
 from .landing import (
     PipelineDay,
     fetch_pipeline_day,
@@ -284,8 +286,13 @@ def _feature_match_rate(
         return
     events = queries.select_feature_events(conn, day=day)
     actions = queries.select_feature_actions(conn, feature_ids=feature_ids)
+    usage = daily_usage(events.lazy())
+    emails = _visitor_emails(steps, config, pendo) if config.matching.needs_visitors else None
+    resolved = resolve_visitors(
+        usage, objects.lazy(), keys=config.matching.end_user_keys, visitor_emails=emails
+    )
     matched, unmatched = pl.collect_all(
-        match_activities(daily_usage(events.lazy()), objects.lazy(), actions.lazy())
+        match_activities(usage, objects.lazy(), actions.lazy(), resolved=resolved)
     )
     by_reason = dict(unmatched.group_by("reason").agg(pl.col("num_events").sum()).rows())
     identified = int(matched["count"].sum() or 0)
@@ -300,6 +307,37 @@ def _feature_match_rate(
         threshold=config.sync.min_match_rate,
         fails=True,
     )
+
+
+def _visitor_emails(steps: _Steps, config: Config, pendo: PendoClient) -> pl.LazyFrame:
+    """Pendo's visitors with their email (matching by email), or none when they cannot be read."""
+    field = config.matching.visitor_email_field
+
+    def read() -> tuple[pl.DataFrame, int]:
+        frames, bad = [], 0
+        for page in pendo.visitor_pages():
+            good, rejects = decode_visitors(page, email_field=field)
+            frames.append(good.select("visitor_id", "email"))
+            bad += len(rejects)
+        return pl.concat(frames) if frames else pl.DataFrame(schema=_EMAILS), bad
+
+    found = steps.run(
+        "Pendo visitors",
+        read,
+        lambda r: (
+            f"{r[0].height} visitors, {r[0]['email'].is_not_null().sum()} with an email "
+            f"at {field}, {r[1]} malformed"
+        ),
+        _api_fix(
+            refused=_PENDO_KEY_FIX,
+            unreachable=_PENDO_HOST_FIX,
+            other=f"check matching.visitor_email_field ({field})",
+        ),
+    )
+    return (found[0] if found is not None else pl.DataFrame(schema=_EMAILS)).lazy()
+
+
+_EMAILS = {"visitor_id": pl.String, "email": pl.String}
 
 
 def _rate(

@@ -3,14 +3,16 @@ by email, End Users created for the others, against the generator's ground truth
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
+import polars as pl
 import pytest
 
 from pendo_assets.sandbox import VISITORS, SandboxSpec, malformed_visitor_rows
 
-from .conftest import SHORT, Env, MakeEnv
+from .conftest import SANDBOX_NOW, SHORT, Env, MakeEnv
 
 KEYS = ["externalId", "email"]
 SPEC = SandboxSpec(seed=11, n_visitors=400, n_accounts=60, rows_per_day=1200, identity=True)
@@ -195,3 +197,30 @@ def test_malformed_visitors_are_quarantined_with_their_reason_or_stop_the_sync(
         assert reason.startswith(kind), (reason, kind)
     truth = _truth(env, [day], create=False)
     assert env.sandbox.received.activity_totals_by_key() == truth["activities"]
+
+
+@pytest.mark.parametrize("backend", ["file"])
+def test_check_reads_the_visitors_and_reports_the_match_rate_email_reaches(
+    make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pendo_assets import partitions
+    from pendo_assets.cli import main
+
+    monkeypatch.setattr(partitions, "_now", lambda tz: SANDBOX_NOW.astimezone(tz))
+    env = _identity_env(make_env, create=False)
+    code = main(["check"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"Pendo visitors.*\d+ visitors, \d+ with an email", out), out
+    day = date(2026, 11, 19)  # the last complete day at the sandbox's clock
+    identity = env.sandbox.dataset.truth_identity(end_user_keys=KEYS)
+    events = env.sandbox.dataset.feature_events(day).filter(
+        pl.col("featureId").is_in(list(env.actions()))
+    )
+    matched = identified = 0
+    for visitor, account, n in events.select("visitorId", "accountId", "numEvents").rows():
+        match = identity[(visitor, account)]
+        identified += n if match.reason != "anonymous" else 0
+        matched += n if match.matched_by else 0
+    line = next(x for x in out.splitlines() if "match rate of feature events" in x)
+    assert f"{matched / identified:.1%}" in line, (line, matched, identified)
