@@ -426,15 +426,7 @@ def _classify(
     id_field, noun = fmt.source.id_field, fmt.source.noun
     reasons: list[_Problem] = []
 
-    visitor = _string("visitorId", visitor, reasons, required=True, numeric=True)
-    if isinstance(visitor, str):
-        if visitor == "":
-            _add(reasons, "visitorId is empty")
-        elif len(visitor) > MAX_VISITOR_ID_LENGTH:
-            kind = f"visitorId is longer than {MAX_VISITOR_ID_LENGTH} characters"
-            reasons.append((kind, f"{kind} ({len(visitor)})"))
-        elif _CONTROL_CHARS.search(visitor):
-            _add(reasons, "visitorId contains control characters")
+    visitor = visitor_id(visitor, reasons, numeric=True)
     account = _string("accountId", account, reasons, numeric=True)
     feature = _string(id_field, feature, reasons, required=True)
     if isinstance(feature, str) and feature not in wanted:
@@ -453,6 +445,22 @@ def _classify(
     if reasons:
         return None, reasons
     return (visitor, account, feature, app, day, events, minutes, remote_ip, user_agent, server), []
+
+
+def visitor_id(value: Any, reasons: list[_Problem], *, numeric: bool) -> Any:
+    """A visitorId: return it, or record why it is unusable (missing, not a string, empty, too
+    long, control characters) and return None or the bad value. ``numeric``: a JSON number
+    counts as its decimal string."""
+    visitor = _string("visitorId", value, reasons, required=True, numeric=numeric)
+    if isinstance(visitor, str):
+        if visitor == "":
+            _add(reasons, "visitorId is empty")
+        elif len(visitor) > MAX_VISITOR_ID_LENGTH:
+            kind = f"visitorId is longer than {MAX_VISITOR_ID_LENGTH} characters"
+            reasons.append((kind, f"{kind} ({len(visitor)})"))
+        elif _CONTROL_CHARS.search(visitor):
+            _add(reasons, "visitorId contains control characters")
+    return visitor
 
 
 def _string(

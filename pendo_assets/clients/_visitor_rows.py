@@ -10,7 +10,7 @@ from typing import Any, Final
 import polars as pl
 
 from ..models import RejectedRow
-from ._pendo_rows import _CONTROL_CHARS, MAX_VISITOR_ID_LENGTH, _add, _Problem, _rejected, _show
+from ._pendo_rows import _UNSET, _add, _Problem, _rejected, _show, visitor_id
 
 __all__ = ["ACCOUNT_IDS_FIELD", "VISITOR_SCHEMA", "decode_visitors"]
 
@@ -19,7 +19,6 @@ ACCOUNT_IDS_FIELD: Final = "metadata.auto.accountids"
 VISITOR_SCHEMA: Final = pl.Schema(
     [("visitor_id", pl.String()), ("email", pl.String()), ("account_ids", pl.List(pl.String()))]
 )
-_ABSENT: Final = object()
 
 
 def decode_visitors(
@@ -54,18 +53,7 @@ def _classify(
     if not isinstance(row, dict):
         _add(problems, "row is not a JSON object", _show(row))
         return None, problems
-    visitor = row.get("visitorId", _ABSENT)
-    if visitor is _ABSENT or visitor is None:
-        _add(problems, f"visitorId is {'missing' if visitor is _ABSENT else 'null'}")
-    elif not isinstance(visitor, str):
-        _add(problems, "visitorId is not a string", _show(visitor))
-    elif visitor == "":
-        _add(problems, "visitorId is empty")
-    elif len(visitor) > MAX_VISITOR_ID_LENGTH:
-        kind = f"visitorId is longer than {MAX_VISITOR_ID_LENGTH} characters"
-        problems.append((kind, f"{kind} ({len(visitor)})"))
-    elif _CONTROL_CHARS.search(visitor):
-        _add(problems, "visitorId contains control characters")
+    visitor = visitor_id(row.get("visitorId", _UNSET), problems, numeric=False)
     email = _at(row, email_field, problems)
     if email is not None and not isinstance(email, str):
         _add(problems, f"{email_field} is not a string", _show(email))
